@@ -1,0 +1,60 @@
+"""Checkpoint adapters: turn self-supervised checkpoints into loadable backbones.
+
+Importing this package registers the built-in adapters (``torchvision``, ``mile_ssl``).
+Load a checkpoint with :func:`load_backbone`; add a format with
+:func:`register_adapter`.
+"""
+
+from . import mile_ssl_format, torchvision_format
+from .mile_ssl_format import FORMAT as MILE_SSL_FORMAT
+from .mile_ssl_format import VERSION as MILE_SSL_FORMAT_VERSION
+from .mile_ssl_format import convert_mile_ssl, detect_mile_ssl, save_backbone_checkpoint
+from .registry import (
+    DEFAULT_CONTAINER_KEYS,
+    Adapter,
+    CheckpointError,
+    CheckpointMismatchError,
+    ConvertedCheckpoint,
+    LoadedBackbone,
+    available_adapters,
+    describe_mismatch,
+    drop,
+    get_adapter,
+    load_backbone,
+    read_checkpoint,
+    register_adapter,
+    select,
+    strip_prefix,
+    unregister_adapter,
+    unwrap,
+)
+from .torchvision_format import convert_torchvision, detect_torchvision
+
+__all__ = [
+    "DEFAULT_CONTAINER_KEYS",
+    "MILE_SSL_FORMAT",
+    "MILE_SSL_FORMAT_VERSION",
+    "Adapter",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "ConvertedCheckpoint",
+    "LoadedBackbone",
+    "available_adapters",
+    "convert_mile_ssl",
+    "convert_torchvision",
+    "describe_mismatch",
+    "detect_mile_ssl",
+    "detect_torchvision",
+    "drop",
+    "get_adapter",
+    "load_backbone",
+    "mile_ssl_format",
+    "read_checkpoint",
+    "register_adapter",
+    "save_backbone_checkpoint",
+    "select",
+    "strip_prefix",
+    "torchvision_format",
+    "unregister_adapter",
+    "unwrap",
+]

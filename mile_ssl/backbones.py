@@ -146,4 +146,4 @@ def _build_timm(arch: str, **kwargs: Any) -> tuple[nn.Module, int]:
     import timm
 
     model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
-    return model, int(model.num_features)
+    return model, int(model.num_features)  # type: ignore[arg-type]

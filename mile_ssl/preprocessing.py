@@ -27,9 +27,7 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if len(self.mean) != len(self.std):
-            raise ValueError(
-                f"preprocessing mean {self.mean} and std {self.std} differ in length"
-            )
+            raise ValueError(f"preprocessing mean {self.mean} and std {self.std} differ in length")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"preprocessing std must be positive, got {self.std}")
 

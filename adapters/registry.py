@@ -1,0 +1,550 @@
+"""Adapter registry and the loading chain shared by every checkpoint format.
+
+Loading a self-supervised checkpoint is split into small pure steps, so each can be
+tested without a model and a new format only needs a ``convert`` function:
+
+1. :func:`read_checkpoint` reads the file safely (``weights_only=True``) into a mapping.
+2. An adapter (picked by name or by its ``detect``) turns that mapping into a
+   :class:`ConvertedCheckpoint`: backbone tensors named like the target backbone, plus
+   whatever the file states about the architecture and preprocessing. Adapters are
+   built from :func:`unwrap`, :func:`strip_prefix`, :func:`select` and :func:`drop`.
+3. :func:`load_backbone` builds the backbone and loads the tensors strictly: every key
+   must be accounted for, because a silently missing layer leaves random weights in a
+   "pretrained" model and ruins the fine-tuning run without any visible error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mile_ssl.backbones import BackboneSpec, build_backbone
+from mile_ssl.preprocessing import Preprocessing
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONTAINER_KEYS: tuple[str, ...] = ("state_dict", "model", "module", "net", "network")
+"""Keys under which training scripts commonly nest the state dict, tried in order."""
+
+_SHOWN = 5
+"""How many offending keys an error message lists; enough to see the pattern."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used; the message names the file and the reason."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The converted state dict does not match the backbone key for key and shape for shape."""
+
+
+@dataclass(frozen=True)
+class ConvertedCheckpoint:
+    """What an adapter extracts from a raw checkpoint.
+
+    Attributes:
+        state_dict: Backbone tensors only, named like the target backbone's own
+            ``state_dict()`` so that they can be loaded strictly.
+        backbone: The architecture, when the file states it; ``None`` means the user
+            must name it.
+        preprocessing: The input normalisation the weights were trained with, when the
+            format knows it; ``None`` means ImageNet statistics.
+        dropped: Keys intentionally discarded (classifier, projection heads, momentum
+            encoder, ...), reported so that a user can check nothing useful was lost.
+    """
+
+    state_dict: dict[str, Tensor]
+    backbone: BackboneSpec | None = None
+    preprocessing: Preprocessing | None = None
+    dropped: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        bad = [
+            key
+            for key, value in self.state_dict.items()
+            if not isinstance(key, str) or not isinstance(value, Tensor)
+        ]
+        if bad:
+            raise TypeError(
+                f"a converted state dict maps str keys to tensors; offending keys: {bad[:_SHOWN]}"
+            )
+
+
+ConvertFn = Callable[[Mapping[str, Any]], ConvertedCheckpoint]
+DetectFn = Callable[[Mapping[str, Any]], bool]
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A registered checkpoint format.
+
+    Attributes:
+        name: Registry name, used in configs (``adapter: mocov2``) and error messages.
+        convert: Pure function from the raw checkpoint mapping to a
+            :class:`ConvertedCheckpoint`.
+        detect: Cheap test on the raw mapping (keys only, no tensor work) telling
+            whether this adapter understands the file; used by ``adapter="auto"``.
+    """
+
+    name: str
+    convert: ConvertFn
+    detect: DetectFn
+
+
+_ADAPTERS: dict[str, Adapter] = {}
+
+
+def register_adapter(name: str, *, detect: DetectFn) -> Callable[[ConvertFn], ConvertFn]:
+    """Register a ``convert`` function as the adapter ``name``.
+
+    The decorated function is returned unchanged, so it stays a plain pure function
+    that tests can call directly.
+
+    Args:
+        name: Registry name of the format.
+        detect: Cheap predicate on the raw checkpoint mapping, see :class:`Adapter`.
+
+    Returns:
+        A decorator registering its argument.
+
+    Raises:
+        ValueError: If ``name`` is already registered; silently replacing an adapter
+            would make the loaded weights depend on import order.
+    """
+
+    def decorator(convert: ConvertFn) -> ConvertFn:
+        if name in _ADAPTERS:
+            raise ValueError(
+                f"checkpoint adapter {name!r} is already registered "
+                f"(by {_ADAPTERS[name].convert.__module__}); pick another name"
+            )
+        _ADAPTERS[name] = Adapter(name=name, convert=convert, detect=detect)
+        return convert
+
+    return decorator
+
+
+def unregister_adapter(name: str) -> Adapter:
+    """Remove the adapter ``name`` and return it (for plugins and tests that clean up).
+
+    Raises:
+        ValueError: If no adapter has that name.
+    """
+    adapter = get_adapter(name)
+    del _ADAPTERS[name]
+    return adapter
+
+
+def get_adapter(name: str) -> Adapter:
+    """Return the adapter registered as ``name``.
+
+    Raises:
+        ValueError: If there is none; the message lists the available names.
+    """
+    try:
+        return _ADAPTERS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown checkpoint adapter {name!r}; available adapters: "
+            f"{available_adapters()} (or 'auto' to detect it from the file)"
+        ) from None
+
+
+def available_adapters() -> list[str]:
+    """Names of the registered adapters, sorted."""
+    return sorted(_ADAPTERS)
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a checkpoint file into a mapping without executing code from it.
+
+    ``.safetensors`` files are read with safetensors; anything else with
+    ``torch.load(..., weights_only=True)``, which refuses pickled objects other than
+    tensors and plain containers. Checkpoints are downloaded from the internet, and a
+    full unpickle would run whatever code the file contains.
+
+    Args:
+        path: The checkpoint file.
+
+    Returns:
+        The top-level mapping of the file (for safetensors: the tensors by name).
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        IsADirectoryError: If ``path`` is a directory.
+        CheckpointError: If the file is refused for safety, cannot be parsed, or does
+            not hold a mapping with string keys.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint path is a directory, expected a file: {path}")
+    if path.suffix == ".safetensors":
+        raw: object = _read_safetensors(path)
+    else:
+        raw = _read_torch(path)
+    if not isinstance(raw, Mapping):
+        raise CheckpointError(
+            f"checkpoint {path} holds a {type(raw).__name__}, expected a mapping "
+            "(a state dict or a dict containing one)"
+        )
+    non_str = [key for key in raw if not isinstance(key, str)]
+    if non_str:
+        raise CheckpointError(
+            f"checkpoint {path} has non-string top-level keys {non_str[:_SHOWN]}; "
+            "expected a state dict or a dict containing one"
+        )
+    return dict(raw)
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except SafetensorError as exc:
+        raise CheckpointError(f"cannot read safetensors file {path}: {exc}") from exc
+
+
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_UNPICKLER_REASON = re.compile(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", re.DOTALL)
+
+
+def _read_torch(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except pickle.UnpicklingError as exc:
+        message = str(exc)
+        found = _UNSAFE_GLOBAL.search(message)
+        weights_only_refusal = (
+            "Weights only load failed" in message and "Unsupported operand" not in message
+        )
+        if found or weights_only_refusal:
+            culprit = f" (it references {found.group(1)})" if found else ""
+            raise CheckpointError(
+                f"checkpoint {path} holds arbitrary pickled Python objects{culprit} and is "
+                "refused for safety: loading it would run code from the file. Re-save only "
+                "the tensors, e.g. torch.save(checkpoint['state_dict'], 'clean.pth'), from "
+                "a copy you trust, or convert it to .safetensors"
+            ) from exc
+        reason = _UNPICKLER_REASON.search(message)
+        detail = reason.group(1).strip() if reason else message.splitlines()[0]
+        raise CheckpointError(
+            f"cannot read {path} as a PyTorch checkpoint: it is not a torch.save file or "
+            f"it is corrupted ({detail})"
+        ) from exc
+    except Exception as exc:
+        # torch.load surfaces corrupt or foreign files as RuntimeError, KeyError,
+        # EOFError, ... depending on the bytes; all of them mean "not a checkpoint".
+        raise CheckpointError(
+            f"cannot read {path} as a PyTorch checkpoint: it is not a torch.save file or "
+            f"it is corrupted ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _is_tensor_dict(value: object) -> bool:
+    return (
+        isinstance(value, Mapping)
+        and len(value) > 0
+        and all(isinstance(key, str) and isinstance(item, Tensor) for key, item in value.items())
+    )
+
+
+def unwrap(
+    raw: Mapping[str, Any], keys: tuple[str, ...] = DEFAULT_CONTAINER_KEYS
+) -> dict[str, Tensor]:
+    """Find the state dict inside a checkpoint mapping.
+
+    Training scripts nest the weights under a container key next to optimizer state,
+    epoch counters and so on (``{"state_dict": ..., "optimizer": ...}``), sometimes
+    twice. This descends through the first matching container key at each level until
+    it reaches a mapping of tensors.
+
+    Args:
+        raw: The checkpoint mapping, or a state dict itself.
+        keys: Container keys to try, in order of preference.
+
+    Returns:
+        A new dict of the tensors (the input is not modified).
+
+    Raises:
+        ValueError: If no mapping made only of tensors is found.
+    """
+    current: Mapping[str, Any] = raw
+    trail: list[str] = []
+    while not _is_tensor_dict(current):
+        key = next((k for k in keys if isinstance(current.get(k), Mapping)), None)
+        if key is None:
+            where = "".join(f"[{k!r}]" for k in trail) or "the top level"
+            raise ValueError(
+                f"no state dict found at {where}: expected a mapping of tensors or one of "
+                f"the container keys {list(keys)}, got keys {list(current)[: _SHOWN * 2]}"
+            )
+        trail.append(key)
+        current = current[key]
+    return dict(current)
+
+
+def strip_prefix(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """Remove ``prefix`` from the start of every key that has it.
+
+    Only a leading ``prefix`` is removed (``"module.encoder.module.x"`` loses its first
+    ``"module."`` only); replacing the substring anywhere would corrupt keys that
+    contain it in the middle. Keys without the prefix are kept as they are.
+
+    Args:
+        state_dict: Tensors by key.
+        prefix: Literal prefix, usually ending with ``"."``.
+
+    Returns:
+        A new dict with the renamed keys, in the original order.
+
+    Raises:
+        ValueError: If stripping makes two keys collide, which would silently drop a
+            tensor.
+    """
+    result: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        new_key = key[len(prefix) :] if prefix and key.startswith(prefix) else key
+        if new_key in result:
+            raise ValueError(
+                f"removing prefix {prefix!r} makes keys collide on {new_key!r}; the state "
+                "dict holds both the prefixed and the unprefixed name"
+            )
+        result[new_key] = value
+    return result
+
+
+def select(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """Keep the keys that start with ``prefix`` (names unchanged).
+
+    The prefix is matched literally, so include the trailing dot (``"fc."``) to avoid
+    also selecting ``"fc2.weight"``.
+    """
+    return {key: value for key, value in state_dict.items() if key.startswith(prefix)}
+
+
+def drop(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """Remove the keys that start with ``prefix``; the complement of :func:`select`."""
+    return {key: value for key, value in state_dict.items() if not key.startswith(prefix)}
+
+
+@dataclass
+class LoadedBackbone:
+    """A backbone built and loaded from a checkpoint, with what is known about it.
+
+    Attributes:
+        module: The headless backbone with the checkpoint's weights.
+        feature_dim: Width of its pooled features.
+        spec: The architecture, so it can be saved and rebuilt.
+        preprocessing: The input normalisation the weights expect.
+        adapter: Name of the adapter that converted the file.
+        source: The checkpoint file (``None`` for a randomly initialised backbone).
+        dropped: Keys of the file the adapter intentionally discarded, so that callers
+            can log or assert what was left out.
+    """
+
+    module: nn.Module
+    feature_dim: int
+    spec: BackboneSpec
+    preprocessing: Preprocessing
+    adapter: str
+    source: Path | None
+    dropped: tuple[str, ...] = ()
+
+
+def load_backbone(
+    path: str | os.PathLike[str],
+    *,
+    adapter: str = "auto",
+    backbone: BackboneSpec | None = None,
+) -> LoadedBackbone:
+    """Build a backbone and load a checkpoint into it, strictly.
+
+    Args:
+        path: The checkpoint file.
+        adapter: Registered adapter name, or ``"auto"`` to pick the single adapter
+            whose ``detect`` accepts the file.
+        backbone: The architecture. Needed when the file does not state it; when both
+            do, they must agree, since loading weights into a different architecture
+            than the one they were saved from is never intended.
+
+    Returns:
+        The loaded backbone, its feature width, spec and preprocessing.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        ValueError: If ``adapter`` names no registered adapter.
+        CheckpointError: If the file is unsafe or unreadable, no single adapter matches,
+            the adapter rejects it, or the architecture is unknown or contradictory.
+        CheckpointMismatchError: If any key is missing, unexpected or has a different
+            shape than in the backbone.
+    """
+    source = Path(path)
+    raw = read_checkpoint(source)
+    chosen = _choose_adapter(raw, adapter, source)
+    try:
+        converted = chosen.convert(raw)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"adapter {chosen.name!r} cannot convert {source}: {exc}") from exc
+
+    spec = _resolve_spec(backbone, converted.backbone, source, chosen.name)
+    try:
+        module, feature_dim = build_backbone(spec)
+    except ValueError as exc:
+        raise CheckpointError(f"cannot build backbone for {source}: {exc}") from exc
+
+    # A fresh plain dict: no ``_metadata`` from the file, so torch treats missing
+    # BatchNorm ``num_batches_tracked`` counters as legacy and fills them in.
+    state_dict = dict(converted.state_dict)
+    _check_state_dict(module, state_dict, source=source, adapter=chosen.name, spec=spec)
+    try:
+        module.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointMismatchError(
+            f"{source} (adapter {chosen.name!r}) cannot be loaded into {spec.name!r}: {exc}"
+        ) from exc
+
+    preprocessing = converted.preprocessing or Preprocessing()
+    logger.info(
+        "loaded %d tensors from %s into %s with adapter %r; dropped %d keys%s",
+        len(state_dict),
+        source,
+        spec.name,
+        chosen.name,
+        len(converted.dropped),
+        f" (first: {list(converted.dropped[:_SHOWN])})" if converted.dropped else "",
+    )
+    return LoadedBackbone(
+        module=module,
+        feature_dim=feature_dim,
+        spec=spec,
+        preprocessing=preprocessing,
+        adapter=chosen.name,
+        source=source,
+        dropped=converted.dropped,
+    )
+
+
+def _choose_adapter(raw: Mapping[str, Any], name: str, source: Path) -> Adapter:
+    if name != "auto":
+        return get_adapter(name)
+    matches = [adapter for adapter in _ADAPTERS.values() if adapter.detect(raw)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise CheckpointError(
+            f"no checkpoint adapter recognises {source} (top-level keys: "
+            f"{list(raw)[: _SHOWN * 2]}); available adapters: {available_adapters()}. "
+            "Pass adapter=<name> to force one"
+        )
+    raise CheckpointError(
+        f"{source} is recognised by several checkpoint adapters: "
+        f"{sorted(adapter.name for adapter in matches)}; pass adapter=<name> to choose one"
+    )
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively, so that config lists equal saved tuples."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _resolve_spec(
+    given: BackboneSpec | None, stated: BackboneSpec | None, source: Path, adapter: str
+) -> BackboneSpec:
+    if given is None:
+        if stated is None:
+            raise CheckpointError(
+                f"{source} (adapter {adapter!r}) does not state its architecture; set "
+                "backbone.name (e.g. 'torchvision:resnet50') to say which backbone it holds"
+            )
+        return stated
+    if stated is not None and (
+        given.name != stated.name or _plain(given.kwargs) != _plain(stated.kwargs)
+    ):
+        raise CheckpointError(
+            f"backbone {given} was requested but {source} states {stated}; leave the "
+            "backbone unset to use the file's architecture"
+        )
+    return given
+
+
+def describe_mismatch(
+    expected: Mapping[str, Tensor], state_dict: Mapping[str, Tensor]
+) -> list[str]:
+    """List how ``state_dict`` differs from a module's ``expected`` state dict.
+
+    Missing BatchNorm ``num_batches_tracked`` counters are tolerated when the layer's
+    ``running_mean`` is present: files saved before PyTorch 0.4.1 lack them and
+    ``load_state_dict`` refills them itself. Everything else must match exactly.
+
+    Args:
+        expected: The target module's ``state_dict()``.
+        state_dict: The tensors to load.
+
+    Returns:
+        One line per kind of problem (missing, unexpected, wrong shape), each with the
+        count and the first few keys; empty when the two match.
+    """
+    missing = [
+        key
+        for key in expected
+        if key not in state_dict and not _legacy_batchnorm_counter(key, state_dict)
+    ]
+    unexpected = [key for key in state_dict if key not in expected]
+    wrong_shape = [
+        f"{key}: checkpoint {list(state_dict[key].shape)} vs backbone {list(value.shape)}"
+        for key, value in expected.items()
+        if key in state_dict and state_dict[key].shape != value.shape
+    ]
+    lines = []
+    for kind, items in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatches", wrong_shape),
+    ):
+        if items:
+            shown = f"first {_SHOWN}: " if len(items) > _SHOWN else ""
+            lines.append(f"{len(items)} {kind} ({shown}{items[:_SHOWN]})")
+    return lines
+
+
+def _legacy_batchnorm_counter(key: str, state_dict: Mapping[str, Tensor]) -> bool:
+    suffix = ".num_batches_tracked"
+    return key.endswith(suffix) and key[: -len(suffix)] + ".running_mean" in state_dict
+
+
+def _check_state_dict(
+    module: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    *,
+    source: Path,
+    adapter: str,
+    spec: BackboneSpec,
+) -> None:
+    problems = describe_mismatch(module.state_dict(), state_dict)
+    if problems:
+        raise CheckpointMismatchError(
+            "\n  ".join(
+                [f"{source} (adapter {adapter!r}) does not match backbone {spec.name!r}:"]
+                + problems
+                + ["check backbone.name and the adapter; nothing was loaded"]
+            )
+        )

@@ -1,0 +1,290 @@
+"""Structured configuration: one dataclass per Hydra config group.
+
+The dataclasses are the schema Hydra merges YAML and command-line overrides into, so a
+misspelt key fails at composition time, and ``__post_init__`` checks ranges when the
+composed config is converted to objects (``OmegaConf.to_object``), before any compute.
+Code past the CLI receives these typed objects, never raw ``DictConfig``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+METHODS = ("softmax", "sigmoid", "mile")
+MILE_VARIANTS = ("copy", "snapshot")
+INITS = ("checkpoint", "scratch")
+DATASETS = ("digits", "folder")
+LOGGERS = ("csv", "tensorboard")
+
+
+def _require(condition: bool, key: str, expected: str, value: Any) -> None:
+    if not condition:
+        raise ValueError(f"config key '{key}' must be {expected}, got {value!r}")
+
+
+def _require_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    _require(value in choices, key, f"one of {list(choices)}", value)
+
+
+@dataclass
+class MethodConfig:
+    """Which objective fine-tunes the network.
+
+    Attributes:
+        name: ``softmax`` (cross-entropy on the single label), ``sigmoid`` (BCE on the
+            one-hot label) or ``mile`` (multi-label iterated learning, Alg. 1).
+        eval_threshold: Sigmoid threshold of the predicted label set in evaluation
+            (ReaL-F1, coverage). The softmax method always predicts its argmax only.
+    """
+
+    name: str = "mile"
+    eval_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        _require_choice("method.name", self.name, METHODS)
+        _require(
+            0.0 < self.eval_threshold < 1.0,
+            "method.eval_threshold",
+            "in (0, 1)",
+            self.eval_threshold,
+        )
+
+
+@dataclass
+class MileConfig:
+    """The learning bottleneck of MILe (paper Sec. 3).
+
+    Attributes:
+        kt: Teacher steps on ground truth per cycle.
+        ks: Student steps on the teacher's pseudo-labels per cycle.
+        rho: Threshold of the pseudo-labels ``sigmoid(teacher(x)) > rho``.
+        variant: ``copy``: teacher and student are two networks and the teacher is
+            re-initialised from the student at each cycle (Alg. 1). ``snapshot``: one
+            network trains ``kt`` steps on ground truth, then a frozen snapshot of it
+            labels its next ``ks`` steps.
+    """
+
+    kt: int = 100
+    ks: int = 100
+    rho: float = 0.5
+    variant: str = "copy"
+
+    def __post_init__(self) -> None:
+        _require(self.kt >= 1, "mile.kt", ">= 1", self.kt)
+        _require(self.ks >= 1, "mile.ks", ">= 1", self.ks)
+        _require(0.0 < self.rho < 1.0, "mile.rho", "in (0, 1)", self.rho)
+        _require_choice("mile.variant", self.variant, MILE_VARIANTS)
+
+
+@dataclass
+class DigitsConfig:
+    """Size and label noise of the embedded digit-grid dataset (paper App. A.1)."""
+
+    num_train: int = 10_000
+    num_val: int = 2_000
+    center_prob: float = 0.6
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and which labels are used.
+
+    Attributes:
+        name: ``digits`` (embedded multi-label digit grids) or ``folder``
+            (``root/<train_dir>/<class>/*.jpg`` and ``root/<val_dir>/<class>/*.jpg``).
+        root: Dataset root for ``folder``.
+        train_dir: Training sub-folder of ``root``.
+        val_dir: Validation sub-folder of ``root``.
+        fraction: Share of training labels used, sampled per class with ``split_seed``.
+        split_file: Text file listing the training file names to use (one per line);
+            replaces ``fraction``.
+        split_seed: Seed of the label-fraction sampler; the same on every rank.
+        val_label_sets: JSON file mapping validation file names to lists of class
+            indices (multi-label evaluation, e.g. ImageNet-ReaL).
+        batch_size: Images per device and step.
+        eval_batch_size: Images per device in evaluation (default: ``batch_size``).
+        num_workers: Loader worker processes per device.
+        image_size: Training crop size of ``folder`` images.
+        digits: Digit-grid settings.
+    """
+
+    name: str = "digits"
+    root: str | None = None
+    train_dir: str = "train"
+    val_dir: str = "val"
+    fraction: float = 1.0
+    split_file: str | None = None
+    split_seed: int = 0
+    val_label_sets: str | None = None
+    batch_size: int = 128
+    eval_batch_size: int | None = None
+    num_workers: int = 0
+    image_size: int = 224
+    digits: DigitsConfig = field(default_factory=DigitsConfig)
+
+    def __post_init__(self) -> None:
+        _require_choice("data.name", self.name, DATASETS)
+        _require(0.0 < self.fraction <= 1.0, "data.fraction", "in (0, 1]", self.fraction)
+        _require(self.batch_size >= 1, "data.batch_size", ">= 1", self.batch_size)
+        _require(self.num_workers >= 0, "data.num_workers", ">= 0", self.num_workers)
+        if self.name == "folder":
+            _require(self.root is not None, "data.root", "set for data=folder", self.root)
+
+
+@dataclass
+class BackboneConfig:
+    """Architecture of the network that is fine-tuned.
+
+    Attributes:
+        name: See :class:`mile_ssl.backbones.BackboneSpec`; ``null`` takes the name
+            stored in the checkpoint.
+        kwargs: Builder arguments.
+        channels_last: Run convolutions in channels-last memory format (faster with
+            bf16 on CPUs and GPUs).
+    """
+
+    name: str | None = "tiny_resnet"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    channels_last: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    """The pretrained weights the backbone starts from.
+
+    Attributes:
+        init: ``checkpoint`` loads ``path`` (the default: fine-tuning never silently
+            starts from random weights); ``scratch`` trains from random weights.
+        path: Checkpoint file.
+        adapter: Adapter that reads ``path``; ``auto`` detects it from the file.
+    """
+
+    init: str = "checkpoint"
+    path: str | None = None
+    adapter: str = "auto"
+
+    def __post_init__(self) -> None:
+        _require_choice("checkpoint.init", self.init, INITS)
+
+
+@dataclass
+class OptimConfig:
+    """SGD with linear warm-up and cosine decay over the whole run.
+
+    Attributes:
+        lr: Base learning rate of the backbone.
+        head_lr: Learning rate of the new linear head (default: ``lr``).
+        momentum: SGD momentum.
+        nesterov: Nesterov momentum.
+        weight_decay: L2 weight decay.
+        warmup_steps: Linear warm-up steps.
+    """
+
+    lr: float = 0.1
+    head_lr: float | None = None
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, "optim.lr", "> 0", self.lr)
+        _require(self.head_lr is None or self.head_lr > 0, "optim.head_lr", "> 0", self.head_lr)
+        _require(self.warmup_steps >= 0, "optim.warmup_steps", ">= 0", self.warmup_steps)
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning ``Trainer`` settings mile_ssl exposes.
+
+    Attributes:
+        max_steps: Training steps (teacher and student steps both count).
+        accelerator: Lightning accelerator (``auto``, ``cpu``, ``gpu``).
+        devices: Devices per node.
+        num_nodes: Machines.
+        strategy: Lightning strategy (``auto``, ``ddp``).
+        precision: Lightning precision; ``auto`` picks ``bf16-mixed`` where the
+            hardware supports it, else ``32-true``.
+        val_every_n_steps: Validation interval; ``null`` validates at the end only.
+        checkpoint_every_n_steps: Also keep a resumable checkpoint every n steps.
+        log_every_n_steps: Logging interval.
+        logger: ``csv`` or ``tensorboard``.
+        progress_bar: Show a progress bar.
+        deterministic: Ask torch for deterministic algorithms.
+        sync_batchnorm: Synchronise BatchNorm statistics across devices.
+        resume_from: A Lightning checkpoint of an earlier run to continue.
+    """
+
+    max_steps: int = 1200
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "auto"
+    val_every_n_steps: int | None = None
+    checkpoint_every_n_steps: int | None = None
+    log_every_n_steps: int = 10
+    logger: str = "csv"
+    progress_bar: bool = True
+    deterministic: bool = False
+    sync_batchnorm: bool = False
+    resume_from: str | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.max_steps >= 1, "trainer.max_steps", ">= 1", self.max_steps)
+        _require_choice("trainer.logger", self.logger, LOGGERS)
+        for key in ("val_every_n_steps", "checkpoint_every_n_steps"):
+            value = getattr(self, key)
+            _require(value is None or value >= 1, f"trainer.{key}", ">= 1 or null", value)
+
+
+@dataclass
+class TrainConfig:
+    """Everything one fine-tuning run needs."""
+
+    method: MethodConfig = field(default_factory=MethodConfig)
+    mile: MileConfig = field(default_factory=MileConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 0
+
+
+def register_configs() -> None:
+    """Store the schema under ``base_config`` for the primary YAML's defaults list."""
+    ConfigStore.instance().store(name="base_config", node=TrainConfig)
+
+
+def to_train_config(config: Any) -> TrainConfig:
+    """Convert a composed ``DictConfig`` into validated dataclasses.
+
+    Raises:
+        ValueError: Naming the first key whose value is out of range.
+    """
+    from omegaconf import OmegaConf
+
+    config_object = OmegaConf.to_object(config)
+    if not isinstance(config_object, TrainConfig):
+        raise TypeError(f"expected a TrainConfig, got {type(config_object).__name__}")
+    return config_object
+
+
+def compose_train_config(overrides: list[str] | None = None) -> TrainConfig:
+    """Compose the shipped configs with Hydra override strings, as ``mile-ssl train`` does.
+
+    Args:
+        overrides: E.g. ``["method=sigmoid", "data.fraction=0.1"]``.
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module("mile_ssl.configs", version_base="1.3"):
+        composed = compose("config", overrides=list(overrides or []))
+    return to_train_config(composed)

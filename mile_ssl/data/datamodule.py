@@ -1,0 +1,182 @@
+"""The Lightning data module: labelled training stream and multi-label validation set."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
+from torchvision.transforms import v2
+
+from mile_ssl.config import DataConfig
+from mile_ssl.data.digits import CLASS_NAMES, DigitGridConfig, DigitGridDataset, make_digit_grids
+from mile_ssl.data.folder import (
+    LabeledImageFolder,
+    eval_transform,
+    read_label_sets,
+    read_split_file,
+    train_transform,
+)
+from mile_ssl.data.sampling import StepBatchSampler, stratified_fraction
+from mile_ssl.preprocessing import Preprocessing
+
+
+@dataclass
+class Splits:
+    """What a dataset source provides.
+
+    Attributes:
+        train: Training items.
+        train_labels: Single label of each training item (for stratified fractions).
+        train_names: File name of each training item (for split files), if any.
+        val: Validation items with label sets.
+        class_names: Name of each class.
+    """
+
+    train: Dataset[dict[str, torch.Tensor]]
+    train_labels: Sequence[int]
+    train_names: Sequence[str] | None
+    val: Dataset[dict[str, torch.Tensor]]
+    class_names: Sequence[str]
+
+
+def digit_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
+    """The embedded digit grids (paper App. A.1)."""
+    digits = config.digits
+    train, val = make_digit_grids(
+        DigitGridConfig(
+            num_train=digits.num_train,
+            num_val=digits.num_val,
+            center_prob=digits.center_prob,
+            seed=config.split_seed,
+        )
+    )
+    normalize = v2.Normalize(list(preprocessing.mean), list(preprocessing.std))
+    return Splits(
+        train=DigitGridDataset(train, transform=normalize),
+        train_labels=train.labels.tolist(),
+        train_names=None,
+        val=DigitGridDataset(val, transform=normalize),
+        class_names=CLASS_NAMES,
+    )
+
+
+def folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
+    """``root/<train_dir>/<class>/*`` and ``root/<val_dir>/<class>/*``."""
+    assert config.root is not None
+    root = Path(config.root)
+    train = LabeledImageFolder(
+        root / config.train_dir, train_transform(config.image_size, preprocessing)
+    )
+    label_sets = None
+    if config.val_label_sets is not None:
+        label_sets = read_label_sets(config.val_label_sets, len(train.classes))
+    val = LabeledImageFolder(
+        root / config.val_dir,
+        eval_transform(config.image_size, preprocessing),
+        label_sets=label_sets,
+        classes=train.classes,
+    )
+    return Splits(
+        train=train,
+        train_labels=train.labels,
+        train_names=train.file_names,
+        val=val,
+        class_names=train.classes,
+    )
+
+
+class MILeDataModule(L.LightningDataModule):
+    """Serves the labelled fraction of the training set and the full validation set.
+
+    The labelled subset depends on ``data.split_seed`` only, so it is the same on every
+    rank. Training batches come from :class:`StepBatchSampler`, indexed by the step
+    count, which is what makes resuming exact; validation is sharded across ranks
+    without shuffling and the module removes the sampler's padding before metrics.
+
+    Args:
+        config: Data settings.
+        preprocessing: Normalisation the backbone expects (from its checkpoint).
+    """
+
+    def __init__(self, config: DataConfig, preprocessing: Preprocessing) -> None:
+        super().__init__()
+        self.config = config
+        build = digit_splits if config.name == "digits" else folder_splits
+        self.splits = build(config, preprocessing)
+        self.train_indices = self._labelled_indices()
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.splits.class_names)
+
+    @property
+    def class_names(self) -> Sequence[str]:
+        """Name of each class."""
+        return self.splits.class_names
+
+    def _labelled_indices(self) -> list[int]:
+        if self.config.split_file is not None:
+            if self.splits.train_names is None:
+                raise ValueError(
+                    f"data.split_file needs a dataset of files; data.name={self.config.name}"
+                )
+            return read_split_file(self.config.split_file, self.splits.train_names)
+        return stratified_fraction(
+            self.splits.train_labels, self.config.fraction, self.config.split_seed
+        )
+
+    def _loader(
+        self,
+        dataset: Dataset[dict[str, torch.Tensor]],
+        *,
+        batch_sampler: Sampler[list[int]] | None = None,
+        batch_size: int | None = None,
+        sampler: Sampler[int] | None = None,
+    ) -> DataLoader[dict[str, torch.Tensor]]:
+        """A loader with the worker, pinning and prefetch settings of ``data``."""
+        workers = self.config.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size if batch_sampler is None else 1,
+            sampler=sampler,
+            batch_sampler=batch_sampler,
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
+        """Batches of the current step onwards (see :class:`StepBatchSampler`)."""
+        trainer = self.trainer
+        sampler = StepBatchSampler(
+            self.train_indices,
+            batch_size=self.config.batch_size,
+            seed=self.config.split_seed,
+            start_step=(lambda: trainer.global_step) if trainer is not None else (lambda: 0),
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1,
+        )
+        return self._loader(self.splits.train, batch_sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
+        """The validation set in order, sharded across ranks."""
+        sampler: Sampler[int] | None = None
+        if self.trainer is not None and self.trainer.world_size > 1:
+            sampler = DistributedSampler(
+                self.splits.val,
+                num_replicas=self.trainer.world_size,
+                rank=self.trainer.global_rank,
+                shuffle=False,
+            )
+        return self._loader(
+            self.splits.val,
+            batch_size=self.config.eval_batch_size or self.config.batch_size,
+            sampler=sampler,
+        )

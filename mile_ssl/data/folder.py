@@ -1,0 +1,147 @@
+"""Image folders (``root/<class>/<image>``) as labelled, optionally multi-label datasets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import default_loader
+from torchvision.transforms import v2
+
+from mile_ssl.preprocessing import Preprocessing
+
+
+def train_transform(image_size: int, preprocessing: Preprocessing) -> Callable[..., Tensor]:
+    """Random-resized crop and flip, the standard fine-tuning augmentation."""
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(image_size, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(preprocessing.mean), list(preprocessing.std)),
+        ]
+    )
+
+
+def eval_transform(image_size: int, preprocessing: Preprocessing) -> Callable[..., Tensor]:
+    """Resize to ``image_size / 0.875`` and centre-crop, the standard evaluation view."""
+    return v2.Compose(
+        [
+            v2.Resize(round(image_size / 0.875), antialias=True),
+            v2.CenterCrop(image_size),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(preprocessing.mean), list(preprocessing.std)),
+        ]
+    )
+
+
+class LabeledImageFolder(Dataset[dict[str, Tensor]]):
+    """An image folder whose items carry the single label and a multi-label set.
+
+    Args:
+        root: Folder with one sub-folder per class (sorted names give class indices).
+        transform: Maps a PIL image to a tensor.
+        label_sets: File name -> class indices; files not listed get ``{label}``.
+        classes: Class folder names to use (e.g. the training split's), default: the
+            sub-folders of ``root``.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        transform: Callable[..., Tensor],
+        label_sets: Mapping[str, Sequence[int]] | None = None,
+        classes: Sequence[str] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder {self.root} does not exist")
+        found = sorted(entry.name for entry in self.root.iterdir() if entry.is_dir())
+        self.classes = list(classes) if classes is not None else found
+        unknown = sorted(set(found) - set(self.classes))
+        if unknown:
+            raise ValueError(f"{self.root} has class folders the training set lacks: {unknown[:5]}")
+        class_to_idx = {name: index for index, name in enumerate(self.classes)}
+        self.samples = ImageFolder.make_dataset(
+            str(self.root), class_to_idx, extensions=_EXTENSIONS, allow_empty=True
+        )
+        if not self.samples:
+            raise ValueError(f"no images ({', '.join(_EXTENSIONS)}) found under {self.root}")
+        self.transform = transform
+        self.label_sets = dict(label_sets or {})
+
+    @property
+    def labels(self) -> list[int]:
+        """Single label of every image, in item order."""
+        return [label for _, label in self.samples]
+
+    @property
+    def file_names(self) -> list[str]:
+        """File name (without folders) of every image, in item order."""
+        return [Path(path).name for path, _ in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        path, label = self.samples[index]
+        label_set = torch.zeros(len(self.classes), dtype=torch.bool)
+        label_set[list(self.label_sets.get(Path(path).name, [label]))] = True
+        return {
+            "image": self.transform(default_loader(path)),
+            "label": torch.tensor(label),
+            "label_set": label_set,
+            "index": torch.tensor(index),
+        }
+
+
+_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG", ".JPG", ".PNG")
+
+
+def read_label_sets(path: str | Path, num_classes: int) -> dict[str, list[int]]:
+    """Read a JSON object mapping file names to lists of class indices.
+
+    Raises:
+        ValueError: Naming the file and the first entry that is not a list of class
+            indices in ``[0, num_classes)``.
+    """
+    path = Path(path)
+    with path.open() as handle:
+        data = json.load(handle)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object of file name -> class indices")
+    for name, indices in data.items():
+        if not isinstance(indices, list) or not all(
+            isinstance(index, int) and 0 <= index < num_classes for index in indices
+        ):
+            raise ValueError(
+                f"{path}: entry {name!r} must be a list of class indices in "
+                f"[0, {num_classes}), got {indices!r}"
+            )
+    return data
+
+
+def read_split_file(path: str | Path, available: Sequence[str]) -> list[int]:
+    """Positions in ``available`` of the file names listed in ``path`` (one per line).
+
+    Raises:
+        ValueError: If listed files are missing, naming how many and the first few: a
+            partial dataset copy must not silently change the labelled subset.
+    """
+    path = Path(path)
+    wanted = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    position = {name: index for index, name in enumerate(available)}
+    missing = [name for name in wanted if name not in position]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} of {len(wanted)} files listed in {path} are not in the training "
+            f"folder, e.g. {missing[:5]}"
+        )
+    return sorted(position[name] for name in wanted)

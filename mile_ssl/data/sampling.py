@@ -1,0 +1,112 @@
+"""Which training images carry labels, and in which order batches visit them.
+
+Both are pure functions of seeds and the step counter, never of process-local random
+state, so every DDP rank agrees on the labelled subset and a resumed run sees exactly
+the batches it would have seen without interruption.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch.utils.data import Sampler
+
+
+def stratified_fraction(
+    labels: Sequence[int] | torch.Tensor, fraction: float, seed: int
+) -> list[int]:
+    """Indices of a seeded per-class sample of ``fraction`` of the images.
+
+    Each class keeps ``max(1, round(fraction * n_c))`` of its ``n_c`` images, so rare
+    classes stay represented at 1 % labels.
+
+    Args:
+        labels: Class index of every training image.
+        fraction: Share in (0, 1].
+        seed: Seed of the choice.
+
+    Returns:
+        Sorted indices into ``labels``.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    labels_tensor = torch.as_tensor(labels, dtype=torch.long)
+    if fraction == 1.0:
+        return list(range(len(labels_tensor)))
+    generator = torch.Generator().manual_seed(seed)
+    chosen: list[torch.Tensor] = []
+    for label in torch.unique(labels_tensor, sorted=True).tolist():
+        members = torch.nonzero(labels_tensor == label).flatten()
+        keep = max(1, round(fraction * len(members)))
+        order = torch.randperm(len(members), generator=generator)
+        chosen.append(members[order[:keep]])
+    return sorted(torch.cat(chosen).tolist())
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Batches indexed by training step: step ``s`` of rank ``r`` is a fixed batch.
+
+    The index list is shuffled once per pass (seeded by ``seed`` and the pass number);
+    pass ``p`` covers steps ``[p * L, (p + 1) * L)`` with ``L = len(self)``. Each step
+    takes ``batch_size * world_size`` indices and rank ``r`` gets its slice, so ranks
+    never overlap. Iteration starts at ``start_step()``, read when the iterator is
+    created: after a restore that is the restored step, and the rest of that pass
+    follows, exactly as in an uninterrupted run.
+
+    Args:
+        indices: Dataset indices to draw from.
+        batch_size: Indices per rank and step.
+        seed: Shuffle seed.
+        start_step: Returns the first step to yield (e.g. ``lambda: trainer.global_step``).
+        rank: This process's rank.
+        world_size: Number of processes.
+    """
+
+    def __init__(
+        self,
+        indices: Sequence[int],
+        batch_size: int,
+        seed: int,
+        start_step: Callable[[], int] = lambda: 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        global_batch = batch_size * world_size
+        if len(indices) < global_batch:
+            raise ValueError(
+                f"{len(indices)} training images cannot fill one step of {batch_size} images "
+                f"x {world_size} processes; lower data.batch_size"
+            )
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.indices = torch.as_tensor(list(indices), dtype=torch.long)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.start_step = start_step
+        self.rank = rank
+        self.world_size = world_size
+
+    def __len__(self) -> int:
+        """Steps per pass over the indices (an incomplete last step is dropped)."""
+        return len(self.indices) // (self.batch_size * self.world_size)
+
+    def batch(self, step: int) -> list[int]:
+        """This rank's indices at training step ``step``."""
+        pass_index, step_in_pass = divmod(step, len(self))
+        return self._rank_slice(self._pass_order(pass_index), step_in_pass)
+
+    def _rank_slice(self, order: torch.Tensor, step_in_pass: int) -> list[int]:
+        start = (step_in_pass * self.world_size + self.rank) * self.batch_size
+        return self.indices[order[start : start + self.batch_size]].tolist()
+
+    def _pass_order(self, pass_index: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + pass_index)
+        return torch.randperm(len(self.indices), generator=generator)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        """Yield the batches from ``start_step()`` to the end of its pass."""
+        pass_index, first = divmod(self.start_step(), len(self))
+        order = self._pass_order(pass_index)
+        for step_in_pass in range(first, len(self)):
+            yield self._rank_slice(order, step_in_pass)

@@ -1,0 +1,46 @@
+"""Training objectives of the three methods (paper Sec. 3, Eq. 1)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def multi_label_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy summed over classes and averaged over the batch (Eq. 1).
+
+    Summing over classes (rather than averaging) keeps the gradient of each class as
+    large as with softmax cross-entropy, so the same learning rates work for both.
+
+    Args:
+        logits: Raw outputs ``(B, C)``.
+        targets: Multi-hot targets ``(B, C)`` in {0, 1} (bool or float).
+
+    Returns:
+        Scalar loss ``-1/B sum_i sum_j [y_ij log s_ij + (1 - y_ij) log(1 - s_ij)]``.
+    """
+    per_element = F.binary_cross_entropy_with_logits(
+        logits.float(), targets.to(torch.float32), reduction="none"
+    )
+    return per_element.sum(dim=1).mean()
+
+
+def one_hot_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """:func:`multi_label_bce` against the one-hot encoding of single labels."""
+    return multi_label_bce(logits, F.one_hot(labels, logits.shape[1]))
+
+
+def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Standard cross-entropy on the single label, averaged over the batch."""
+    return F.cross_entropy(logits.float(), labels)
+
+
+def sigmoid_head_bias(num_classes: int) -> float:
+    """Initial bias of a sigmoid head: ``-log(C)``.
+
+    With zero bias every class starts at probability 0.5 and the first steps are spent
+    pushing ``C - 1`` negatives down; ``-log(C)`` starts each near the prior ``1/C``.
+    """
+    return -math.log(num_classes)

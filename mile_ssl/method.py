@@ -1,0 +1,375 @@
+"""The fine-tuning LightningModule: softmax, sigmoid and MILe (paper Sec. 3, Alg. 1).
+
+MILe alternates two phases on every cycle of ``kt + ks`` steps:
+
+* teacher phase (interaction): the teacher, freshly copied from the student, trains
+  ``kt`` steps on the single ground-truth labels with binary cross-entropy;
+* student phase (imitation): the student trains ``ks`` steps on the teacher's
+  thresholded sigmoid outputs ``sigmoid(teacher(x)) > rho`` for the same batch it sees.
+
+Each training batch is exactly one optimiser step of exactly one network, so the step
+counter (saved in checkpoints) determines the phase, the learning rate and the data,
+and a run resumed mid-cycle continues exactly where it stopped.
+
+Teacher optimiser state: at the start of every cycle the teacher's weights are replaced
+by the student's, so its SGD momentum, which points along the previous teacher's
+trajectory, is cleared; the teacher starts each cycle with empty optimiser state.
+The student's optimiser state persists across cycles.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import asdict
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torch.optim import SGD, Optimizer
+
+from mile_ssl.config import MethodConfig, MileConfig, OptimConfig
+from mile_ssl.losses import multi_label_bce, one_hot_bce, sigmoid_head_bias, softmax_cross_entropy
+from mile_ssl.metrics import classification_report
+from mile_ssl.pseudo_labels import pseudo_label_stats, threshold_pseudo_labels
+from mile_ssl.schedule import Phase, StepPosition, mile_position, warmup_cosine
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_KEY = "mile_ssl"
+
+
+class Classifier(nn.Module):
+    """A backbone followed by a new linear head over its pooled features.
+
+    Args:
+        backbone: Maps images to features ``(B, feature_dim)``.
+        feature_dim: Width of the features.
+        num_classes: Outputs of the head.
+        head_bias: Initial value of every head bias (``None`` keeps PyTorch's init).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        num_classes: int,
+        head_bias: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(feature_dim, num_classes)
+        if head_bias is not None:
+            nn.init.constant_(self.head.bias, head_bias)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, num_classes)``."""
+        return self.head(self.backbone(images))
+
+
+@torch.no_grad()
+def copy_weights_(target: nn.Module, source: nn.Module) -> None:
+    """Copy every parameter and buffer (BatchNorm statistics included) in place.
+
+    In-place copying keeps the target's tensors, so optimisers and compiled graphs that
+    hold them stay valid, and no network is re-allocated each cycle.
+    """
+    target_state = target.state_dict(keep_vars=True)
+    for name, source_tensor in source.state_dict(keep_vars=True).items():
+        target_state[name].copy_(source_tensor)
+
+
+class MILeModule(L.LightningModule):
+    """Fine-tunes a backbone with softmax, sigmoid or MILe; usable in any Lightning code.
+
+    Batches are mappings with ``image`` ``(B, 3, H, W)`` and ``label`` ``(B,)``; in
+    validation also ``label_set`` (multi-hot ``(B, C)``) for the multi-label metrics.
+
+    Args:
+        backbone: Pretrained feature extractor.
+        feature_dim: Width of its pooled features.
+        num_classes: Number of classes.
+        method: Objective and evaluation threshold.
+        mile: MILe bottleneck (used when ``method.name == "mile"``).
+        optim: Optimiser and learning-rate schedule.
+        channels_last: Keep networks and inputs in channels-last memory format.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        num_classes: int,
+        method: MethodConfig | None = None,
+        mile: MileConfig | None = None,
+        optim: OptimConfig | None = None,
+        channels_last: bool = True,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.method = method or MethodConfig()
+        self.mile = mile or MileConfig()
+        self.optim = optim or OptimConfig()
+        self.num_classes = num_classes
+        self.channels_last = channels_last
+        head_bias = None if self.method.name == "softmax" else sigmoid_head_bias(num_classes)
+        self.student = Classifier(backbone, feature_dim, num_classes, head_bias)
+        self.teacher: Classifier | None = None
+        if self.method.name == "mile":
+            # One copy at construction; every cycle refreshes it in place.
+            self.teacher = copy.deepcopy(self.student)
+            if self.mile.variant == "snapshot":
+                self.teacher.requires_grad_(False)
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        self.completed_steps = 0
+        self.validation_metrics: dict[str, float] = {}
+        self._val_outputs: list[dict[str, torch.Tensor]] = []
+        self._phase_stats: list[tuple[float, float]] = []
+
+    @property
+    def trains_teacher(self) -> bool:
+        """Whether the teacher is a second trained network (Alg. 1) with its own optimiser."""
+        return self.teacher is not None and self.mile.variant == "copy"
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits of the student, the network that is kept and evaluated."""
+        return self.student(self._prepare(images))
+
+    def position(self, step: int) -> StepPosition:
+        """Phase of training step ``step``."""
+        if self.teacher is None:
+            return StepPosition(Phase.SUPERVISED, 0, step)
+        return mile_position(step, self.mile.kt, self.mile.ks)
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and images.dim() == 4:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def _param_groups(self, network: Classifier) -> list[dict[str, Any]]:
+        head_lr = self.optim.head_lr if self.optim.head_lr is not None else self.optim.lr
+        return [
+            {
+                "params": list(network.backbone.parameters()),
+                "lr": self.optim.lr,
+                "initial_lr": self.optim.lr,
+            },
+            {"params": list(network.head.parameters()), "lr": head_lr, "initial_lr": head_lr},
+        ]
+
+    def _make_optimizer(self, network: Classifier) -> Optimizer:
+        return SGD(
+            self._param_groups(network),
+            lr=self.optim.lr,
+            momentum=self.optim.momentum,
+            nesterov=self.optim.nesterov and self.optim.momentum > 0,
+            weight_decay=self.optim.weight_decay,
+        )
+
+    def configure_optimizers(self) -> list[Optimizer]:
+        """Student optimiser first; the teacher's second when the teacher trains."""
+        optimizers = [self._make_optimizer(self.student)]
+        if self.trains_teacher:
+            assert self.teacher is not None
+            optimizers.append(self._make_optimizer(self.teacher))
+        return optimizers
+
+    def _optimizer(self, index: int) -> Any:
+        optimizers = self.optimizers()
+        return optimizers[index] if isinstance(optimizers, list) else optimizers
+
+    def _total_steps(self) -> int:
+        max_steps = self.trainer.max_steps
+        if max_steps is None or max_steps < 1:
+            raise ValueError("MILeModule needs Trainer(max_steps=...) for its LR schedule")
+        return int(max_steps)
+
+    def _optimize(self, optimizer: Any, loss: torch.Tensor) -> None:
+        factor = warmup_cosine(self.completed_steps, self._total_steps(), self.optim.warmup_steps)
+        for group in optimizer.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        optimizer.step()
+
+    def on_train_start(self) -> None:
+        """Check that our step counter and Lightning's agree (one optimiser step per batch)."""
+        if self.completed_steps != self.trainer.global_step:
+            raise RuntimeError(
+                f"step counter {self.completed_steps} disagrees with Lightning's global_step "
+                f"{self.trainer.global_step}; was the checkpoint written by another program?"
+            )
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """One optimiser step of the network the current phase trains."""
+        images = self._prepare(batch["image"])
+        labels = batch["label"]
+        position = self.position(self.completed_steps)
+        if position.phase is Phase.SUPERVISED:
+            logits = self.student(images)
+            if self.method.name == "softmax":
+                loss = softmax_cross_entropy(logits, labels)
+            else:
+                loss = one_hot_bce(logits, labels)
+            self._optimize(self._optimizer(0), loss)
+        elif position.phase is Phase.TEACHER:
+            loss = self._teacher_step(images, labels, position)
+        else:
+            loss = self._student_step(images, position)
+        self.completed_steps += 1
+        self.log(f"train/{position.phase.value}_loss", loss.detach(), prog_bar=True)
+        self.log("train/cycle", float(position.cycle))
+        return loss.detach()
+
+    def _teacher_step(
+        self, images: torch.Tensor, labels: torch.Tensor, position: StepPosition
+    ) -> torch.Tensor:
+        assert self.teacher is not None
+        if not self.trains_teacher:
+            # snapshot variant: the single network learns from ground truth.
+            loss = one_hot_bce(self.student(images), labels)
+            self._optimize(self._optimizer(0), loss)
+            return loss
+        teacher_optimizer = self._optimizer(1)
+        if position.starts_phase:
+            copy_weights_(self.teacher, self.student)
+            teacher_optimizer.optimizer.state.clear()
+        self.teacher.train()
+        loss = one_hot_bce(self.teacher(images), labels)
+        self._optimize(teacher_optimizer, loss)
+        return loss
+
+    def _student_step(self, images: torch.Tensor, position: StepPosition) -> torch.Tensor:
+        assert self.teacher is not None
+        if position.starts_phase and not self.trains_teacher:
+            copy_weights_(self.teacher, self.student)
+        pseudo_labels = self.pseudo_label(images)
+        stats = pseudo_label_stats(pseudo_labels)
+        self._record_phase_stats(stats.mean_size, stats.empty_fraction, position)
+        loss = multi_label_bce(self.student(images), pseudo_labels)
+        self._optimize(self._optimizer(0), loss)
+        self.log("train/pseudo_labels_per_image", stats.mean_size)
+        self.log("train/pseudo_empty_fraction", stats.empty_fraction)
+        return loss
+
+    def pseudo_label(self, images: torch.Tensor) -> torch.Tensor:
+        """The teacher's multi-hot pseudo-labels for ``images`` (teacher in eval mode)."""
+        assert self.teacher is not None
+        was_training = self.teacher.training
+        self.teacher.eval()
+        with torch.inference_mode():
+            pseudo_labels = threshold_pseudo_labels(self.teacher(images), self.mile.rho)
+        self.teacher.train(was_training)
+        # Inference tensors cannot be saved for backward; a clone outside is a normal one.
+        return pseudo_labels.clone()
+
+    def _record_phase_stats(
+        self, mean_size: float, empty_fraction: float, position: StepPosition
+    ) -> None:
+        self._phase_stats.append((mean_size, empty_fraction))
+        if position.step_in_phase != self.mile.ks - 1:
+            return
+        sizes, empties = zip(*self._phase_stats, strict=True)
+        self._phase_stats.clear()
+        mean_size = sum(sizes) / len(sizes)
+        empty_fraction = sum(empties) / len(empties)
+        self.log("train/cycle_pseudo_labels_per_image", mean_size)
+        self.log("train/cycle_pseudo_empty_fraction", empty_fraction)
+        reason = pseudo_label_stats_reason(mean_size, empty_fraction, self.num_classes)
+        if reason is not None:
+            log.warning("MILe cycle %d: pseudo-labels collapsed: %s", position.cycle, reason)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Keep the student's logits; metrics need the whole validation set."""
+        logits = self.student(self._prepare(batch["image"]))
+        self._val_outputs.append(
+            {
+                "logits": logits.float(),
+                "label": batch["label"],
+                "label_set": batch["label_set"],
+                "index": batch["index"],
+            }
+        )
+
+    def on_validation_epoch_end(self) -> None:
+        """Gather every rank's outputs, drop sampler padding, compute metrics once."""
+        if not self._val_outputs:
+            return
+        outputs = {
+            key: torch.cat([output[key] for output in self._val_outputs])
+            for key in self._val_outputs[0]
+        }
+        self._val_outputs.clear()
+        if self.trainer.world_size > 1:
+            outputs = {key: _gather(self, value) for key, value in outputs.items()}
+        indices = outputs["index"]
+        unique_indices, first = _first_occurrences(indices)
+        outputs = {key: value[first] for key, value in outputs.items()}
+        report = classification_report(
+            outputs["logits"].cpu(),
+            outputs["label"].cpu(),
+            outputs["label_set"].cpu(),
+            multi_label=self.method.name != "softmax",
+            threshold=self.method.eval_threshold,
+        )
+        report["num_samples"] = float(len(unique_indices))
+        self.validation_metrics = report
+        for name, value in report.items():
+            self.log(f"val/{name}", value, rank_zero_only=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the step counter and the settings the schedule depends on."""
+        checkpoint[CHECKPOINT_KEY] = {
+            "version": 1,
+            "completed_steps": self.completed_steps,
+            "num_classes": self.num_classes,
+            "method": asdict(self.method),
+            "mile": asdict(self.mile),
+            "optim": asdict(self.optim),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the step counter; refuse a checkpoint of a different schedule."""
+        state = checkpoint.get(CHECKPOINT_KEY)
+        if state is None:
+            raise ValueError(
+                f"checkpoint has no '{CHECKPOINT_KEY}' entry; it was not written by MILeModule"
+            )
+        expected = {"method": asdict(self.method), "mile": asdict(self.mile)}
+        for key, value in expected.items():
+            if key == "mile" and self.teacher is None:
+                continue
+            if state[key] != value:
+                raise ValueError(
+                    f"cannot resume: the checkpoint's {key} settings {state[key]} differ from "
+                    f"this run's {value}"
+                )
+        self.completed_steps = int(state["completed_steps"])
+
+
+def pseudo_label_stats_reason(
+    mean_size: float, empty_fraction: float, num_classes: int
+) -> str | None:
+    """Collapse diagnosis of a phase's averaged pseudo-label statistics."""
+    from mile_ssl.pseudo_labels import PseudoLabelStats
+
+    return PseudoLabelStats(mean_size, empty_fraction).collapse_reason(num_classes)
+
+
+def _gather(module: L.LightningModule, tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` (same shape on every rank) across ranks."""
+    gathered = module.all_gather(tensor)
+    assert isinstance(gathered, torch.Tensor)
+    return gathered.flatten(0, 1)
+
+
+def _first_occurrences(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted unique values of ``indices`` and the position of each one's first copy."""
+    unique, inverse = torch.unique(indices, sorted=True, return_inverse=True)
+    positions = torch.arange(indices.numel(), device=indices.device)
+    first = torch.full_like(unique, indices.numel()).scatter_reduce(
+        0, inverse, positions, reduce="amin"
+    )
+    return unique, first

@@ -1,0 +1,60 @@
+"""Pseudo-labels of the MILe imitation phase and the statistics that reveal collapse."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def threshold_pseudo_labels(teacher_logits: torch.Tensor, rho: float) -> torch.Tensor:
+    """Multi-hot pseudo-labels ``sigmoid(teacher(x)) > rho`` (Alg. 1, line 10).
+
+    Args:
+        teacher_logits: Teacher outputs ``(B, C)``.
+        rho: Threshold in (0, 1).
+
+    Returns:
+        Boolean tensor ``(B, C)``.
+    """
+    return torch.sigmoid(teacher_logits.float()) > rho
+
+
+@dataclass(frozen=True)
+class PseudoLabelStats:
+    """How many labels the teacher hands out, per image.
+
+    Attributes:
+        mean_size: Mean number of positive classes per image.
+        empty_fraction: Share of images with no positive class.
+    """
+
+    mean_size: float
+    empty_fraction: float
+
+    def collapse_reason(self, num_classes: int) -> str | None:
+        """Explain why these pseudo-labels look collapsed, or ``None`` if they do not.
+
+        A teacher that labels nothing (most sets empty) teaches the student to output
+        all-negative; one that labels more than half the classes teaches it to predict
+        everything. Both happen with too high / too low ``rho`` or too short phases.
+        """
+        if self.empty_fraction > 0.9:
+            return (
+                f"{self.empty_fraction:.0%} of pseudo-label sets are empty "
+                "(try a lower mile.rho or longer teacher phases, mile.kt)"
+            )
+        if self.mean_size > num_classes / 2:
+            return (
+                f"pseudo-label sets hold {self.mean_size:.1f} of {num_classes} classes on "
+                "average (try a higher mile.rho)"
+            )
+        return None
+
+
+def pseudo_label_stats(pseudo_labels: torch.Tensor) -> PseudoLabelStats:
+    """Summarise a batch of multi-hot pseudo-labels ``(B, C)``."""
+    sizes = pseudo_labels.sum(dim=1).float()
+    return PseudoLabelStats(
+        mean_size=float(sizes.mean()), empty_fraction=float((sizes == 0).float().mean())
+    )

@@ -1,0 +1,80 @@
+"""Results as a readable table, a JSON file and a PNG figure."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("top1", "top-1"),
+    ("real_acc", "ReaL-acc"),
+    ("real_f1", "ReaL-F1"),
+    ("f1@0.25", "F1@0.25"),
+    ("f1@0.5", "F1@0.5"),
+    ("map", "mAP"),
+    ("coverage", "coverage"),
+)
+"""Metric key and column title; all but coverage are fractions shown as percentages."""
+
+
+def format_metrics_table(
+    rows: Mapping[str, Mapping[str, float]], columns: Sequence[tuple[str, str]] = TABLE_COLUMNS
+) -> str:
+    """A fixed-width table, one row per run; fractions shown in percent."""
+    name_width = max([len("run"), *(len(name) for name in rows)])
+    header = "run".ljust(name_width) + "".join(f"{title:>10}" for _, title in columns)
+    lines = [header, "-" * len(header)]
+    for name, metrics in rows.items():
+        cells = []
+        for key, _ in columns:
+            value = metrics.get(key)
+            if value is None:
+                cells.append(f"{'-':>10}")
+            elif key == "coverage":
+                cells.append(f"{value:>10.2f}")
+            else:
+                cells.append(f"{100 * value:>10.1f}")
+        lines.append(name.ljust(name_width) + "".join(cells))
+    return "\n".join(lines)
+
+
+def write_json(path: str | Path, payload: object) -> Path:
+    """Write ``payload`` as indented JSON, creating parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def plot_metrics(
+    path: str | Path,
+    rows: Mapping[str, Mapping[str, float]],
+    columns: Sequence[tuple[str, str]] = TABLE_COLUMNS[:-1],
+    title: str = "",
+) -> Path:
+    """Grouped bar chart of percentage metrics, one bar group per metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure, axes = plt.subplots(figsize=(1.4 * len(columns) + 2, 3.6))
+    width = 0.8 / max(1, len(rows))
+    for offset, (name, metrics) in enumerate(rows.items()):
+        positions = [index + offset * width for index in range(len(columns))]
+        values = [100 * metrics.get(key, float("nan")) for key, _ in columns]
+        axes.bar(positions, values, width=width, label=name)
+    axes.set_xticks([index + 0.4 - width / 2 for index in range(len(columns))])
+    axes.set_xticklabels([title for _, title in columns])
+    axes.set_ylabel("%")
+    axes.set_ylim(0, 100)
+    axes.legend(loc="upper left", fontsize="small", ncols=min(4, len(rows)))
+    if title:
+        axes.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

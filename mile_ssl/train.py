@@ -1,0 +1,165 @@
+"""One fine-tuning run: checkpoint -> adapter -> backbone -> MILe module -> metrics.
+
+This is the Python entry point behind ``mile-ssl train``; the demo and the benchmarks
+call it with composed configs, so every route trains the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+
+from mile_ssl.adapters import LoadedBackbone, load_backbone
+from mile_ssl.backbones import BackboneSpec, build_backbone
+from mile_ssl.config import BackboneConfig, CheckpointConfig, TrainConfig, TrainerConfig
+from mile_ssl.data.datamodule import MILeDataModule
+from mile_ssl.method import MILeModule
+from mile_ssl.preprocessing import Preprocessing
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced.
+
+    Attributes:
+        metrics: Final validation metrics of the student.
+        output_dir: Run directory (config, checkpoints, logs, metrics).
+        last_checkpoint: Lightning checkpoint of the final state (resumable).
+    """
+
+    metrics: dict[str, float]
+    output_dir: Path
+    last_checkpoint: Path
+
+
+def initial_backbone(backbone: BackboneConfig, checkpoint: CheckpointConfig) -> LoadedBackbone:
+    """The backbone fine-tuning starts from: loaded through an adapter, or random.
+
+    Random initialisation happens only when asked for (``checkpoint=scratch``).
+    """
+    spec = BackboneSpec(backbone.name, dict(backbone.kwargs)) if backbone.name else None
+    if checkpoint.init == "checkpoint":
+        if checkpoint.path is None:
+            raise ValueError(
+                "config key 'checkpoint.path' must name a checkpoint file; to train from "
+                "random weights select checkpoint=scratch"
+            )
+        return load_backbone(checkpoint.path, adapter=checkpoint.adapter, backbone=spec)
+    if spec is None:
+        raise ValueError("checkpoint=scratch needs backbone.name (no checkpoint to take it from)")
+    module, feature_dim = build_backbone(spec)
+    log.warning("training %s from random initialisation (checkpoint=scratch)", spec.name)
+    return LoadedBackbone(
+        module=module,
+        feature_dim=feature_dim,
+        spec=spec,
+        preprocessing=Preprocessing(),
+        adapter="scratch",
+        source=None,
+    )
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto`` -> ``bf16-mixed`` where the hardware runs bf16 natively, else ``32-true``."""
+    if precision != "auto":
+        return precision
+    use_gpu = accelerator in ("gpu", "cuda") or (
+        accelerator == "auto" and torch.cuda.is_available()
+    )
+    if use_gpu:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return "bf16-mixed" if native_bf16 else "32-true"
+
+
+def build_trainer(config: TrainerConfig, output_dir: Path) -> L.Trainer:
+    """A Lightning Trainer writing checkpoints and logs under ``output_dir``."""
+    logger: Logger
+    if config.logger == "tensorboard":
+        logger = TensorBoardLogger(output_dir, name="logs", version="")
+    else:
+        logger = CSVLogger(output_dir, name="logs", version="")
+    checkpoint = ModelCheckpoint(
+        dirpath=output_dir / "checkpoints",
+        save_last=True,
+        save_top_k=-1 if config.checkpoint_every_n_steps else 0,
+        every_n_train_steps=config.checkpoint_every_n_steps,
+        filename="step{step}",
+        auto_insert_metric_name=False,
+    )
+    return L.Trainer(
+        max_steps=config.max_steps,
+        max_epochs=-1,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=resolve_precision(config.precision, config.accelerator),  # type: ignore[arg-type]
+        val_check_interval=config.val_every_n_steps or config.max_steps,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        log_every_n_steps=config.log_every_n_steps,
+        logger=logger,
+        callbacks=[checkpoint],
+        enable_progress_bar=config.progress_bar,
+        enable_model_summary=False,
+        deterministic=config.deterministic,
+        sync_batchnorm=config.sync_batchnorm,
+        use_distributed_sampler=False,
+        default_root_dir=output_dir,
+    )
+
+
+def run_training(config: TrainConfig, output_dir: str | Path) -> RunResult:
+    """Fine-tune as ``config`` says and write the run directory.
+
+    Args:
+        config: Validated run configuration.
+        output_dir: Directory for the resolved config, checkpoints, logs and metrics.
+
+    Returns:
+        Final metrics and where the run was written.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    loaded = initial_backbone(config.backbone, config.checkpoint)
+    datamodule = MILeDataModule(config.data, loaded.preprocessing)
+    module = MILeModule(
+        loaded.module,
+        loaded.feature_dim,
+        datamodule.num_classes,
+        method=config.method,
+        mile=config.mile,
+        optim=config.optim,
+        channels_last=config.backbone.channels_last,
+    )
+    trainer = build_trainer(config.trainer, output_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=config.trainer.resume_from)
+    metrics = dict(module.validation_metrics)
+    if trainer.is_global_zero:
+        payload = {
+            "metrics": metrics,
+            "steps": module.completed_steps,
+            "labelled_images": len(datamodule.train_indices),
+            "backbone": loaded.spec.name,
+            "adapter": loaded.adapter,
+            "checkpoint": str(loaded.source) if loaded.source else None,
+        }
+        (output_dir / METRICS_FILE).write_text(json.dumps(payload, indent=2) + "\n")
+    return RunResult(
+        metrics=metrics,
+        output_dir=output_dir,
+        last_checkpoint=output_dir / "checkpoints" / "last.ckpt",
+    )
