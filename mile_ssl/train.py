@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,10 @@ from mile_ssl.method import MILeModule
 from mile_ssl.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
+
+# A step checkpoint holds the state after that step's update, which is what resuming
+# from step N needs; Lightning warns about this for every manual-optimisation module.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 METRICS_FILE = "metrics.json"
 
@@ -92,7 +97,7 @@ def build_trainer(config: TrainerConfig, output_dir: Path) -> L.Trainer:
         logger = CSVLogger(output_dir, name="logs", version="")
     checkpoint = ModelCheckpoint(
         dirpath=output_dir / "checkpoints",
-        save_last=True,
+        save_last=config.checkpoint_every_n_steps is not None,
         save_top_k=-1 if config.checkpoint_every_n_steps else 0,
         every_n_train_steps=config.checkpoint_every_n_steps,
         filename="step{step}",
@@ -147,6 +152,8 @@ def run_training(config: TrainConfig, output_dir: str | Path) -> RunResult:
     )
     trainer = build_trainer(config.trainer, output_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=config.trainer.resume_from)
+    last_checkpoint = output_dir / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(last_checkpoint)
     metrics = dict(module.validation_metrics)
     if trainer.is_global_zero:
         payload = {
@@ -161,5 +168,5 @@ def run_training(config: TrainConfig, output_dir: str | Path) -> RunResult:
     return RunResult(
         metrics=metrics,
         output_dir=output_dir,
-        last_checkpoint=output_dir / "checkpoints" / "last.ckpt",
+        last_checkpoint=last_checkpoint,
     )

@@ -21,7 +21,7 @@ from mile_ssl.data.folder import (
     read_split_file,
     train_transform,
 )
-from mile_ssl.data.sampling import StepBatchSampler, stratified_fraction
+from mile_ssl.data.sampling import StepBatchSampler, StepDataLoader, stratified_fraction
 from mile_ssl.preprocessing import Preprocessing
 
 
@@ -141,7 +141,8 @@ class MILeDataModule(L.LightningDataModule):
     ) -> DataLoader[dict[str, torch.Tensor]]:
         """A loader with the worker, pinning and prefetch settings of ``data``."""
         workers = self.config.num_workers
-        return DataLoader(
+        loader_class = DataLoader if batch_sampler is None else StepDataLoader
+        return loader_class(
             dataset,
             batch_size=batch_size if batch_sampler is None else 1,
             sampler=sampler,

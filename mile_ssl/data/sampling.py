@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from torch.utils.data import Sampler
+from typing import Any
+
+from torch.utils.data import DataLoader, Sampler
 
 
 def stratified_fraction(
@@ -110,3 +112,34 @@ class StepBatchSampler(Sampler[list[int]]):
         order = self._pass_order(pass_index)
         for step_in_pass in range(first, len(self)):
             yield self._rank_slice(order, step_in_pass)
+
+
+class StepDataLoader(DataLoader[Any]):
+    """A loader over a :class:`StepBatchSampler`, resumable through Lightning.
+
+    Its position needs no saving (the sampler starts at the restored step); what is
+    saved is the identity of the stream, so that resuming with another labelled
+    subset or seed fails instead of silently training on different data.
+    """
+
+    batch_sampler: StepBatchSampler
+
+    def state_dict(self) -> dict[str, Any]:
+        """Identity of the training stream."""
+        sampler = self.batch_sampler
+        return {
+            "seed": sampler.seed,
+            "num_indices": len(sampler.indices),
+            "indices_checksum": int(sampler.indices.sum()),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Refuse to continue a run on a different labelled subset or shuffle seed."""
+        current = self.state_dict()
+        for key, value in state_dict.items():
+            if current.get(key) != value:
+                raise ValueError(
+                    f"cannot resume: the checkpoint's training stream has {key}={value}, this "
+                    f"run has {current.get(key)} (check data.fraction, data.split_file and "
+                    "data.split_seed)"
+                )

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+MILE_SSL = str(Path(sys.executable).with_name("mile-ssl"))
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [MILE_SSL, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_train_writes_a_complete_run_directory(tmp_path: Path, tiny_overrides: list[str]) -> None:
+    result = _run(
+        [
+            "train",
+            *tiny_overrides,
+            "method=mile",
+            "mile.kt=1",
+            "mile.ks=1",
+            "trainer.max_steps=2",
+            "hydra.run.dir=run",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 2
+    assert 0.0 <= metrics["metrics"]["top1"] <= 1.0
+    assert (run / ".hydra" / "config.yaml").exists()
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    assert (run / "logs" / "metrics.csv").exists()
+    assert "ReaL-F1" in result.stdout
+
+
+def test_sweep_runs_every_combination(tmp_path: Path, tiny_overrides: list[str]) -> None:
+    result = _run(
+        [
+            "train",
+            "-m",
+            *tiny_overrides,
+            "trainer.max_steps=1",
+            "method=sigmoid",
+            "data.fraction=0.5,1.0",
+            "hydra.sweep.dir=sweep",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    runs = sorted((tmp_path / "sweep").glob("*/metrics.json"))
+    assert len(runs) == 2
+    labelled = sorted(json.loads(path.read_text())["labelled_images"] for path in runs)
+    assert labelled == [128, 256]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("mile.kt=0", "mile.kt"),
+        ("mile.kappa=1", "mile.kappa"),
+        ("data.fraction=2", "data.fraction"),
+    ],
+)
+def test_invalid_config_fails_before_training_naming_the_key(
+    override: str, message: str, tmp_path: Path, tiny_overrides: list[str]
+) -> None:
+    result = _run(["train", *tiny_overrides, override, "hydra.run.dir=run"], tmp_path)
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_missing_checkpoint_is_refused_naming_the_file(
+    tmp_path: Path, tiny_overrides: list[str]
+) -> None:
+    overrides = [o for o in tiny_overrides if not o.startswith("checkpoint")]
+    missing = tmp_path / "missing.pt"
+    result = _run(
+        ["train", *overrides, f"checkpoint.path={missing}", "hydra.run.dir=run"], tmp_path
+    )
+    assert result.returncode != 0
+    assert str(missing) in result.stderr + result.stdout
+
+
+def test_unknown_command_and_help(tmp_path: Path) -> None:
+    assert _run(["frobnicate"], tmp_path).returncode == 2
+    help_text = _run(["--help"], tmp_path)
+    assert help_text.returncode == 0 and "train" in help_text.stdout

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from mile_ssl.config import MILE_VARIANTS, compose_train_config
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+GROUPS = ("method", "data", "backbone", "checkpoint", "optim", "trainer", "experiment")
+# Options of other groups that a group option needs to compose into a valid config.
+COMPANIONS = {("data", "folder"): ["data.root=/nonexistent"]}
+
+
+def _options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("group", "option"), [(group, option) for group in GROUPS for option in _options(group)]
+)
+def test_every_shipped_yaml_composes(group: str, option: str) -> None:
+    config = compose_train_config(
+        [f"{group}={option}", "checkpoint=scratch", *COMPANIONS.get((group, option), [])]
+        if group != "checkpoint"
+        else [f"{group}={option}"]
+    )
+    if group == "method":
+        assert config.method.name == option
+
+
+def test_every_group_has_options() -> None:
+    for group in GROUPS:
+        assert _options(group), group
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("mile.kt=0", "mile.kt"),
+        ("mile.ks=0", "mile.ks"),
+        ("mile.rho=1.0", "mile.rho"),
+        ("mile.rho=0", "mile.rho"),
+        ("mile.variant=other", "mile.variant"),
+        ("data.fraction=0", "data.fraction"),
+        ("data.fraction=1.5", "data.fraction"),
+        ("method.name=other", "method.name"),
+        ("trainer.max_steps=0", "trainer.max_steps"),
+        ("optim.lr=-1", "optim.lr"),
+    ],
+)
+def test_out_of_range_values_name_the_key(override: str, key: str) -> None:
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        compose_train_config(["checkpoint=scratch", override])
+
+
+def test_unknown_key_fails_at_composition_naming_it() -> None:
+    with pytest.raises(ConfigCompositionException, match="mile.kappa"):
+        compose_train_config(["checkpoint=scratch", "mile.kappa=3"])
+
+
+def test_wrong_type_fails_naming_the_key() -> None:
+    with pytest.raises(ConfigCompositionException, match="kt"):
+        compose_train_config(["checkpoint=scratch", "mile.kt=many"])
+
+
+def test_default_variant_is_a_known_variant() -> None:
+    assert compose_train_config(["checkpoint=scratch"]).mile.variant in MILE_VARIANTS
+
+
+def test_checkpoint_path_is_required_unless_scratch(tmp_path: Path) -> None:
+    from mile_ssl.train import run_training
+
+    config = compose_train_config([])  # checkpoint=file without a path
+    assert config.checkpoint.path is None
+    with pytest.raises(ValueError, match="checkpoint.path.*checkpoint=scratch"):
+        run_training(config, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
