@@ -8,10 +8,9 @@ the batches it would have seen without interruption.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-
-import torch
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader, Sampler
 
 
