@@ -5,13 +5,13 @@ Load a checkpoint with :func:`load_backbone`; add a format with
 :func:`register_adapter`.
 """
 
-from . import mile_ssl_format, torchvision_format
 from .mile_ssl_format import FORMAT as MILE_SSL_FORMAT
 from .mile_ssl_format import VERSION as MILE_SSL_FORMAT_VERSION
 from .mile_ssl_format import convert_mile_ssl, detect_mile_ssl, save_backbone_checkpoint
 from .registry import (
     DEFAULT_CONTAINER_KEYS,
     Adapter,
+    AdapterOptions,
     CheckpointError,
     CheckpointMismatchError,
     ConvertedCheckpoint,
@@ -22,7 +22,9 @@ from .registry import (
     get_adapter,
     load_backbone,
     read_checkpoint,
+    refuse_projection_layers,
     register_adapter,
+    register_reader,
     select,
     strip_prefix,
     unregister_adapter,
@@ -31,6 +33,9 @@ from .registry import (
 from .torchvision_format import convert_torchvision, detect_torchvision
 
 __all__ = [
+    "AdapterOptions",
+    "refuse_projection_layers",
+    "register_reader",
     "DEFAULT_CONTAINER_KEYS",
     "MILE_SSL_FORMAT",
     "MILE_SSL_FORMAT_VERSION",
@@ -58,3 +63,15 @@ __all__ = [
     "unregister_adapter",
     "unwrap",
 ]
+
+
+def _register_builtin_adapters() -> None:
+    """Import every module of this package: each registers its adapters on import."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+_register_builtin_adapters()

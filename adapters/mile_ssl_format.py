@@ -31,7 +31,13 @@ from torch import Tensor, nn
 from mile_ssl.backbones import BackboneSpec, build_backbone
 from mile_ssl.preprocessing import Preprocessing
 
-from .registry import ConvertedCheckpoint, describe_mismatch, register_adapter
+from .registry import (
+    AdapterOptions,
+    ConvertedCheckpoint,
+    describe_mismatch,
+    refuse_projection_layers,
+    register_adapter,
+)
 
 FORMAT = "mile_ssl.backbone"
 """Value of the ``format`` key identifying these files."""
@@ -153,11 +159,12 @@ def _field(raw: Mapping[str, Any], key: str, kind: type) -> Any:
 
 
 @register_adapter("mile_ssl", detect=detect_mile_ssl)
-def convert_mile_ssl(raw: Mapping[str, Any]) -> ConvertedCheckpoint:
+def convert_mile_ssl(raw: Mapping[str, Any], options: AdapterOptions) -> ConvertedCheckpoint:
     """Read a checkpoint written by :func:`save_backbone_checkpoint`.
 
     Args:
         raw: The checkpoint mapping.
+        options: Conversion options; the saved backbone has no projection head.
 
     Returns:
         The weights with the architecture and preprocessing stored alongside them.
@@ -166,6 +173,7 @@ def convert_mile_ssl(raw: Mapping[str, Any]) -> ConvertedCheckpoint:
         ValueError: If the version is not one this code reads (a newer layout may mean
             something different by the same keys), or a field is missing or malformed.
     """
+    refuse_projection_layers(options, "mile_ssl")
     version = raw.get("version")
     if version != VERSION:
         raise ValueError(

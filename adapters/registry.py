@@ -79,8 +79,34 @@ class ConvertedCheckpoint:
             )
 
 
-ConvertFn = Callable[[Mapping[str, Any]], ConvertedCheckpoint]
+@dataclass(frozen=True)
+class AdapterOptions:
+    """What a conversion may depend on besides the file's contents.
+
+    Attributes:
+        source: The checkpoint file, for formats that keep metadata beside it (e.g.
+            solo-learn's ``args.json``); ``None`` when converting an in-memory object.
+        projection_layers: Number of projection-head layers to keep on top of the
+            pooled features (SimCLR-v2 fine-tunes from the first one). Adapters of
+            formats without such a head refuse a non-zero value.
+    """
+
+    source: Path | None = None
+    projection_layers: int = 0
+
+
+ConvertFn = Callable[[Mapping[str, Any], AdapterOptions], ConvertedCheckpoint]
 DetectFn = Callable[[Mapping[str, Any]], bool]
+ReaderFn = Callable[[Path], Mapping[str, Any]]
+
+
+def refuse_projection_layers(options: AdapterOptions, adapter: str) -> None:
+    """Fail when a projection head is requested from a format that has none to offer."""
+    if options.projection_layers:
+        raise ValueError(
+            f"checkpoint.projection_layers={options.projection_layers} is not supported by "
+            f"the {adapter!r} adapter (its checkpoints carry no projection head to keep)"
+        )
 
 
 @dataclass(frozen=True)
@@ -101,6 +127,28 @@ class Adapter:
 
 
 _ADAPTERS: dict[str, Adapter] = {}
+_READERS: dict[str, ReaderFn] = {}
+
+
+def register_reader(*suffixes: str) -> Callable[[ReaderFn], ReaderFn]:
+    """Register a reader for files whose name ends in one of ``suffixes``.
+
+    Files of other suffixes are read with ``torch.load(..., weights_only=True)``. A
+    reader must execute nothing from the file; it returns the top-level mapping that
+    adapters' ``detect`` and ``convert`` receive.
+
+    Raises:
+        ValueError: If a suffix already has a reader.
+    """
+
+    def decorator(reader: ReaderFn) -> ReaderFn:
+        for suffix in suffixes:
+            if suffix in _READERS:
+                raise ValueError(f"a checkpoint reader for {suffix!r} files is already registered")
+            _READERS[suffix] = reader
+        return reader
+
+    return decorator
 
 
 def register_adapter(name: str, *, detect: DetectFn) -> Callable[[ConvertFn], ConvertFn]:
@@ -189,10 +237,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if path.is_dir():
         raise IsADirectoryError(f"checkpoint path is a directory, expected a file: {path}")
-    if path.suffix == ".safetensors":
-        raw: object = _read_safetensors(path)
-    else:
-        raw = _read_torch(path)
+    reader = _READERS.get(path.suffix.lower())
+    raw: object = reader(path) if reader is not None else _read_torch(path)
     if not isinstance(raw, Mapping):
         raise CheckpointError(
             f"checkpoint {path} holds a {type(raw).__name__}, expected a mapping "
@@ -207,6 +253,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return dict(raw)
 
 
+@register_reader(".safetensors")
 def _read_safetensors(path: Path) -> dict[str, Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -371,6 +418,7 @@ def load_backbone(
     *,
     adapter: str = "auto",
     backbone: BackboneSpec | None = None,
+    projection_layers: int = 0,
 ) -> LoadedBackbone:
     """Build a backbone and load a checkpoint into it, strictly.
 
@@ -381,6 +429,7 @@ def load_backbone(
         backbone: The architecture. Needed when the file does not state it; when both
             do, they must agree, since loading weights into a different architecture
             than the one they were saved from is never intended.
+        projection_layers: Projection-head layers to keep (see :class:`AdapterOptions`).
 
     Returns:
         The loaded backbone, its feature width, spec and preprocessing.
@@ -397,7 +446,9 @@ def load_backbone(
     raw = read_checkpoint(source)
     chosen = _choose_adapter(raw, adapter, source)
     try:
-        converted = chosen.convert(raw)
+        converted = chosen.convert(
+            raw, AdapterOptions(source=source, projection_layers=projection_layers)
+        )
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"adapter {chosen.name!r} cannot convert {source}: {exc}") from exc
 

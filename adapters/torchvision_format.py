@@ -17,8 +17,10 @@ from mile_ssl.backbones import BackboneSpec
 from mile_ssl.preprocessing import Preprocessing
 
 from .registry import (
+    AdapterOptions,
     ConvertedCheckpoint,
     drop,
+    refuse_projection_layers,
     register_adapter,
     select,
     strip_prefix,
@@ -66,12 +68,13 @@ def _spec_from_arch(raw: Mapping[str, Any]) -> BackboneSpec | None:
 
 
 @register_adapter("torchvision", detect=detect_torchvision)
-def convert_torchvision(raw: Mapping[str, Any]) -> ConvertedCheckpoint:
+def convert_torchvision(raw: Mapping[str, Any], options: AdapterOptions) -> ConvertedCheckpoint:
     """Extract the backbone of a torchvision / timm ResNet state dict.
 
     Args:
         raw: The checkpoint mapping: a state dict, possibly nested under ``state_dict``
             or ``model`` and possibly with a DataParallel ``module.`` prefix.
+        options: Conversion options; no projection head exists in these files.
 
     Returns:
         The tensors without the ``fc.*`` classifier (listed in ``dropped``); the
@@ -81,6 +84,7 @@ def convert_torchvision(raw: Mapping[str, Any]) -> ConvertedCheckpoint:
     Raises:
         ValueError: If no state dict is found in ``raw``.
     """
+    refuse_projection_layers(options, "torchvision")
     state_dict = _resnet_state_dict(raw)
     return ConvertedCheckpoint(
         state_dict=drop(state_dict, CLASSIFIER_PREFIX),

@@ -125,7 +125,19 @@ def _build_tiny_resnet(**kwargs: Any) -> tuple[nn.Module, int]:
 
 
 @register_builder("torchvision")
-def _build_torchvision(arch: str, **kwargs: Any) -> tuple[nn.Module, int]:
+def _build_torchvision(
+    arch: str, cifar_stem: bool = False, tf_same_padding: bool = False, **kwargs: Any
+) -> tuple[nn.Module, int]:
+    """A torchvision ResNet-style model without its classifier.
+
+    Args:
+        arch: torchvision model name.
+        cifar_stem: Replace the 7x7/2 stem and max-pool by a 3x3/1 convolution, as
+            CIFAR-trained ResNets (e.g. solo-learn's) do.
+        tf_same_padding: Pad strided convolutions and the max-pool like TensorFlow's
+            "SAME" (asymmetric), as weights trained in TF/JAX (e.g. BYOL) require.
+        **kwargs: Passed to the torchvision constructor.
+    """
     import torchvision.models
 
     if arch not in torchvision.models.list_models(module=torchvision.models):
@@ -138,7 +150,22 @@ def _build_torchvision(arch: str, **kwargs: Any) -> tuple[nn.Module, int]:
         )
     feature_dim = model.fc.in_features
     model.fc = nn.Identity()
+    if cifar_stem:
+        model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    if tf_same_padding:
+        from mile_ssl.tf_padding import use_tf_same_padding
+
+        use_tf_same_padding(model)
     return model, feature_dim
+
+
+@register_builder("simclrv2")
+def _build_simclrv2(**kwargs: Any) -> tuple[nn.Module, int]:
+    from mile_ssl.simclrv2_resnet import SimCLRv2ResNet
+
+    model = SimCLRv2ResNet(**kwargs)
+    return model, model.feature_dim
 
 
 @register_builder("timm")

@@ -6,6 +6,7 @@ from torch import nn
 
 from mile_ssl.adapters import (
     MILE_SSL_FORMAT,
+    AdapterOptions,
     CheckpointError,
     convert_mile_ssl,
     detect_mile_ssl,
@@ -149,7 +150,7 @@ def test_unknown_version_is_refused(saved: tuple[Path, nn.Module], tmp_path: Pat
         load_backbone(future)
     assert str(future) in str(info.value)
     with pytest.raises(ValueError, match="version 2"):
-        convert_mile_ssl(raw)
+        convert_mile_ssl(raw, AdapterOptions())
 
 
 def test_mismatching_backbone_argument_is_refused(saved: tuple[Path, nn.Module]) -> None:

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from mile_ssl.adapters import (
+    AdapterOptions,
     CheckpointError,
     CheckpointMismatchError,
     ConvertedCheckpoint,
@@ -107,7 +108,7 @@ def test_auto_detect_none_names_file_and_available(tmp_path: Path) -> None:
 
 def test_custom_adapter_loads_end_to_end(tmp_path: Path, registered: list[str]) -> None:
     @register_adapter("test_encoder", detect=_marked("encoder"))
-    def convert(raw: Mapping[str, Any]) -> ConvertedCheckpoint:
+    def convert(raw: Mapping[str, Any], options: AdapterOptions) -> ConvertedCheckpoint:
         state_dict = unwrap(raw)
         return ConvertedCheckpoint(
             state_dict=strip_prefix(select(state_dict, "encoder."), "encoder."),

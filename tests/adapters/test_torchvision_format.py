@@ -9,6 +9,7 @@ import torch
 import torchvision
 
 from mile_ssl.adapters import (
+    AdapterOptions,
     CheckpointError,
     CheckpointMismatchError,
     convert_torchvision,
@@ -54,7 +55,7 @@ def test_plain_state_dict_round_trip(tmp_path: Path, resnet18: dict[str, torch.T
 
 
 def test_convert_reports_dropped_classifier(resnet18: dict[str, torch.Tensor]) -> None:
-    converted = convert_torchvision(resnet18)
+    converted = convert_torchvision(resnet18, AdapterOptions())
     assert sorted(converted.dropped) == ["fc.bias", "fc.weight"]
     assert not any(key.startswith("fc.") for key in converted.state_dict)
     assert converted.backbone is None
@@ -86,7 +87,7 @@ def test_wrapped_and_prefixed_files_convert(
     torch.save(wrapper(weights), path)
     raw = read_checkpoint(path)
     assert detect_torchvision(raw)
-    converted = convert_torchvision(raw)
+    converted = convert_torchvision(raw, AdapterOptions())
     assert sorted(converted.dropped) == ["fc.bias", "fc.weight"]
     expected = _backbone_tensors(weights)
     assert list(converted.state_dict) == list(expected)
@@ -121,7 +122,7 @@ def test_imagenet_example_checkpoint_states_its_arch(
 
 
 def test_non_torchvision_arch_is_not_guessed(resnet18: dict[str, torch.Tensor]) -> None:
-    converted = convert_torchvision({"arch": "resnet50d", "state_dict": resnet18})
+    converted = convert_torchvision({"arch": "resnet50d", "state_dict": resnet18}, AdapterOptions())
     assert converted.backbone is None
 
 
