@@ -160,14 +160,23 @@ class CheckpointConfig:
             starts from random weights); ``scratch`` trains from random weights.
         path: Checkpoint file.
         adapter: Adapter that reads ``path``; ``auto`` detects it from the file.
+        projection_layers: Projection-head layers to keep on top of the backbone
+            (SimCLR-v2 fine-tunes from the first); 0 keeps none.
     """
 
     init: str = "checkpoint"
     path: str | None = None
     adapter: str = "auto"
+    projection_layers: int = 0
 
     def __post_init__(self) -> None:
         _require_choice("checkpoint.init", self.init, INITS)
+        _require(
+            self.projection_layers >= 0,
+            "checkpoint.projection_layers",
+            ">= 0",
+            self.projection_layers,
+        )
 
 
 @dataclass

@@ -60,7 +60,12 @@ def initial_backbone(backbone: BackboneConfig, checkpoint: CheckpointConfig) -> 
                 "config key 'checkpoint.path' must name a checkpoint file; to train from "
                 "random weights select checkpoint=scratch"
             )
-        return load_backbone(checkpoint.path, adapter=checkpoint.adapter, backbone=spec)
+        return load_backbone(
+            checkpoint.path,
+            adapter=checkpoint.adapter,
+            backbone=spec,
+            projection_layers=checkpoint.projection_layers,
+        )
     if spec is None:
         raise ValueError("checkpoint=scratch needs backbone.name (no checkpoint to take it from)")
     module, feature_dim = build_backbone(spec)
