@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from mile_ssl.config import register_configs, to_train_config
 
 log = logging.getLogger("mile_ssl")
+
+COMMANDS = ("train", "demo")
 
 USAGE = """usage: mile-ssl COMMAND [ARGS]
 
@@ -40,10 +44,18 @@ def _train(config: DictConfig) -> None:
     except ValueError as error:
         log.error("invalid configuration: %s", error)
         raise SystemExit(2) from error
+    # Hydra already logs to the console and the run's log file; Lightning's own console
+    # handler would print every Lightning message twice.
+    logging.getLogger("lightning.pytorch").handlers.clear()
     output_dir = HydraConfig.get().runtime.output_dir
     result = run_training(train_config, output_dir)
-    print(format_metrics_table({train_config.method.name: result.metrics}))
-    print(f"run directory: {result.output_dir}")
+    _print_on_rank_zero(format_metrics_table({train_config.method.name: result.metrics}))
+    _print_on_rank_zero(f"run directory: {result.output_dir}")
+
+
+@rank_zero_only
+def _print_on_rank_zero(text: str) -> None:
+    print(text)
 
 
 def _demo(argv: Sequence[str]) -> None:
@@ -63,10 +75,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(USAGE)
         return
     command, rest = args[0], args[1:]
+    if command not in COMMANDS and "LOCAL_RANK" in os.environ:
+        # Lightning's DDP launcher restarts this program for ranks > 0 with
+        # sys.argv[1:] of the "train" call, which no longer holds the command word.
+        command, rest = "train", args
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if command == "train":
         register_configs()
-        sys.argv = [f"{sys.argv[0]} train", *rest]
+        sys.argv = [sys.argv[0], *rest]
         _train()
     elif command == "demo":
         _demo(rest)

@@ -94,6 +94,8 @@ class MILeModule(L.LightningModule):
         mile: MILe bottleneck (used when ``method.name == "mile"``).
         optim: Optimiser and learning-rate schedule.
         channels_last: Keep networks and inputs in channels-last memory format.
+        metadata: Plain data saved with every checkpoint (architecture, preprocessing,
+            class names) so that evaluation and export can rebuild the network.
     """
 
     def __init__(
@@ -105,8 +107,10 @@ class MILeModule(L.LightningModule):
         mile: MileConfig | None = None,
         optim: OptimConfig | None = None,
         channels_last: bool = True,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.metadata = dict(metadata or {})
         self.automatic_optimization = False
         self.method = method or MethodConfig()
         self.mile = mile or MileConfig()
@@ -281,6 +285,17 @@ class MILeModule(L.LightningModule):
         if reason is not None:
             log.warning("MILe cycle %d: pseudo-labels collapsed: %s", position.cycle, reason)
 
+    def on_validation_epoch_start(self) -> None:
+        """Evaluate every rank with rank 0's BatchNorm statistics.
+
+        DDP broadcasts buffers at the start of each training forward, so after the last
+        training step each rank still holds statistics updated with its own batch; left
+        alone, ranks would evaluate slightly different networks.
+        """
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            for buffer in self.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Keep the student's logits; metrics need the whole validation set."""
         logits = self.student(self._prepare(batch["image"]))
@@ -317,7 +332,8 @@ class MILeModule(L.LightningModule):
         report["num_samples"] = float(len(unique_indices))
         self.validation_metrics = report
         for name, value in report.items():
-            self.log(f"val/{name}", value, rank_zero_only=True)
+            # Every rank holds the same value; syncing averages identical numbers.
+            self.log(f"val/{name}", value, sync_dist=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the step counter and the settings the schedule depends on."""
@@ -328,6 +344,7 @@ class MILeModule(L.LightningModule):
             "method": asdict(self.method),
             "mile": asdict(self.mile),
             "optim": asdict(self.optim),
+            "metadata": self.metadata,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

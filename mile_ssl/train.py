@@ -93,7 +93,20 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if native_bf16 else "32-true"
 
 
-def build_trainer(config: TrainerConfig, output_dir: Path) -> L.Trainer:
+def resolve_strategy(strategy: str, module: MILeModule) -> str:
+    """Let DDP tolerate parameters without gradients when MILe trains two networks.
+
+    Each step of the ``copy`` variant updates either the teacher or the student, so the
+    other network's parameters get no gradient in that step, which plain DDP rejects.
+    """
+    if strategy == "ddp" and module.trains_teacher:
+        return "ddp_find_unused_parameters_true"
+    return strategy
+
+
+def build_trainer(
+    config: TrainerConfig, output_dir: Path, strategy: str | None = None
+) -> L.Trainer:
     """A Lightning Trainer writing checkpoints and logs under ``output_dir``."""
     logger: Logger
     if config.logger == "tensorboard":
@@ -114,7 +127,7 @@ def build_trainer(config: TrainerConfig, output_dir: Path) -> L.Trainer:
         accelerator=config.accelerator,
         devices=config.devices,
         num_nodes=config.num_nodes,
-        strategy=config.strategy,
+        strategy=strategy or config.strategy,
         precision=resolve_precision(config.precision, config.accelerator),  # type: ignore[arg-type]
         val_check_interval=config.val_every_n_steps or config.max_steps,
         check_val_every_n_epoch=None,
@@ -154,8 +167,15 @@ def run_training(config: TrainConfig, output_dir: str | Path) -> RunResult:
         mile=config.mile,
         optim=config.optim,
         channels_last=config.backbone.channels_last,
+        metadata={
+            "backbone": {"name": loaded.spec.name, "kwargs": dict(loaded.spec.kwargs)},
+            "preprocessing": loaded.preprocessing.to_dict(),
+            "class_names": list(datamodule.class_names),
+        },
     )
-    trainer = build_trainer(config.trainer, output_dir)
+    trainer = build_trainer(
+        config.trainer, output_dir, resolve_strategy(config.trainer.strategy, module)
+    )
     trainer.fit(module, datamodule=datamodule, ckpt_path=config.trainer.resume_from)
     last_checkpoint = output_dir / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(last_checkpoint)
@@ -165,6 +185,7 @@ def run_training(config: TrainConfig, output_dir: str | Path) -> RunResult:
             "metrics": metrics,
             "steps": module.completed_steps,
             "labelled_images": len(datamodule.train_indices),
+            "labelled_sha256": datamodule.labelled_digest,
             "backbone": loaded.spec.name,
             "adapter": loaded.adapter,
             "checkpoint": str(loaded.source) if loaded.source else None,

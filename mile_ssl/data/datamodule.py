@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +120,22 @@ class MILeDataModule(L.LightningDataModule):
     def class_names(self) -> Sequence[str]:
         """Name of each class."""
         return self.splits.class_names
+
+    @property
+    def labelled_digest(self) -> str:
+        """SHA-256 of the labelled indices: equal digests mean equal label splits."""
+        return hashlib.sha256(",".join(map(str, self.train_indices)).encode()).hexdigest()
+
+    def setup(self, stage: str) -> None:
+        """Check that every rank selected the same labelled images."""
+        if self.trainer is None or self.trainer.world_size == 1:
+            return
+        reference = self.trainer.strategy.broadcast(self.labelled_digest, src=0)
+        if reference != self.labelled_digest:
+            raise RuntimeError(
+                f"rank {self.trainer.global_rank} selected a different labelled subset than "
+                "rank 0; the dataset differs between processes (check data.root on every node)"
+            )
 
     def _labelled_indices(self) -> list[int]:
         if self.config.split_file is not None:
