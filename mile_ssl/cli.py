@@ -11,17 +11,20 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import hydra
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from mile_ssl.config import register_configs, to_train_config
+from mile_ssl.solo_learn import Translation, is_solo_config, read_solo_config, translate_solo_config
 
 log = logging.getLogger("mile_ssl")
 
-COMMANDS = ("train", "demo")
+COMMANDS = ("train", "demo", "from-solo")
 
 USAGE = """usage: mile-ssl COMMAND [ARGS]
 
@@ -29,6 +32,10 @@ commands:
   train [OVERRIDES]   fine-tune with Hydra overrides, e.g.
                       mile-ssl train checkpoint.path=ssl.pt method=mile data.fraction=0.1
                       mile-ssl train --help shows the config groups
+  train --config-path DIR --config-name RECIPE.yaml [OVERRIDES]
+                      fine-tune from a solo-learn linear/fine-tune recipe
+  from-solo RECIPE.yaml [--out FILE]
+                      translate a solo-learn recipe, print the mapping, write the config
   demo [--out DIR]    pretrain on the digit grids with lightly, fine-tune softmax,
                       sigmoid and MILe, print the comparison table
 """
@@ -68,6 +75,67 @@ def _demo(argv: Sequence[str]) -> None:
     run_demo(args.out, quick=args.quick)
 
 
+def _solo_recipe_path(args: Sequence[str]) -> tuple[Path | None, list[str]]:
+    """The solo-learn recipe named by ``--config-path/--config-name``, and the other args."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--config-path", "-cp")
+    parser.add_argument("--config-name", "-cn")
+    known, rest = parser.parse_known_args(list(args))
+    directory, name = known.config_path, known.config_name
+    if directory is None or name is None:
+        return None, list(args)
+    path = Path(directory) / (name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
+    if not path.is_file():
+        return None, list(args)
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict) or not is_solo_config(data):
+        return None, list(args)
+    return path, rest
+
+
+def _expand_solo_recipe(args: Sequence[str]) -> list[str]:
+    """Replace a solo-learn recipe given as the primary config by the overrides it means."""
+    path, rest = _solo_recipe_path(args)
+    if path is None:
+        return list(args)
+    translation = translate_solo_config(read_solo_config(path), path)
+    _log_translation(path, translation)
+    return [*translation.overrides, *rest]
+
+
+def _log_translation(path: Path, translation: Translation) -> None:
+    log.info("solo-learn recipe %s:\n%s", path, translation.report())
+    if translation.unsupported:
+        log.warning(
+            "keys of %s that mile_ssl does not use: %s",
+            path,
+            ", ".join(key for key, _ in translation.unsupported),
+        )
+
+
+def _from_solo(argv: Sequence[str]) -> None:
+    """Translate a solo-learn recipe into a mile_ssl config file."""
+    from omegaconf import OmegaConf
+
+    from mile_ssl.config import compose_train_config
+
+    parser = argparse.ArgumentParser(prog="mile-ssl from-solo", description=_from_solo.__doc__)
+    parser.add_argument("recipe", type=Path, help="solo-learn linear or fine-tune YAML")
+    parser.add_argument("--out", type=Path, help="where to write (default: RECIPE.mile.yaml)")
+    args = parser.parse_args(argv)
+    translation = translate_solo_config(read_solo_config(args.recipe), args.recipe)
+    config = compose_train_config(translation.overrides)
+    out = args.out or args.recipe.with_suffix(".mile.yaml")
+    body = OmegaConf.to_yaml(OmegaConf.structured(config))
+    out.write_text(
+        f"# Translated from the solo-learn recipe {args.recipe}\n"
+        "# Run: mile-ssl train --config-dir <this folder> --config-name <this file>\n"
+        "defaults:\n  - base_config\n  - _self_\n\n" + body
+    )
+    print(f"mapping of {args.recipe}:\n{translation.report()}")
+    print(f"wrote {out}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Dispatch ``mile-ssl COMMAND``."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -82,8 +150,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if command == "train":
         register_configs()
-        sys.argv = [sys.argv[0], *rest]
+        sys.argv = [sys.argv[0], *_expand_solo_recipe(rest)]
         _train()
+    elif command == "from-solo":
+        _from_solo(rest)
     elif command == "demo":
         _demo(rest)
     else:

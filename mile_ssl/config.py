@@ -190,6 +190,8 @@ class OptimConfig:
         nesterov: Nesterov momentum.
         weight_decay: L2 weight decay.
         warmup_steps: Linear warm-up steps.
+        warmup_epochs: Warm-up in passes over the labelled images; replaces
+            ``warmup_steps`` when set.
     """
 
     lr: float = 0.1
@@ -198,9 +200,16 @@ class OptimConfig:
     nesterov: bool = True
     weight_decay: float = 1e-4
     warmup_steps: int = 0
+    warmup_epochs: float | None = None
 
     def __post_init__(self) -> None:
         _require(self.lr > 0, "optim.lr", "> 0", self.lr)
+        _require(
+            self.warmup_epochs is None or self.warmup_epochs >= 0,
+            "optim.warmup_epochs",
+            ">= 0 or null",
+            self.warmup_epochs,
+        )
         _require(self.head_lr is None or self.head_lr > 0, "optim.head_lr", "> 0", self.head_lr)
         _require(self.warmup_steps >= 0, "optim.warmup_steps", ">= 0", self.warmup_steps)
 
@@ -211,6 +220,8 @@ class TrainerConfig:
 
     Attributes:
         max_steps: Training steps (teacher and student steps both count).
+        max_epochs: Training length in passes over the labelled images; replaces
+            ``max_steps`` when set (one pass = labelled images // global batch steps).
         accelerator: Lightning accelerator (``auto``, ``cpu``, ``gpu``).
         devices: Devices per node.
         num_nodes: Machines.
@@ -228,6 +239,7 @@ class TrainerConfig:
     """
 
     max_steps: int = 1200
+    max_epochs: float | None = None
     accelerator: str = "auto"
     devices: Any = 1
     num_nodes: int = 1
@@ -244,6 +256,12 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         _require(self.max_steps >= 1, "trainer.max_steps", ">= 1", self.max_steps)
+        _require(
+            self.max_epochs is None or self.max_epochs > 0,
+            "trainer.max_epochs",
+            "> 0 or null",
+            self.max_epochs,
+        )
         _require_choice("trainer.logger", self.logger, LOGGERS)
         for key in ("val_every_n_steps", "checkpoint_every_n_steps"):
             value = getattr(self, key)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning as L
@@ -144,6 +145,49 @@ def build_trainer(
     )
 
 
+def world_size(config: TrainerConfig) -> int:
+    """Number of processes the Trainer settings start (devices x nodes, as Lightning sees it)."""
+    probe = L.Trainer(
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return probe.world_size
+
+
+def resolve_epochs(config: TrainConfig, labelled_images: int) -> TrainConfig:
+    """Turn ``trainer.max_epochs`` / ``optim.warmup_epochs`` into step counts.
+
+    Everything downstream (the MILe cycle, the LR schedule, resuming) counts steps;
+    epochs are a user-facing unit only.
+    """
+    if config.trainer.max_epochs is None and config.optim.warmup_epochs is None:
+        return config
+    global_batch = config.data.batch_size * world_size(config.trainer)
+    steps_per_epoch = max(1, labelled_images // global_batch)
+    trainer, optim = config.trainer, config.optim
+    if trainer.max_epochs is not None:
+        trainer = replace(
+            trainer, max_steps=max(1, math.ceil(trainer.max_epochs * steps_per_epoch))
+        )
+    if optim.warmup_epochs is not None:
+        optim = replace(optim, warmup_steps=math.ceil(optim.warmup_epochs * steps_per_epoch))
+    log.info(
+        "%d labelled images / global batch %d = %d steps per epoch: max_steps=%d, warmup_steps=%d",
+        labelled_images,
+        global_batch,
+        steps_per_epoch,
+        trainer.max_steps,
+        optim.warmup_steps,
+    )
+    return replace(config, trainer=trainer, optim=optim)
+
+
 def run_training(config: TrainConfig, output_dir: str | Path) -> RunResult:
     """Fine-tune as ``config`` says and write the run directory.
 
@@ -159,6 +203,7 @@ def run_training(config: TrainConfig, output_dir: str | Path) -> RunResult:
     L.seed_everything(config.seed, workers=True, verbose=False)
     loaded = initial_backbone(config.backbone, config.checkpoint)
     datamodule = MILeDataModule(config.data, loaded.preprocessing)
+    config = resolve_epochs(config, len(datamodule.train_indices))
     module = MILeModule(
         loaded.module,
         loaded.feature_dim,

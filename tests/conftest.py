@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+import torch
 
 from mile_ssl.config import TrainConfig, compose_train_config
 
@@ -40,3 +42,28 @@ def tiny_config() -> Callable[..., TrainConfig]:
 def tiny_overrides() -> list[str]:
     """The tiny overrides as command-line arguments."""
     return list(TINY_OVERRIDES)
+
+
+def write_image_folder(root: Path, classes: int = 2, per_class: int = 8, size: int = 40) -> Path:
+    """Write real JPEG files ``root/<class>/<class>_<i>.JPEG`` with class-dependent colour."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(len(str(root)))
+    for label in range(classes):
+        folder = root / f"n{label:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            pixels = torch.rand(size, size, 3, generator=generator) * 96
+            pixels[..., label % 3] += 128
+            Image.fromarray(pixels.to(torch.uint8).numpy()).save(
+                folder / f"n{label:08d}_{index}.JPEG", quality=90
+            )
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """A tiny ImageNet-style tree: ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG``."""
+    write_image_folder(tmp_path / "images" / "train", per_class=8)
+    write_image_folder(tmp_path / "images" / "val", per_class=3)
+    return tmp_path / "images"
