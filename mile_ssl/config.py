@@ -17,7 +17,7 @@ METHODS = ("softmax", "sigmoid", "mile")
 MILE_VARIANTS = ("copy", "snapshot")
 INITS = ("checkpoint", "scratch")
 DATASETS = ("digits", "folder")
-LOGGERS = ("csv", "tensorboard")
+LOGGERS = ("csv", "tensorboard", "wandb")
 
 
 def _require(condition: bool, key: str, expected: str, value: Any) -> None:
@@ -231,7 +231,9 @@ class TrainerConfig:
         val_every_n_steps: Validation interval; ``null`` validates at the end only.
         checkpoint_every_n_steps: Also keep a resumable checkpoint every n steps.
         log_every_n_steps: Logging interval.
-        logger: ``csv`` or ``tensorboard``.
+        logger: ``csv``, ``tensorboard`` or ``wandb`` (needs the ``wandb`` extra; a resumed
+            run continues the W&B run of the directory it resumes from).
+        wandb_project: W&B project name.
         progress_bar: Show a progress bar.
         deterministic: Ask torch for deterministic algorithms.
         sync_batchnorm: Synchronise BatchNorm statistics across devices.
@@ -249,6 +251,7 @@ class TrainerConfig:
     checkpoint_every_n_steps: int | None = None
     log_every_n_steps: int = 10
     logger: str = "csv"
+    wandb_project: str = "mile_ssl"
     progress_bar: bool = True
     deterministic: bool = False
     sync_batchnorm: bool = False

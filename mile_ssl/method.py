@@ -32,7 +32,7 @@ from torch.optim import SGD, Optimizer
 from mile_ssl.config import MethodConfig, MileConfig, OptimConfig
 from mile_ssl.losses import multi_label_bce, one_hot_bce, sigmoid_head_bias, softmax_cross_entropy
 from mile_ssl.metrics import classification_report
-from mile_ssl.pseudo_labels import pseudo_label_stats, threshold_pseudo_labels
+from mile_ssl.pseudo_labels import PseudoLabelStats, pseudo_label_stats, threshold_pseudo_labels
 from mile_ssl.schedule import Phase, StepPosition, mile_position, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -281,7 +281,7 @@ class MILeModule(L.LightningModule):
         empty_fraction = sum(empties) / len(empties)
         self.log("train/cycle_pseudo_labels_per_image", mean_size)
         self.log("train/cycle_pseudo_empty_fraction", empty_fraction)
-        reason = pseudo_label_stats_reason(mean_size, empty_fraction, self.num_classes)
+        reason = PseudoLabelStats(mean_size, empty_fraction).collapse_reason(self.num_classes)
         if reason is not None:
             log.warning("MILe cycle %d: pseudo-labels collapsed: %s", position.cycle, reason)
 
@@ -364,15 +364,6 @@ class MILeModule(L.LightningModule):
                     f"this run's {value}"
                 )
         self.completed_steps = int(state["completed_steps"])
-
-
-def pseudo_label_stats_reason(
-    mean_size: float, empty_fraction: float, num_classes: int
-) -> str | None:
-    """Collapse diagnosis of a phase's averaged pseudo-label statistics."""
-    from mile_ssl.pseudo_labels import PseudoLabelStats
-
-    return PseudoLabelStats(mean_size, empty_fraction).collapse_reason(num_classes)
 
 
 def _gather(module: L.LightningModule, tensor: torch.Tensor) -> torch.Tensor:

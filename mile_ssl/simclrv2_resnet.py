@@ -133,7 +133,9 @@ class SelectiveKernel(nn.Module):
         super().__init__()
         self.channels = channels
         hidden = sk_hidden_channels(channels)
-        self.main_conv = nn.Sequential(_conv(in_channels, 2 * channels, 3, stride), _bn(2 * channels))
+        self.main_conv = nn.Sequential(
+            _conv(in_channels, 2 * channels, 3, stride), _bn(2 * channels)
+        )
         self.mixing_conv = nn.Sequential(
             _conv(channels, hidden, 1), _bn(hidden), _conv(hidden, 2 * channels, 1)
         )
@@ -263,9 +265,10 @@ class ProjectionHead(nn.Module):
     The released head has three layers, each a bias-free Linear and a BatchNorm1d
     (the TF model gives the last BN no offset; the conversion stores a zero bias), with
     a ReLU after the first two. Layers 1 and 2 keep the feature width; layer 3 maps to
-    :data:`HEAD_OUTPUT_DIM`. SimCLR-v2 fine-tunes from the output of the first layer
-    ("fine-tuning from the middle layer of the projection head", Section 2 of the
-    paper), i.e. ``relu(bn(linear(h)))`` of the pooled features ``h``.
+    :data:`HEAD_OUTPUT_DIM`. SimCLR-v2 (Section 2 of the paper) does not discard the
+    head after pretraining but fine-tunes from the output of its first layer,
+    ``relu(bn(linear(h)))`` of the pooled features ``h``, which helps most when few
+    labels are available.
 
     Args:
         in_features: Width of the pooled features.

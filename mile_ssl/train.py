@@ -6,6 +6,7 @@ call it with composed configs, so every route trains the same way.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -105,15 +106,37 @@ def resolve_strategy(strategy: str, module: MILeModule) -> str:
     return strategy
 
 
+def build_logger(config: TrainerConfig, output_dir: Path) -> Logger:
+    """The run's logger; W&B runs are identified by their run directory, so resuming
+    from a directory's checkpoint continues its W&B run.
+    """
+    if config.logger == "tensorboard":
+        return TensorBoardLogger(output_dir, name="logs", version="")
+    if config.logger == "wandb":
+        try:
+            import wandb  # noqa: F401
+            from lightning.pytorch.loggers import WandbLogger
+        except ImportError as error:
+            raise ValueError(
+                "trainer.logger=wandb needs Weights & Biases: pip install 'mile-ssl[wandb]'"
+            ) from error
+        run_dir = Path(config.resume_from).parent.parent if config.resume_from else output_dir
+        run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
+        return WandbLogger(
+            project=config.wandb_project,
+            name=run_dir.name,
+            id=run_id,
+            resume="allow",
+            save_dir=str(output_dir),
+        )
+    return CSVLogger(output_dir, name="logs", version="")
+
+
 def build_trainer(
     config: TrainerConfig, output_dir: Path, strategy: str | None = None
 ) -> L.Trainer:
     """A Lightning Trainer writing checkpoints and logs under ``output_dir``."""
-    logger: Logger
-    if config.logger == "tensorboard":
-        logger = TensorBoardLogger(output_dir, name="logs", version="")
-    else:
-        logger = CSVLogger(output_dir, name="logs", version="")
+    logger = build_logger(config, output_dir)
     checkpoint = ModelCheckpoint(
         dirpath=output_dir / "checkpoints",
         save_last=config.checkpoint_every_n_steps is not None,

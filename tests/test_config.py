@@ -77,3 +77,18 @@ def test_checkpoint_path_is_required_unless_scratch(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="checkpoint.path.*checkpoint=scratch"):
         run_training(config, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_wandb_logger_without_wandb_installed_says_how_to_install(tmp_path: Path) -> None:
+    pytest.importorskip("lightning")
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("wandb is installed")
+    from mile_ssl.train import build_logger
+
+    config = compose_train_config(["checkpoint=scratch", "trainer.logger=wandb"])
+    with pytest.raises(ValueError, match=r"mile-ssl\[wandb\]"):
+        build_logger(config.trainer, tmp_path)
