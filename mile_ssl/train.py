@@ -107,8 +107,10 @@ def resolve_strategy(strategy: str, module: MILeModule) -> str:
 
 
 def build_logger(config: TrainerConfig, output_dir: Path) -> Logger:
-    """The run's logger; W&B runs are identified by their run directory, so resuming
-    from a directory's checkpoint continues its W&B run.
+    """The run's logger (CSV, TensorBoard or W&B).
+
+    W&B runs are identified by their run directory, so resuming from a directory's
+    checkpoint continues its W&B run instead of starting a new one.
     """
     if config.logger == "tensorboard":
         return TensorBoardLogger(output_dir, name="logs", version="")
