@@ -16,7 +16,8 @@ from hydra.core.config_store import ConfigStore
 METHODS = ("softmax", "sigmoid", "mile")
 MILE_VARIANTS = ("copy", "snapshot")
 INITS = ("checkpoint", "scratch")
-DATASETS = ("digits", "folder")
+DATASETS = ("digits", "folder", "imagenet")
+SPLITS = ("simclr", "stratified")
 LOGGERS = ("csv", "tensorboard", "wandb")
 
 
@@ -93,8 +94,10 @@ class DataConfig:
     """Where images come from and which labels are used.
 
     Attributes:
-        name: ``digits`` (embedded multi-label digit grids) or ``folder``
-            (``root/<train_dir>/<class>/*.jpg`` and ``root/<val_dir>/<class>/*.jpg``).
+        name: ``digits`` (embedded multi-label digit grids), ``folder``
+            (``root/<train_dir>/<class>/*.jpg`` and ``root/<val_dir>/<class>/*.jpg``) or
+            ``imagenet`` (a folder in the ImageFolder layout, evaluated with ImageNet-ReaL
+            and the standard label splits).
         root: Dataset root for ``folder``.
         train_dir: Training sub-folder of ``root``.
         val_dir: Validation sub-folder of ``root``.
@@ -102,6 +105,10 @@ class DataConfig:
         split_file: Text file listing the training file names to use (one per line);
             replaces ``fraction``.
         split_seed: Seed of the label-fraction sampler; the same on every rank.
+        split: ImageNet only: ``simclr`` uses the shipped standard lists for fractions
+            0.01 and 0.1; ``stratified`` samples like any other dataset.
+        allow_missing: Train on the listed files that exist when some of a split list
+            are missing (otherwise that is an error: it changes the protocol).
         val_label_sets: JSON file mapping validation file names to lists of class
             indices (multi-label evaluation, e.g. ImageNet-ReaL).
         batch_size: Images per device and step.
@@ -118,6 +125,8 @@ class DataConfig:
     fraction: float = 1.0
     split_file: str | None = None
     split_seed: int = 0
+    split: str = "simclr"
+    allow_missing: bool = False
     val_label_sets: str | None = None
     batch_size: int = 128
     eval_batch_size: int | None = None
@@ -130,8 +139,9 @@ class DataConfig:
         _require(0.0 < self.fraction <= 1.0, "data.fraction", "in (0, 1]", self.fraction)
         _require(self.batch_size >= 1, "data.batch_size", ">= 1", self.batch_size)
         _require(self.num_workers >= 0, "data.num_workers", ">= 0", self.num_workers)
-        if self.name == "folder":
-            _require(self.root is not None, "data.root", "set for data=folder", self.root)
+        _require_choice("data.split", self.split, SPLITS)
+        if self.name in ("folder", "imagenet"):
+            _require(self.root is not None, "data.root", f"set for data={self.name}", self.root)
 
 
 @dataclass

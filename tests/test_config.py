@@ -10,7 +10,10 @@ from mile_ssl.config import MILE_VARIANTS, compose_train_config
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = ("method", "data", "backbone", "checkpoint", "optim", "trainer", "experiment")
 # Options of other groups that a group option needs to compose into a valid config.
-COMPANIONS = {("data", "folder"): ["data.root=/nonexistent"]}
+COMPANIONS = {
+    ("data", "folder"): ["data.root=/nonexistent"],
+    ("data", "imagenet"): ["data.root=/nonexistent"],
+}
 
 
 def _options(group: str) -> list[str]:

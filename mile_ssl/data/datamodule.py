@@ -22,6 +22,7 @@ from mile_ssl.data.folder import (
     read_split_file,
     train_transform,
 )
+from mile_ssl.data.imagenet import imagenet_classes, real_label_sets, shipped_split
 from mile_ssl.data.sampling import StepBatchSampler, StepDataLoader, stratified_fraction
 from mile_ssl.preprocessing import Preprocessing
 
@@ -36,6 +37,7 @@ class Splits:
         train_names: File name of each training item (for split files), if any.
         val: Validation items with label sets.
         class_names: Name of each class.
+        default_split_file: Labelled subset to use when ``data.split_file`` is not set.
     """
 
     train: Dataset[dict[str, torch.Tensor]]
@@ -43,6 +45,7 @@ class Splits:
     train_names: Sequence[str] | None
     val: Dataset[dict[str, torch.Tensor]]
     class_names: Sequence[str]
+    default_split_file: Path | None = None
 
 
 def digit_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
@@ -91,6 +94,43 @@ def folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
     )
 
 
+def imagenet_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
+    """ImageNet in the ImageFolder layout, evaluated with ImageNet-ReaL by file name.
+
+    Class indices are positions in the sorted list of the 1,000 ImageNet-1k wnids (the
+    index space of ``real.json``), also when the folder holds only some classes.
+    """
+    assert config.root is not None
+    root = Path(config.root)
+    classes = imagenet_classes()
+    train = LabeledImageFolder(
+        root / config.train_dir, train_transform(config.image_size, preprocessing), classes=classes
+    )
+    label_sets = (
+        read_label_sets(config.val_label_sets, len(classes))
+        if config.val_label_sets is not None
+        else real_label_sets()
+    )
+    val = LabeledImageFolder(
+        root / config.val_dir,
+        eval_transform(config.image_size, preprocessing),
+        label_sets=label_sets,
+        classes=classes,
+    )
+    standard = shipped_split(config.fraction) if config.split == "simclr" else None
+    return Splits(
+        train=train,
+        train_labels=train.labels,
+        train_names=train.file_names,
+        val=val,
+        class_names=classes,
+        default_split_file=standard,
+    )
+
+
+SOURCES = {"digits": digit_splits, "folder": folder_splits, "imagenet": imagenet_splits}
+
+
 class MILeDataModule(L.LightningDataModule):
     """Serves the labelled fraction of the training set and the full validation set.
 
@@ -107,8 +147,7 @@ class MILeDataModule(L.LightningDataModule):
     def __init__(self, config: DataConfig, preprocessing: Preprocessing) -> None:
         super().__init__()
         self.config = config
-        build = digit_splits if config.name == "digits" else folder_splits
-        self.splits = build(config, preprocessing)
+        self.splits = SOURCES[config.name](config, preprocessing)
         self.train_indices = self._labelled_indices()
 
     @property
@@ -138,12 +177,13 @@ class MILeDataModule(L.LightningDataModule):
             )
 
     def _labelled_indices(self) -> list[int]:
-        if self.config.split_file is not None:
+        split_file = self.config.split_file or self.splits.default_split_file
+        if split_file is not None:
             if self.splits.train_names is None:
                 raise ValueError(
                     f"data.split_file needs a dataset of files; data.name={self.config.name}"
                 )
-            return read_split_file(self.config.split_file, self.splits.train_names)
+            return read_split_file(split_file, self.splits.train_names, self.config.allow_missing)
         return stratified_fraction(
             self.splits.train_labels, self.config.fraction, self.config.split_seed
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from torchvision.datasets.folder import default_loader
 from torchvision.transforms import v2
 
 from mile_ssl.preprocessing import Preprocessing
+
+log = logging.getLogger(__name__)
 
 
 def train_transform(image_size: int, preprocessing: Preprocessing) -> Callable[..., Tensor]:
@@ -128,20 +131,26 @@ def read_label_sets(path: str | Path, num_classes: int) -> dict[str, list[int]]:
     return data
 
 
-def read_split_file(path: str | Path, available: Sequence[str]) -> list[int]:
+def read_split_file(
+    path: str | Path, available: Sequence[str], allow_missing: bool = False
+) -> list[int]:
     """Positions in ``available`` of the file names listed in ``path`` (one per line).
 
     Raises:
         ValueError: If listed files are missing, naming how many and the first few: a
-            partial dataset copy must not silently change the labelled subset.
+            partial dataset copy must not silently change the labelled subset. With
+            ``allow_missing`` this is a logged warning instead.
     """
     path = Path(path)
     wanted = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     position = {name: index for index, name in enumerate(available)}
     missing = [name for name in wanted if name not in position]
     if missing:
-        raise ValueError(
+        message = (
             f"{len(missing)} of {len(wanted)} files listed in {path} are not in the training "
             f"folder, e.g. {missing[:5]}"
         )
-    return sorted(position[name] for name in wanted)
+        if not allow_missing:
+            raise ValueError(message + " (set data.allow_missing=true to train on the rest)")
+        log.warning("%s; training on the %d that exist", message, len(wanted) - len(missing))
+    return sorted(position[name] for name in wanted if name in position)
