@@ -11,15 +11,24 @@ tested without a model and a new format only needs a ``convert`` function:
 3. :func:`load_backbone` builds the backbone and loads the tensors strictly: every key
    must be accounted for, because a silently missing layer leaves random weights in a
    "pretrained" model and ruins the fine-tuning run without any visible error.
+
+Third-party packages add formats through the entry-point group ``mile_ssl.adapters``
+(:data:`ENTRY_POINT_GROUP`): each entry point names a module or a callable that
+registers adapters when loaded. They are loaded lazily, once, on the first lookup
+(:func:`get_adapter`, :func:`available_adapters`, :func:`matching_adapters`), so that
+importing mile_ssl stays cheap and a broken plugin only costs a warning.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import pickle
 import re
-from collections.abc import Callable, Mapping
+import types
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +46,12 @@ DEFAULT_CONTAINER_KEYS: tuple[str, ...] = ("state_dict", "model", "module", "net
 
 _SHOWN = 5
 """How many offending keys an error message lists; enough to see the pattern."""
+
+ENTRY_POINT_GROUP = "mile_ssl.adapters"
+"""Entry-point group of third-party adapter plugins (a module or a callable each)."""
+
+LAST_CHECKPOINT_NAME = "last.ckpt"
+"""The file picked in a run folder holding several ``.ckpt`` files (Lightning's name)."""
 
 
 class CheckpointError(ValueError):
@@ -60,12 +75,17 @@ class ConvertedCheckpoint:
             format knows it; ``None`` means ImageNet statistics.
         dropped: Keys intentionally discarded (classifier, projection heads, momentum
             encoder, ...), reported so that a user can check nothing useful was lost.
+        expected_prefix: Where the adapter took the backbone from in the file (e.g.
+            ``"module.encoder_q."``); named in mismatch errors, so that a user sees
+            which part of the file was compared with the backbone. ``None`` when the
+            keys were used as they are.
     """
 
     state_dict: dict[str, Tensor]
     backbone: BackboneSpec | None = None
     preprocessing: Preprocessing | None = None
     dropped: tuple[str, ...] = ()
+    expected_prefix: str | None = None
 
     def __post_init__(self) -> None:
         bad = [
@@ -89,10 +109,14 @@ class AdapterOptions:
         projection_layers: Number of projection-head layers to keep on top of the
             pooled features (SimCLR-v2 fine-tunes from the first one). Adapters of
             formats without such a head refuse a non-zero value.
+        backbone: The architecture the user asked for, if any. Formats that keep the
+            architecture outside the weights (solo-learn's ``args.json``) use it when
+            that metadata is missing, instead of failing.
     """
 
     source: Path | None = None
     projection_layers: int = 0
+    backbone: BackboneSpec | None = None
 
 
 ConvertFn = Callable[[Mapping[str, Any], AdapterOptions], ConvertedCheckpoint]
@@ -119,15 +143,19 @@ class Adapter:
             :class:`ConvertedCheckpoint`.
         detect: Cheap test on the raw mapping (keys only, no tensor work) telling
             whether this adapter understands the file; used by ``adapter="auto"``.
+        signature: What ``detect`` looks for, in words; listed when no adapter or
+            several adapters recognise a file, next to what the file holds.
     """
 
     name: str
     convert: ConvertFn
     detect: DetectFn
+    signature: str = ""
 
 
 _ADAPTERS: dict[str, Adapter] = {}
 _READERS: dict[str, ReaderFn] = {}
+_plugins_loaded = False
 
 
 def register_reader(*suffixes: str) -> Callable[[ReaderFn], ReaderFn]:
@@ -151,7 +179,9 @@ def register_reader(*suffixes: str) -> Callable[[ReaderFn], ReaderFn]:
     return decorator
 
 
-def register_adapter(name: str, *, detect: DetectFn) -> Callable[[ConvertFn], ConvertFn]:
+def register_adapter(
+    name: str, *, detect: DetectFn, signature: str = ""
+) -> Callable[[ConvertFn], ConvertFn]:
     """Register a ``convert`` function as the adapter ``name``.
 
     The decorated function is returned unchanged, so it stays a plain pure function
@@ -160,6 +190,7 @@ def register_adapter(name: str, *, detect: DetectFn) -> Callable[[ConvertFn], Co
     Args:
         name: Registry name of the format.
         detect: Cheap predicate on the raw checkpoint mapping, see :class:`Adapter`.
+        signature: What ``detect`` looks for, in words, for auto-detection errors.
 
     Returns:
         A decorator registering its argument.
@@ -175,7 +206,7 @@ def register_adapter(name: str, *, detect: DetectFn) -> Callable[[ConvertFn], Co
                 f"checkpoint adapter {name!r} is already registered "
                 f"(by {_ADAPTERS[name].convert.__module__}); pick another name"
             )
-        _ADAPTERS[name] = Adapter(name=name, convert=convert, detect=detect)
+        _ADAPTERS[name] = Adapter(name=name, convert=convert, detect=detect, signature=signature)
         return convert
 
     return decorator
@@ -198,6 +229,7 @@ def get_adapter(name: str) -> Adapter:
     Raises:
         ValueError: If there is none; the message lists the available names.
     """
+    load_plugins()
     try:
         return _ADAPTERS[name]
     except KeyError:
@@ -208,8 +240,101 @@ def get_adapter(name: str) -> Adapter:
 
 
 def available_adapters() -> list[str]:
-    """Names of the registered adapters, sorted."""
+    """Names of the registered adapters, sorted (plugins included)."""
+    load_plugins()
     return sorted(_ADAPTERS)
+
+
+def load_plugins() -> list[str]:
+    """Load the adapter plugins of :data:`ENTRY_POINT_GROUP`, once per process.
+
+    Each entry point names a module, whose import registers its adapters, or a
+    callable, which is called without arguments to register them. Loading waits for
+    the first lookup, so that importing mile_ssl never runs third-party code, and
+    happens only once, since registering the same names twice would fail. A plugin
+    that fails to load (missing module, exception, duplicate adapter name) is skipped
+    with a :class:`RuntimeWarning` naming it: one broken third-party package must not
+    make the built-in formats unusable.
+
+    Returns:
+        The names of the entry points loaded by this call; empty after the first call.
+    """
+    global _plugins_loaded
+    if _plugins_loaded:
+        return []
+    # Set first: a plugin that looks adapters up while loading must not recurse.
+    _plugins_loaded = True
+    loaded = []
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            target = entry_point.load()
+            if not isinstance(target, types.ModuleType):
+                if not callable(target):
+                    raise TypeError(
+                        f"it names a {type(target).__name__}, expected a module or a callable"
+                    )
+                target()
+        except Exception as exc:
+            warnings.warn(
+                f"checkpoint adapter plugin {entry_point.name!r} ({entry_point.value}) of "
+                f"entry-point group {ENTRY_POINT_GROUP!r} failed to load and is ignored: "
+                f"{type(exc).__name__}: {exc}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            continue
+        logger.debug(
+            "loaded checkpoint adapter plugin %s (%s)", entry_point.name, entry_point.value
+        )
+        loaded.append(entry_point.name)
+    return loaded
+
+
+def matching_adapters(raw: Mapping[str, Any]) -> list[str]:
+    """Names of the adapters whose ``detect`` accepts ``raw``, sorted.
+
+    ``adapter="auto"`` needs exactly one; this is public so that a format's detection
+    can be checked (and debugged) without loading anything.
+    """
+    load_plugins()
+    return sorted(name for name, adapter in _ADAPTERS.items() if adapter.detect(raw))
+
+
+def resolve_checkpoint_path(path: str | os.PathLike[str]) -> Path:
+    """The checkpoint file that ``path`` designates.
+
+    A file is returned as is. A folder stands for the run that wrote it (solo-learn and
+    Lightning keep ``<name>-ep=<N>.ckpt`` or ``last.ckpt`` next to the run's
+    ``args.json``): its single ``.ckpt`` file is used, or ``last.ckpt`` when there are
+    several. Any other choice among several epochs would be a guess, so it is refused.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        CheckpointError: If the folder holds no ``.ckpt`` file, or several and no
+            ``last.ckpt``; the message lists them.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint file not found: {path}")
+        return path
+    candidates = sorted(child for child in path.glob("*.ckpt") if child.is_file())
+    if len(candidates) == 1:
+        return candidates[0]
+    last = path / LAST_CHECKPOINT_NAME
+    if last in candidates:
+        return last
+    if not candidates:
+        raise CheckpointError(
+            f"checkpoint folder {path} holds no .ckpt file (found "
+            f"{sorted(child.name for child in path.iterdir())[: _SHOWN * 2]}); pass the "
+            "checkpoint file itself"
+        )
+    raise CheckpointError(
+        f"checkpoint folder {path} holds {len(candidates)} .ckpt files "
+        f"{[child.name for child in candidates][: _SHOWN * 2]} and no {LAST_CHECKPOINT_NAME}; "
+        "pass the one to load"
+    )
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -271,8 +396,15 @@ _UNPICKLER_REASON = re.compile(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", 
 def _read_torch(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
         raise
+    except OSError as exc:
+        # torch's zip reader reports a truncated or damaged archive as a bare OSError
+        # ("Invalid argument") that does not name the file.
+        raise CheckpointError(
+            f"cannot read {path} as a PyTorch checkpoint: it is corrupted or truncated "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
     except pickle.UnpicklingError as exc:
         message = str(exc)
         found = _UNSAFE_GLOBAL.search(message)
@@ -389,6 +521,118 @@ def drop(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {key: value for key, value in state_dict.items() if not key.startswith(prefix)}
 
 
+def has_prefix(keys: Iterable[str], prefix: str) -> bool:
+    """Whether any key starts with ``prefix`` (a cheap test for ``detect`` functions)."""
+    return any(isinstance(key, str) and key.startswith(prefix) for key in keys)
+
+
+def group_keys(keys: Iterable[str]) -> dict[str, int]:
+    """Count dotted keys per module group, at the depth where they branch.
+
+    A chain of single modules is followed down (``module.encoder_q.`` rather than
+    ``module.``), the modules where it branches become the groups, and a module that
+    holds tensors directly or only numbered children (``fc.``, ``projection_head.`` of
+    an ``nn.Sequential``) is never split further. A MoCo state dict thus reads
+    ``{"module.encoder_q.": 320, "module.encoder_k.": 320, "module.queue": 1, ...}``
+    and a ResNet ``{"conv1.": 1, "bn1.": 5, "layer1.": 30, ...}``: the level at which a
+    person compares a file with a format's layout. Module groups end with ``"."``;
+    single tensors are named in full.
+
+    Args:
+        keys: State-dict keys.
+
+    Returns:
+        Group name to number of keys, in first-seen order.
+    """
+    tails = [key.split(".") for key in keys]
+    groups: dict[str, int] = {}
+    if tails:
+        _group_tails([], tails, groups, split=True)
+    return groups
+
+
+def _group_tails(
+    path: list[str], tails: list[list[str]], groups: dict[str, int], *, split: bool
+) -> None:
+    children: dict[str, list[list[str]]] = {}
+    for tail in tails:
+        children.setdefault(tail[0], []).append(tail[1:])
+    holds_tensors = all(not rest for rests in children.values() for rest in rests)
+    if path and (holds_tensors or all(name.isdigit() for name in children)):
+        _count(groups, ".".join(path) + ".", len(tails))
+        return
+    if len(children) == 1:
+        (name, rest), *_ = children.items()
+        if all(rest):
+            _group_tails([*path, name], rest, groups, split=split)
+            return
+    if not split:
+        _count(groups, ".".join(path) + ".", len(tails))
+        return
+    for name, rest in children.items():
+        inner = [tail for tail in rest if tail]
+        if inner:
+            _group_tails([*path, name], inner, groups, split=False)
+        if len(inner) < len(rest):
+            _count(groups, ".".join([*path, name]), len(rest) - len(inner))
+
+
+def _count(groups: dict[str, int], label: str, count: int) -> None:
+    groups[label] = groups.get(label, 0) + count
+
+
+def describe_contents(raw: Mapping[str, Any]) -> str:
+    """Summarise what a checkpoint mapping holds, for errors about unrecognised files.
+
+    Names the top-level keys with the kind of value each holds, then, for every
+    top-level mapping of tensors (``state_dict``, DINO's ``teacher``, ...) and for the
+    state dict :func:`unwrap` finds deeper, its size, first keys and key groups
+    (:func:`group_keys`): what a person compares with a format's layout.
+    """
+    if not raw:
+        return "the file holds an empty mapping (no keys at all)"
+    if _is_tensor_dict(raw):
+        return _describe_state_dict("a plain state dict", raw)
+    lines = [
+        "top-level keys: "
+        + ", ".join(f"{key!r} ({_kind(value)})" for key, value in list(raw.items())[: _SHOWN * 2])
+        + (f", ... ({len(raw)} in all)" if len(raw) > _SHOWN * 2 else "")
+    ]
+    nested = {key: value for key, value in raw.items() if _is_tensor_dict(value)}
+    try:
+        found: dict[str, Tensor] | None = unwrap(raw)
+    except ValueError:
+        found = None
+    if found is not None and not any(found.keys() == value.keys() for value in nested.values()):
+        lines.append(_describe_state_dict("nested state dict", found))
+    lines += [
+        _describe_state_dict(f"state dict under {key!r}", value) for key, value in nested.items()
+    ]
+    if found is None and not nested:
+        lines.append(f"no state dict found directly or under {list(DEFAULT_CONTAINER_KEYS)}")
+    return "\n  ".join(lines)
+
+
+def _describe_state_dict(title: str, state_dict: Mapping[str, Tensor]) -> str:
+    groups = list(group_keys(state_dict).items())
+    shown = ", ".join(f"{name!r}: {count}" for name, count in groups[: _SHOWN * 2])
+    more = f", ... ({len(groups)} groups)" if len(groups) > _SHOWN * 2 else ""
+    return (
+        f"{title}: {len(state_dict)} tensors, first keys {list(state_dict)[:_SHOWN]}, "
+        f"key groups {{{shown}{more}}}"
+    )
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"tensor {list(value.shape)}"
+    if isinstance(value, Mapping):
+        return f"mapping of {len(value)}"
+    if isinstance(value, list | tuple):
+        return f"{type(value).__name__} of {len(value)}"
+    return type(value).__name__
+
+
 @dataclass
 class LoadedBackbone:
     """A backbone built and loaded from a checkpoint, with what is known about it.
@@ -402,6 +646,8 @@ class LoadedBackbone:
         source: The checkpoint file (``None`` for a randomly initialised backbone).
         dropped: Keys of the file the adapter intentionally discarded, so that callers
             can log or assert what was left out.
+        expected_prefix: Where in the file the backbone was taken from (see
+            :class:`ConvertedCheckpoint`).
     """
 
     module: nn.Module
@@ -411,6 +657,7 @@ class LoadedBackbone:
     adapter: str
     source: Path | None
     dropped: tuple[str, ...] = ()
+    expected_prefix: str | None = None
 
 
 def load_backbone(
@@ -423,7 +670,8 @@ def load_backbone(
     """Build a backbone and load a checkpoint into it, strictly.
 
     Args:
-        path: The checkpoint file.
+        path: The checkpoint file, or a run folder holding it (see
+            :func:`resolve_checkpoint_path`: its single ``.ckpt``, else ``last.ckpt``).
         adapter: Registered adapter name, or ``"auto"`` to pick the single adapter
             whose ``detect`` accepts the file.
         backbone: The architecture. Needed when the file does not state it; when both
@@ -437,18 +685,18 @@ def load_backbone(
     Raises:
         FileNotFoundError: If the file does not exist.
         ValueError: If ``adapter`` names no registered adapter.
-        CheckpointError: If the file is unsafe or unreadable, no single adapter matches,
-            the adapter rejects it, or the architecture is unknown or contradictory.
+        CheckpointError: If the file is unsafe or unreadable, a folder holds no single
+            checkpoint to pick, no single adapter matches, the adapter rejects it, or
+            the architecture is unknown or contradictory.
         CheckpointMismatchError: If any key is missing, unexpected or has a different
             shape than in the backbone.
     """
-    source = Path(path)
+    source = resolve_checkpoint_path(path)
     raw = read_checkpoint(source)
     chosen = _choose_adapter(raw, adapter, source)
+    options = AdapterOptions(source=source, projection_layers=projection_layers, backbone=backbone)
     try:
-        converted = chosen.convert(
-            raw, AdapterOptions(source=source, projection_layers=projection_layers)
-        )
+        converted = chosen.convert(raw, options)
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"adapter {chosen.name!r} cannot convert {source}: {exc}") from exc
 
@@ -461,12 +709,20 @@ def load_backbone(
     # A fresh plain dict: no ``_metadata`` from the file, so torch treats missing
     # BatchNorm ``num_batches_tracked`` counters as legacy and fills them in.
     state_dict = dict(converted.state_dict)
-    _check_state_dict(module, state_dict, source=source, adapter=chosen.name, spec=spec)
+    _check_state_dict(
+        module,
+        state_dict,
+        source=source,
+        adapter=chosen.name,
+        spec=spec,
+        expected_prefix=converted.expected_prefix,
+    )
     try:
         module.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
         raise CheckpointMismatchError(
-            f"{source} (adapter {chosen.name!r}) cannot be loaded into {spec.name!r}: {exc}"
+            f"{source} (adapter {chosen.name!r}{_taken_from(converted.expected_prefix)}) "
+            f"cannot be loaded into {spec.name!r}: {exc}"
         ) from exc
 
     preprocessing = converted.preprocessing or Preprocessing()
@@ -487,25 +743,45 @@ def load_backbone(
         adapter=chosen.name,
         source=source,
         dropped=converted.dropped,
+        expected_prefix=converted.expected_prefix,
     )
 
 
 def _choose_adapter(raw: Mapping[str, Any], name: str, source: Path) -> Adapter:
     if name != "auto":
         return get_adapter(name)
-    matches = [adapter for adapter in _ADAPTERS.values() if adapter.detect(raw)]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
+    try:
+        names = matching_adapters(raw)
+    except Exception as exc:
         raise CheckpointError(
-            f"no checkpoint adapter recognises {source} (top-level keys: "
-            f"{list(raw)[: _SHOWN * 2]}); available adapters: {available_adapters()}. "
-            "Pass adapter=<name> to force one"
+            f"auto-detecting the format of {source} failed ({type(exc).__name__}: {exc}); "
+            "pass adapter=<name> to choose one"
+        ) from exc
+    if len(names) == 1:
+        return _ADAPTERS[names[0]]
+    if not names:
+        raise CheckpointError(
+            f"no checkpoint adapter recognises {source}.\n"
+            f"  The file holds: {describe_contents(raw)}\n"
+            f"  Available adapters and what each looks for:\n{_signatures(available_adapters())}\n"
+            "  Pass adapter=<name> to force one"
         )
     raise CheckpointError(
-        f"{source} is recognised by several checkpoint adapters: "
-        f"{sorted(adapter.name for adapter in matches)}; pass adapter=<name> to choose one"
+        f"{source} is recognised by several checkpoint adapters: {names}.\n"
+        f"  The file holds: {describe_contents(raw)}\n"
+        f"  What each of them looks for:\n{_signatures(names)}\n"
+        "  Pass adapter=<name> to choose one"
     )
+
+
+def _signatures(names: list[str]) -> str:
+    return "\n".join(
+        f"    {name}: {_ADAPTERS[name].signature or '(no description)'}" for name in names
+    )
+
+
+def _taken_from(expected_prefix: str | None) -> str:
+    return f", backbone taken from keys under {expected_prefix!r}" if expected_prefix else ""
 
 
 def _plain(value: Any) -> Any:
@@ -589,13 +865,21 @@ def _check_state_dict(
     source: Path,
     adapter: str,
     spec: BackboneSpec,
+    expected_prefix: str | None = None,
 ) -> None:
     problems = describe_mismatch(module.state_dict(), state_dict)
     if problems:
         raise CheckpointMismatchError(
             "\n  ".join(
-                [f"{source} (adapter {adapter!r}) does not match backbone {spec.name!r}:"]
+                [
+                    f"{source} (adapter {adapter!r}{_taken_from(expected_prefix)}) does not "
+                    f"match backbone {spec.name!r}{_kwargs(spec)}:"
+                ]
                 + problems
                 + ["check backbone.name and the adapter; nothing was loaded"]
             )
         )
+
+
+def _kwargs(spec: BackboneSpec) -> str:
+    return f" with {spec.kwargs}" if spec.kwargs else ""

@@ -126,14 +126,20 @@ def _build_tiny_resnet(**kwargs: Any) -> tuple[nn.Module, int]:
 
 @register_builder("torchvision")
 def _build_torchvision(
-    arch: str, cifar_stem: bool = False, tf_same_padding: bool = False, **kwargs: Any
+    arch: str,
+    cifar_stem: bool = False,
+    cifar_stem_padding: int = 1,
+    tf_same_padding: bool = False,
+    **kwargs: Any,
 ) -> tuple[nn.Module, int]:
     """A torchvision ResNet-style model without its classifier.
 
     Args:
         arch: torchvision model name.
         cifar_stem: Replace the 7x7/2 stem and max-pool by a 3x3/1 convolution, as
-            CIFAR-trained ResNets (e.g. solo-learn's) do.
+            CIFAR-trained ResNets do.
+        cifar_stem_padding: Padding of that 3x3 convolution (solo-learn uses 2, which
+            changes the feature maps, so its weights need it).
         tf_same_padding: Pad strided convolutions and the max-pool like TensorFlow's
             "SAME" (asymmetric), as weights trained in TF/JAX (e.g. BYOL) require.
         **kwargs: Passed to the torchvision constructor.
@@ -151,7 +157,9 @@ def _build_torchvision(
     feature_dim = model.fc.in_features
     model.fc = nn.Identity()
     if cifar_stem:
-        model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, stride=1, padding=1, bias=False)
+        model.conv1 = nn.Conv2d(
+            3, model.conv1.out_channels, 3, stride=1, padding=cifar_stem_padding, bias=False
+        )
         model.maxpool = nn.Identity()
     if tf_same_padding:
         from mile_ssl.tf_padding import use_tf_same_padding

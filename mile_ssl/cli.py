@@ -24,7 +24,7 @@ from mile_ssl.solo_learn import Translation, is_solo_config, read_solo_config, t
 
 log = logging.getLogger("mile_ssl")
 
-COMMANDS = ("train", "demo", "from-solo")
+COMMANDS = ("train", "demo", "from-solo", "inspect")
 
 USAGE = """usage: mile-ssl COMMAND [ARGS]
 
@@ -36,6 +36,8 @@ commands:
                       fine-tune from a solo-learn linear/fine-tune recipe
   from-solo RECIPE.yaml [--out FILE]
                       translate a solo-learn recipe, print the mapping, write the config
+  inspect PATH [--adapter NAME] [--backbone NAME] [--json]
+                      what a checkpoint holds and how mile_ssl would load it
   demo [--out DIR]    pretrain on the digit grids with lightly, fine-tune softmax,
                       sigmoid and MILe, print the comparison table
 """
@@ -136,6 +138,28 @@ def _from_solo(argv: Sequence[str]) -> None:
     print(f"wrote {out}")
 
 
+def _inspect(argv: Sequence[str]) -> None:
+    """Describe a checkpoint: format, architecture, kept and dropped keys, preprocessing."""
+    import json
+
+    from mile_ssl.adapters.inspect import describe_checkpoint, format_description
+    from mile_ssl.backbones import BackboneSpec
+
+    parser = argparse.ArgumentParser(prog="mile-ssl inspect", description=_inspect.__doc__)
+    parser.add_argument("path", type=Path, help="checkpoint file or solo-learn run folder")
+    parser.add_argument("--adapter", default="auto", help="adapter name (default: detect)")
+    parser.add_argument("--backbone", help="architecture, when the file does not state it")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_args(argv)
+    backbone = BackboneSpec(args.backbone) if args.backbone else None
+    description = describe_checkpoint(args.path, adapter=args.adapter, backbone=backbone)
+    print(
+        json.dumps(description, indent=2, default=str)
+        if args.json
+        else format_description(description)
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Dispatch ``mile-ssl COMMAND``."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -154,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         _train()
     elif command == "from-solo":
         _from_solo(rest)
+    elif command == "inspect":
+        _inspect(rest)
     elif command == "demo":
         _demo(rest)
     else:

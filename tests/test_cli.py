@@ -95,3 +95,23 @@ def test_unknown_command_and_help(tmp_path: Path) -> None:
     assert _run(["frobnicate"], tmp_path).returncode == 2
     help_text = _run(["--help"], tmp_path)
     assert help_text.returncode == 0 and "train" in help_text.stdout
+
+
+def test_inspect_describes_a_checkpoint(tmp_path: Path) -> None:
+    import torch
+    import torchvision
+
+    state = {
+        f"module.encoder_q.{key}": value
+        for key, value in torchvision.models.resnet18(weights=None).state_dict().items()
+        if not key.startswith("fc.")
+    }
+    state["module.queue"] = torch.zeros(8, 4)
+    torch.save({"state_dict": state, "arch": "resnet18"}, tmp_path / "moco.pth.tar")
+    text = _run(["inspect", "moco.pth.tar"], tmp_path)
+    assert text.returncode == 0, text.stderr
+    assert "mocov2" in text.stdout and "torchvision:resnet18" in text.stdout
+    as_json = _run(["inspect", "moco.pth.tar", "--json"], tmp_path)
+    description = json.loads(as_json.stdout)
+    assert description["format"] == "mocov2"
+    assert description["backbone"]["name"] == "torchvision:resnet18"

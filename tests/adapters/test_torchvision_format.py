@@ -152,8 +152,13 @@ def test_unexpected_key_is_named(tmp_path: Path, resnet18: dict[str, torch.Tenso
     weights = {**resnet18, "projector.0.weight": torch.zeros(128, 512)}
     path = tmp_path / "extra.pth"
     torch.save(weights, path)
-    with pytest.raises(CheckpointMismatchError, match="1 unexpected keys") as info:
+    # A key outside the ResNet modules keeps "auto" from guessing; naming the adapter
+    # loads strictly and names the key.
+    with pytest.raises(CheckpointError, match="no checkpoint adapter recognises") as info:
         load_backbone(path, backbone=RESNET18)
+    assert "'projector.': 1" in str(info.value)
+    with pytest.raises(CheckpointMismatchError, match="1 unexpected keys") as info:
+        load_backbone(path, adapter="torchvision", backbone=RESNET18)
     assert "projector.0.weight" in str(info.value)
     assert str(path) in str(info.value)
 
@@ -222,3 +227,5 @@ def test_detect(resnet18: dict[str, torch.Tensor]) -> None:
     moco_like = {"state_dict": {f"module.encoder_q.{k}": v for k, v in resnet18.items()}}
     assert not detect_torchvision(moco_like)
     assert not detect_torchvision({"format": "mile_ssl.backbone", "state_dict": resnet18})
+    swav_like = {**_prefixed(resnet18), "module.prototypes.weight": torch.zeros(3, 2)}
+    assert not detect_torchvision(swav_like)

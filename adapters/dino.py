@@ -1,0 +1,184 @@
+"""DINO training checkpoints (facebookresearch/dino, ``main_dino.py``).
+
+DINO (Caron et al., 2021, "Emerging Properties in Self-Supervised Vision Transformers")
+saves ``checkpoint.pth`` as ``{"student", "teacher", "optimizer", "epoch", "args",
+"dino_loss", ...}``. Student and teacher are ``MultiCropWrapper(backbone, DINOHead)``
+state dicts, so their keys are ``backbone.*`` and ``head.*`` (``head.mlp.*``,
+``head.last_layer.weight_g`` / ``weight_v``); a module wrapped in
+``DistributedDataParallel`` adds ``module.``. The student is always wrapped; the
+teacher only when the backbone has BatchNorm (ResNets), so a ResNet teacher reads
+``module.backbone.*`` and a ViT teacher ``backbone.*``.
+
+The teacher is converted by default: DINO evaluates (k-NN, linear, fine-tuning) the
+teacher, whose weights are an average of the student's and perform better. The student
+is used only when a file has no teacher. Heads and the other network are dropped and
+listed in ``dropped`` as ``<container>.<key>``.
+
+Backbones: torchvision ResNets (``MultiCropWrapper`` replaced ``fc`` by an identity, so
+there is no classifier) and DINO's ViTs, whose parameter names are timm's
+(``cls_token``, ``pos_embed``, ``patch_embed.proj``, ``blocks.N.{norm1, attn.qkv,
+attn.proj, norm2, mlp.fc1, mlp.fc2}``, ``norm``) with the same head counts and LayerNorm
+``eps=1e-6``; they load into ``timm:vit_{tiny,small,base}_patch{8,16}_224`` without
+renaming. DINO's ``pos_embed`` is for 224-px inputs (14x14 patches at patch size 16);
+a file trained at another resolution is built with the matching ``img_size``. timm's
+model then requires inputs of that size, where DINO interpolates the position
+embedding for any size. XCiT backbones are not supported.
+
+DINO normalises inputs with the ImageNet mean and standard deviation.
+
+Note that ``checkpoint.pth`` also stores ``args`` as an ``argparse.Namespace``, which
+the safe reader refuses; re-save the file without it (``{"teacher": ..., "student":
+...}``) from a copy you trust.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor
+
+from mile_ssl.backbones import BackboneSpec
+from mile_ssl.preprocessing import Preprocessing
+
+from .registry import (
+    AdapterOptions,
+    ConvertedCheckpoint,
+    drop,
+    has_prefix,
+    refuse_projection_layers,
+    register_adapter,
+    select,
+    strip_prefix,
+    unwrap,
+)
+from .torchvision_format import CLASSIFIER_PREFIX, infer_resnet_spec
+
+TEACHER_KEY = "teacher"
+STUDENT_KEY = "student"
+
+BACKBONE_PREFIXES = ("module.backbone.", "backbone.")
+"""``MultiCropWrapper``'s backbone, with and without the DDP ``module.`` prefix."""
+
+VIT_HEAD_PREFIX = "head."
+"""A ViT's classifier; DINO replaces it by an identity, other files may keep it."""
+
+VIT_PRETRAIN_SIZE = 224
+"""Resolution the timm ``*_224`` ViTs are built for, and DINO's training resolution."""
+
+_VIT_SIZES: dict[tuple[int, int], str] = {
+    (192, 12): "tiny",
+    (384, 12): "small",
+    (768, 12): "base",
+    (1024, 24): "large",
+    (1280, 32): "huge",
+}
+"""(embedding width, number of blocks) -> timm size name (``vit_<size>_patch<P>_224``)."""
+
+
+def infer_vit_spec(
+    state_dict: Mapping[str, Tensor], *, num_heads: int | None = None
+) -> BackboneSpec | None:
+    """Name the timm ViT whose ``state_dict()`` ``state_dict`` is, from its shapes.
+
+    Width and depth give the size (tiny/small/base/large/huge), the patch embedding's
+    kernel the patch size, and ``pos_embed`` the grid, hence the image size (passed as
+    ``img_size`` when it is not 224). The number of attention heads cannot be read from
+    the weights: timm's default for the size is used unless ``num_heads`` is given
+    (MoCo-v3 and solo-learn's MoCo-v3/MAE ViT-S use 12 heads where timm uses 6; the
+    weights would load and compute something else).
+
+    Args:
+        state_dict: Backbone tensors with timm names, no prefix.
+        num_heads: Attention heads, when the source states a non-default count.
+
+    Returns:
+        The spec, or ``None`` if the tensors are not a ViT of a size timm names.
+    """
+    proj = state_dict.get("patch_embed.proj.weight")
+    pos_embed = state_dict.get("pos_embed")
+    if proj is None or pos_embed is None or "cls_token" not in state_dict:
+        return None
+    if proj.dim() != 4 or proj.shape[2] != proj.shape[3] or pos_embed.dim() != 3:
+        return None
+    width, patch = int(proj.shape[0]), int(proj.shape[2])
+    depth = len({key.split(".")[1] for key in state_dict if key.startswith("blocks.")})
+    size = _VIT_SIZES.get((width, depth))
+    if size is None:
+        return None
+    name = f"vit_{size}_patch{patch}_{VIT_PRETRAIN_SIZE}"
+    import timm
+
+    if not timm.is_model(name):
+        return None
+    tokens = int(pos_embed.shape[1]) - 1
+    grid = math.isqrt(tokens)
+    if grid * grid != tokens:
+        return None
+    kwargs: dict[str, Any] = {}
+    if grid * patch != VIT_PRETRAIN_SIZE:
+        kwargs["img_size"] = grid * patch
+    if num_heads is not None:
+        kwargs["num_heads"] = num_heads
+    return BackboneSpec(f"timm:{name}", kwargs)
+
+
+def _backbone_prefix(state_dict: Mapping[str, Tensor]) -> str | None:
+    return next((prefix for prefix in BACKBONE_PREFIXES if has_prefix(state_dict, prefix)), None)
+
+
+def detect_dino(raw: Mapping[str, Any]) -> bool:
+    """Whether ``raw`` has a ``teacher`` or ``student`` mapping with ``backbone.`` keys."""
+    return any(
+        isinstance(raw.get(key), Mapping) and _backbone_prefix(raw[key]) is not None
+        for key in (TEACHER_KEY, STUDENT_KEY)
+    )
+
+
+@register_adapter(
+    "dino",
+    detect=detect_dino,
+    signature="top-level 'teacher'/'student' state dicts with 'backbone.' or "
+    "'module.backbone.' keys",
+)
+def convert_dino(raw: Mapping[str, Any], options: AdapterOptions) -> ConvertedCheckpoint:
+    """Extract the teacher's backbone from a DINO training checkpoint.
+
+    Args:
+        raw: The checkpoint mapping.
+        options: Conversion options; DINO's projection head is not kept.
+
+    Returns:
+        The backbone tensors with torchvision / timm names, the architecture inferred
+        from their shapes (``None`` for backbones neither family names), ImageNet
+        preprocessing, and the heads and the other network as ``dropped``.
+
+    Raises:
+        ValueError: If neither network holds ``backbone.`` keys, or a projection head
+            is requested.
+    """
+    refuse_projection_layers(options, "dino")
+    container = TEACHER_KEY if isinstance(raw.get(TEACHER_KEY), Mapping) else STUDENT_KEY
+    network = unwrap(raw, keys=(container,))
+    prefix = _backbone_prefix(network)
+    if prefix is None:
+        raise ValueError(
+            f"DINO {container!r} holds no keys under {list(BACKBONE_PREFIXES)} (first keys: "
+            f"{list(network)[:5]})"
+        )
+    backbone = strip_prefix(select(network, prefix), prefix)
+    head = CLASSIFIER_PREFIX if "conv1.weight" in backbone else VIT_HEAD_PREFIX
+    state_dict = drop(backbone, head)
+    dropped = [f"{container}.{prefix}{key}" for key in select(backbone, head)]
+    dropped += [f"{container}.{key}" for key in network if not key.startswith(prefix)]
+    for other in (TEACHER_KEY, STUDENT_KEY):
+        if other != container and isinstance(raw.get(other), Mapping):
+            dropped += [f"{other}.{key}" for key in raw[other]]
+    return ConvertedCheckpoint(
+        state_dict=state_dict,
+        backbone=infer_resnet_spec(state_dict) or infer_vit_spec(state_dict),
+        preprocessing=Preprocessing(),
+        dropped=tuple(dropped),
+        expected_prefix=f"{container}.{prefix}",
+    )

@@ -1,0 +1,147 @@
+"""Checkpoints of models built with lightly (lightly-ai/lightly).
+
+lightly is a library of heads and losses that users compose into their own models, so
+its checkpoints follow two patterns:
+
+* The benchmark modules (``benchmarks/imagenet/resnet50/*.py``) are Lightning modules
+  with ``self.backbone = resnet50()`` whose ``fc`` is an identity, plus
+  ``projection_head`` (``projection_head.layers.*``), ``prediction_head``,
+  ``prototypes``, momentum copies (``teacher_backbone``, ``key_backbone``,
+  ``student_backbone``, ``backbone_momentum``, ...) and ``online_classifier``: the
+  backbone keys are ``backbone.<torchvision resnet key>``.
+* lightly's examples and most user code take the ResNet's children without the
+  classifier, ``nn.Sequential(*list(resnet.children())[:-1])``, so the keys are
+  Sequential indices: ``backbone.0.weight`` (conv1), ``backbone.1.*`` (bn1),
+  ``backbone.4.0.conv1.weight`` (layer1, block 0), ... Indices 2, 3 and 8 (ReLU,
+  max-pool, average pool) hold no tensors; the others are renamed back
+  (:data:`SEQUENTIAL_NAMES`), which also recovers the architecture.
+
+Only ``backbone.*`` is kept; every other key is dropped. The architecture is inferred
+from the shapes (torchvision ResNets; a 3x3 ``conv1`` is the CIFAR stem), and lightly's
+transforms normalise with the ImageNet statistics (``IMAGENET_NORMALIZE``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor
+
+from mile_ssl.preprocessing import Preprocessing
+
+from .registry import (
+    AdapterOptions,
+    ConvertedCheckpoint,
+    drop,
+    has_prefix,
+    refuse_projection_layers,
+    register_adapter,
+    select,
+    strip_prefix,
+    unwrap,
+)
+from .torchvision_format import CLASSIFIER_PREFIX, infer_resnet_spec
+
+BACKBONE_PREFIX = "backbone."
+"""Attribute lightly's benchmarks and examples give the backbone."""
+
+HEAD_PREFIXES = ("projection_head.", "prediction_head.", "online_classifier.")
+"""lightly's head modules, one of which sits next to the backbone in its models."""
+
+SEQUENTIAL_NAMES: dict[str, str] = {
+    "0": "conv1",
+    "1": "bn1",
+    "4": "layer1",
+    "5": "layer2",
+    "6": "layer3",
+    "7": "layer4",
+}
+"""Index in ``list(resnet.children())`` -> torchvision name, for children with tensors."""
+
+_SEQUENTIAL_MARKER = f"{BACKBONE_PREFIX}0.weight"
+_NOT_LIGHTLY = ("meta", "classy_state_dict")
+
+
+def detect_lightly(raw: Mapping[str, Any]) -> bool:
+    """Whether the state dict has ``backbone.`` keys plus a lightly head or Sequential indices.
+
+    solo-learn files (with ``classifier.weight``) and mmselfsup files (with ``meta``)
+    also use ``backbone.``; their own markers exclude them here.
+    """
+    if any(key in raw for key in _NOT_LIGHTLY):
+        return False
+    try:
+        state_dict = unwrap(raw)
+    except ValueError:
+        return False
+    if "classifier.weight" in state_dict or not has_prefix(state_dict, BACKBONE_PREFIX):
+        return False
+    return _SEQUENTIAL_MARKER in state_dict or any(
+        has_prefix(state_dict, head) for head in HEAD_PREFIXES
+    )
+
+
+def sequential_to_torchvision(backbone: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename ``nn.Sequential(*list(resnet.children())[:-1])`` keys to torchvision's.
+
+    Args:
+        backbone: Keys relative to the Sequential (``0.weight``, ``4.0.conv1.weight``).
+
+    Returns:
+        The same tensors under torchvision names (``conv1.weight``,
+        ``layer1.0.conv1.weight``), in the original order.
+
+    Raises:
+        ValueError: If a key's index is not a ResNet child with tensors.
+    """
+    renamed: dict[str, Tensor] = {}
+    for key, value in backbone.items():
+        index, _, rest = key.partition(".")
+        if index not in SEQUENTIAL_NAMES:
+            raise ValueError(
+                f"key {BACKBONE_PREFIX + key!r}: child {index} of a ResNet Sequential holds no "
+                f"tensors in torchvision (expected children {sorted(SEQUENTIAL_NAMES)}); this "
+                "is not nn.Sequential(*list(resnet.children())[:-1])"
+            )
+        renamed[f"{SEQUENTIAL_NAMES[index]}.{rest}"] = value
+    return renamed
+
+
+@register_adapter(
+    "lightly",
+    detect=detect_lightly,
+    signature="a state dict with 'backbone.' keys and lightly heads ('projection_head.', "
+    "'prediction_head.', 'online_classifier.') or Sequential indices ('backbone.0.weight')",
+)
+def convert_lightly(raw: Mapping[str, Any], options: AdapterOptions) -> ConvertedCheckpoint:
+    """Extract the ResNet backbone of a lightly model.
+
+    Args:
+        raw: The checkpoint mapping: a Lightning checkpoint or a plain state dict.
+        options: Conversion options; lightly's projection heads are not kept.
+
+    Returns:
+        The backbone with torchvision names, the architecture inferred from its shapes,
+        ImageNet preprocessing, and every other key as ``dropped``.
+
+    Raises:
+        ValueError: If there is no ``backbone.`` key or a Sequential index is unknown.
+    """
+    refuse_projection_layers(options, "lightly")
+    state_dict = unwrap(raw)
+    backbone = strip_prefix(select(state_dict, BACKBONE_PREFIX), BACKBONE_PREFIX)
+    if not backbone:
+        raise ValueError(f"no keys under {BACKBONE_PREFIX!r} (first keys: {list(state_dict)[:5]})")
+    if "0.weight" in backbone:
+        backbone = sequential_to_torchvision(backbone)
+    kept = drop(backbone, CLASSIFIER_PREFIX)
+    dropped = [key for key in state_dict if not key.startswith(BACKBONE_PREFIX)]
+    dropped += [f"{BACKBONE_PREFIX}{key}" for key in select(backbone, CLASSIFIER_PREFIX)]
+    return ConvertedCheckpoint(
+        state_dict=kept,
+        backbone=infer_resnet_spec(kept),
+        preprocessing=Preprocessing(),
+        dropped=tuple(dropped),
+        expected_prefix=BACKBONE_PREFIX,
+    )

@@ -1,0 +1,135 @@
+"""``describe_checkpoint`` / ``format_description``: what a file holds and what loading keeps."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from mile_ssl.adapters import CheckpointError
+from mile_ssl.adapters.inspect import describe_checkpoint, format_description
+from mile_ssl.adapters.registry import group_keys
+from mile_ssl.backbones import BackboneSpec
+
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def _filler(value: Tensor) -> Tensor:
+    return torch.zeros((), dtype=value.dtype).expand(value.shape)
+
+
+def _lightly_file(path: Path) -> Path:
+    """lightly's ``nn.Sequential(*list(resnet.children())[:-1])`` backbone plus a head."""
+    with torch.device("meta"):
+        model = nn.Module()
+        model.backbone = nn.Sequential(*list(torchvision.models.resnet18().children())[:-1])
+        model.projection_head = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 128))
+    torch.save({key: _filler(value) for key, value in model.state_dict().items()}, path)
+    return path
+
+
+def test_description_of_a_lightly_file(tmp_path: Path) -> None:
+    path = _lightly_file(tmp_path / "simclr.pth")
+    description = describe_checkpoint(path)
+    assert description == {
+        "path": str(path),
+        "format": "lightly",
+        "backbone": {"name": "torchvision:resnet18", "kwargs": {}},
+        "feature_dim": 512,
+        "parameters": 11_176_512,
+        "tensors": 120,
+        "source_prefix": "backbone.",
+        "kept": {
+            "conv1.": 1,
+            "bn1.": 5,
+            "layer1.": 24,
+            "layer2.": 30,
+            "layer3.": 30,
+            "layer4.": 30,
+        },
+        "dropped": {"projection_head.": 4},
+        "preprocessing": IMAGENET,
+    }
+
+    text = format_description(description)
+    lines = text.splitlines()
+    assert lines[0] == f"checkpoint     {path}"
+    assert lines[1] == "format         lightly"
+    assert lines[2] == "backbone       torchvision:resnet18"
+    assert lines[3] == "parameters     11,176,512 (512-d features)"
+    assert lines[4] == "taken from     keys under 'backbone.'"
+    assert lines[5] == "preprocessing  mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225)"
+    assert "kept: 120 tensors" in lines
+    assert "  layer1.  24" in lines
+    assert "dropped: 4 keys" in lines
+    assert lines[-1] == "  projection_head.  4"
+
+
+def test_explicit_adapter_and_backbone(tmp_path: Path) -> None:
+    with torch.device("meta"):
+        resnet = torchvision.models.resnet18()
+    path = tmp_path / "plain.pth"
+    torch.save({key: _filler(value) for key, value in resnet.state_dict().items()}, path)
+    with pytest.raises(CheckpointError, match="set backbone.name"):
+        describe_checkpoint(path)
+    description = describe_checkpoint(
+        path,
+        adapter="torchvision",
+        backbone=BackboneSpec("torchvision:resnet18", {"cifar_stem": False}),
+    )
+    assert description["backbone"] == {
+        "name": "torchvision:resnet18",
+        "kwargs": {"cifar_stem": False},
+    }
+    assert description["source_prefix"] is None
+    assert description["dropped"] == {"fc.": 2}
+    text = format_description(description)
+    assert "backbone       torchvision:resnet18 {'cifar_stem': False}" in text
+    assert "taken from     the state dict as is" in text
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="absent.pth"):
+        describe_checkpoint(tmp_path / "absent.pth")
+
+
+def test_nothing_dropped_is_said() -> None:
+    description = {
+        "path": "x.pt",
+        "format": "mile_ssl",
+        "backbone": {"name": "tiny_resnet", "kwargs": {"widths": [4, 8]}},
+        "feature_dim": 8,
+        "parameters": 10,
+        "tensors": 2,
+        "source_prefix": None,
+        "kept": {"conv1.": 2},
+        "dropped": {},
+        "preprocessing": {"mean": [0.0], "std": [1.0]},
+    }
+    assert format_description(description).endswith("  conv1.  2\ndropped: nothing")
+
+
+def test_group_keys_stops_where_modules_branch() -> None:
+    moco = [
+        "module.encoder_q.conv1.weight",
+        "module.encoder_q.layer1.0.conv1.weight",
+        "module.encoder_q.fc.0.weight",
+        "module.encoder_k.conv1.weight",
+        "module.encoder_k.layer1.0.conv1.weight",
+        "module.queue",
+        "module.queue_ptr",
+    ]
+    assert group_keys(moco) == {
+        "module.encoder_q.": 3,
+        "module.encoder_k.": 2,
+        "module.queue": 1,
+        "module.queue_ptr": 1,
+    }
+    dropped = ["module.encoder_q.fc.0.weight", "module.encoder_q.fc.2.bias", "module.queue"]
+    assert group_keys(dropped) == {"module.encoder_q.fc.": 2, "module.queue": 1}
+    dino = ["teacher.module.head.mlp.0.weight", "teacher.module.head.last_layer.weight_g"]
+    dino += ["student.module.backbone.conv1.weight", "student.module.head.mlp.0.weight"]
+    assert group_keys(dino) == {"teacher.module.head.": 2, "student.module.": 2}
+    assert group_keys(["fc.weight", "fc.bias"]) == {"fc.": 2}
+    assert group_keys([]) == {}
