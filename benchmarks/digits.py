@@ -53,6 +53,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pretrain-steps", type=int, default=300)
     parser.add_argument("--workdir", type=Path, default=Path("runs/benchmark_digits"))
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
         "overrides", nargs="*", help="Hydra overrides for every run, e.g. mile.rho=0.1"
     )
@@ -113,6 +114,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main() -> None:
     args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     rows: list[dict[str, Any]] = []
     for seed in args.seeds:
