@@ -24,7 +24,7 @@ from mile_ssl.solo_learn import Translation, is_solo_config, read_solo_config, t
 
 log = logging.getLogger("mile_ssl")
 
-COMMANDS = ("train", "demo", "from-solo", "inspect")
+COMMANDS = ("train", "demo", "from-solo", "inspect", "eval", "predict", "export")
 
 USAGE = """usage: mile-ssl COMMAND [ARGS]
 
@@ -38,6 +38,12 @@ commands:
                       translate a solo-learn recipe, print the mapping, write the config
   inspect PATH [--adapter NAME] [--backbone NAME] [--json]
                       what a checkpoint holds and how mile_ssl would load it
+  eval checkpoint=RUN.ckpt [DATA OVERRIDES] [--json]
+                      all metrics of a fine-tuned run, e.g. data=imagenet data.root=DIR
+  predict IMAGE_OR_FOLDER... checkpoint=RUN.ckpt [--threshold T] [--json]
+                      multi-label predictions with class names and probabilities
+  export checkpoint=RUN.ckpt [--out DIR]
+                      the student as a torchvision/timm state dict, safetensors, model.json
   demo [--out DIR]    pretrain on the digit grids with lightly, fine-tune softmax,
                       sigmoid and MILe, print the comparison table
 """
@@ -160,6 +166,68 @@ def _inspect(argv: Sequence[str]) -> None:
     )
 
 
+def _split_checkpoint(args: Sequence[str]) -> tuple[Path, list[str]]:
+    """Take ``checkpoint=PATH`` out of ``args``."""
+    paths = [arg.split("=", 1)[1] for arg in args if arg.startswith("checkpoint=")]
+    if len(paths) != 1:
+        raise SystemExit("mile-ssl: give exactly one checkpoint=PATH (a run's .ckpt or folder)")
+    return Path(paths[0]), [arg for arg in args if not arg.startswith("checkpoint=")]
+
+
+def _eval(argv: Sequence[str]) -> None:
+    """All validation metrics of a fine-tuned run on a dataset."""
+    import json
+
+    from mile_ssl.config import compose_train_config
+    from mile_ssl.eval_report import eval_command_result, format_eval_result
+
+    checkpoint, rest = _split_checkpoint(argv)
+    as_json = "--json" in rest
+    overrides = [arg for arg in rest if arg != "--json"]
+    data = compose_train_config(["checkpoint=scratch", *overrides]).data
+    result = eval_command_result(checkpoint, data)
+    print(json.dumps(result, indent=2, default=str) if as_json else format_eval_result(result))
+
+
+def _predict(argv: Sequence[str]) -> None:
+    """Multi-label predictions for images or folders of images."""
+    import json
+
+    from mile_ssl.predict import format_predictions, predict
+
+    checkpoint, rest = _split_checkpoint(argv)
+    parser = argparse.ArgumentParser(prog="mile-ssl predict", description=_predict.__doc__)
+    parser.add_argument("inputs", nargs="+", help="image files or folders")
+    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(rest)
+    results = predict(
+        checkpoint,
+        args.inputs,
+        threshold=args.threshold,
+        top_k=args.top_k,
+        image_size=args.image_size,
+    )
+    print(json.dumps(results, indent=2, default=str) if args.json else format_predictions(results))
+
+
+def _export(argv: Sequence[str]) -> None:
+    """Write the fine-tuned student as plain weights for torchvision / timm / safetensors."""
+    from mile_ssl.export import FORMATS, export_checkpoint
+
+    checkpoint, rest = _split_checkpoint(argv)
+    parser = argparse.ArgumentParser(prog="mile-ssl export", description=_export.__doc__)
+    parser.add_argument("--out", type=Path, default=Path("export"))
+    parser.add_argument("--formats", nargs="+", default=list(FORMATS))
+    parser.add_argument("--image-size", type=int, default=None)
+    args = parser.parse_args(rest)
+    written = export_checkpoint(checkpoint, args.out, args.formats, image_size=args.image_size)
+    for kind, path in written.items():
+        print(f"{kind:12} {path}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Dispatch ``mile-ssl COMMAND``."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -180,6 +248,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         _from_solo(rest)
     elif command == "inspect":
         _inspect(rest)
+    elif command == "eval":
+        _eval(rest)
+    elif command == "predict":
+        _predict(rest)
+    elif command == "export":
+        _export(rest)
     elif command == "demo":
         _demo(rest)
     else:

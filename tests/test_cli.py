@@ -115,3 +115,45 @@ def test_inspect_describes_a_checkpoint(tmp_path: Path) -> None:
     description = json.loads(as_json.stdout)
     assert description["format"] == "mocov2"
     assert description["backbone"]["name"] == "torchvision:resnet18"
+
+
+def test_eval_predict_export_on_a_trained_run(
+    tmp_path: Path, tiny_overrides: list[str], image_folder: Path
+) -> None:
+    data = [
+        "data=folder",
+        f"data.root={image_folder}",
+        "data.image_size=32",
+        "data.batch_size=8",
+        "data.num_workers=0",
+    ]
+    trained = _run(
+        [
+            "train",
+            *tiny_overrides,
+            *data,
+            "method=sigmoid",
+            "trainer.max_steps=2",
+            "hydra.run.dir=run",
+        ],
+        tmp_path,
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    checkpoint = f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}"
+
+    evaluated = _run(["eval", checkpoint, *data, "--json"], tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    metrics = json.loads(evaluated.stdout)["metrics"]
+    assert metrics["num_samples"] == 6
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
+    assert metrics["top1"] == pytest.approx(saved["top1"])
+
+    predicted = _run(["predict", str(image_folder / "val"), checkpoint, "--json"], tmp_path)
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    results = json.loads(predicted.stdout)
+    assert len(results) == 6 and all(result["predicted"] for result in results)
+
+    exported = _run(["export", checkpoint, "--out", "exported"], tmp_path)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert (tmp_path / "exported" / "model.json").exists()
+    assert (tmp_path / "exported" / "model.safetensors").exists()

@@ -1,0 +1,148 @@
+"""The result of evaluating a run checkpoint: metrics plus what was evaluated on what.
+
+A number without its checkpoint, dataset and label sets cannot be compared with a
+published one, so the result carries all three. For ``data=imagenet`` the metrics
+include ImageNet-ReaL (``real_acc``, ``real_f1``, ``coverage``, ``secondary_map``),
+matched to the validation images by file name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from mile_ssl.config import DataConfig
+from mile_ssl.evaluate import evaluate_checkpoint, read_run_checkpoint
+from mile_ssl.export import resolve_run_checkpoint
+from mile_ssl.method import CHECKPOINT_KEY
+from mile_ssl.report import format_metrics_table
+
+EVAL_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("top1", "top-1"),
+    ("top5", "top-5"),
+    ("real_acc", "ReaL-acc"),
+    ("real_f1", "ReaL-F1"),
+    ("map", "mAP"),
+    ("secondary_map", "2nd-mAP"),
+    ("coverage", "coverage"),
+)
+"""Columns of :func:`format_eval_result`: the ImageNet protocol's numbers."""
+
+
+def _dataset_classes(data: DataConfig) -> list[str] | None:
+    """The dataset's class names, found without indexing its images (``None`` if unknown)."""
+    if data.name == "imagenet":
+        from mile_ssl.data.imagenet import imagenet_classes
+
+        return list(imagenet_classes())
+    if data.name == "digits":
+        from mile_ssl.data.digits import CLASS_NAMES
+
+        return list(CLASS_NAMES)
+    if data.root is None:
+        return None
+    train = Path(data.root) / data.train_dir
+    if not train.is_dir():
+        return None
+    return sorted(entry.name for entry in train.iterdir() if entry.is_dir())
+
+
+def _label_sets_source(data: DataConfig) -> str | None:
+    if data.val_label_sets is not None:
+        return str(data.val_label_sets)
+    if data.name == "imagenet":
+        return "ImageNet-ReaL (real.json shipped with mile_ssl), matched by file name"
+    if data.name == "digits":
+        return "digit grids: every digit present in the image"
+    return None
+
+
+def evaluation_data(data: DataConfig) -> DataConfig:
+    """``data`` without a labelled-subset selection, which evaluation never uses.
+
+    The data module also selects the training subset; a 1 % / 10 % split list that does
+    not match the training folder (a partial copy, a validation-only machine) would stop
+    an evaluation that does not need it.
+    """
+    return replace(data, fraction=1.0, split_file=None, allow_missing=True)
+
+
+def eval_command_result(
+    run_checkpoint: str | Path,
+    data_config: DataConfig,
+    *,
+    precision: str = "32-true",
+    accelerator: str = "auto",
+) -> dict[str, Any]:
+    """Evaluate a run checkpoint on ``data_config``'s validation set.
+
+    Args:
+        run_checkpoint: Lightning checkpoint of a mile_ssl run (or the run folder).
+        data_config: The validation data (e.g. ``compose_train_config([...]).data``).
+        precision: Lightning precision of the evaluation.
+        accelerator: Lightning accelerator.
+
+    Returns:
+        ``{"checkpoint": {...}, "dataset": {...}, "metrics": {...}}``: the metrics of
+        :func:`mile_ssl.evaluate.evaluate_checkpoint` (fractions, plus ``num_samples``),
+        the checkpoint's architecture, method, classes and training steps, and the
+        dataset's name, folders and label-set source.
+
+    Raises:
+        ValueError: Naming the checkpoint and the dataset if their classes differ.
+    """
+    source = resolve_run_checkpoint(run_checkpoint)
+    state = read_run_checkpoint(source)[CHECKPOINT_KEY]
+    metadata = state["metadata"]
+    class_names = list(metadata.get("class_names") or [])
+    dataset_classes = _dataset_classes(data_config)
+    if dataset_classes is not None and class_names and class_names != dataset_classes:
+        only_model = sorted(set(class_names) - set(dataset_classes))[:5]
+        only_data = sorted(set(dataset_classes) - set(class_names))[:5]
+        raise ValueError(
+            f"{source} was trained on {len(class_names)} classes but data={data_config.name} "
+            f"(root {data_config.root}) has {len(dataset_classes)}"
+            + (f"; only in the checkpoint: {only_model}" if only_model else "")
+            + (f"; only in the dataset: {only_data}" if only_data else "")
+            + ("" if only_model or only_data else "; the class order differs")
+        )
+    metrics = evaluate_checkpoint(
+        source, evaluation_data(data_config), precision=precision, accelerator=accelerator
+    )
+    return {
+        "checkpoint": {
+            "path": str(source),
+            "backbone": dict(metadata.get("backbone") or {}),
+            "method": dict(state["method"]),
+            "mile": dict(state["mile"]) if state["method"].get("name") == "mile" else None,
+            "num_classes": int(state["num_classes"]),
+            "completed_steps": int(state["completed_steps"]),
+            "preprocessing": dict(metadata.get("preprocessing") or {}),
+        },
+        "dataset": {
+            "name": data_config.name,
+            "root": data_config.root,
+            "val_dir": data_config.val_dir if data_config.name != "digits" else None,
+            "image_size": data_config.image_size if data_config.name != "digits" else None,
+            "label_sets": _label_sets_source(data_config),
+            "num_samples": int(metrics.get("num_samples", 0)),
+        },
+        "metrics": metrics,
+    }
+
+
+def format_eval_result(result: dict[str, Any]) -> str:
+    """The metrics as a one-row table (percent), headed by the checkpoint and dataset."""
+    checkpoint, dataset = result["checkpoint"], result["dataset"]
+    columns = [column for column in EVAL_COLUMNS if column[0] in result["metrics"]]
+    header = (
+        f"checkpoint: {checkpoint['path']} ({checkpoint['backbone'].get('name')}, "
+        f"{checkpoint['method'].get('name')}, {checkpoint['completed_steps']} steps)\n"
+        f"data: {dataset['name']} {dataset['root'] or ''} "
+        f"({dataset['num_samples']} validation images; label sets: {dataset['label_sets']})"
+    )
+    table = format_metrics_table(
+        {checkpoint["method"].get("name", "run"): result["metrics"]}, columns
+    )
+    return f"{header}\n{table}"

@@ -1,0 +1,222 @@
+"""Label images with a fine-tuned run: the predicted label set and the top-k classes.
+
+The predicted set follows the evaluation (:func:`mile_ssl.metrics.predicted_sets`):
+``argmax ∪ {j : sigmoid_j > threshold}`` for sigmoid and MILe models, the argmax alone
+for softmax models, so what ``predict`` shows is what ReaL-F1 and coverage measured.
+Images get the evaluation view (resize to ``size / 0.875``, centre crop) with the
+checkpoint's normalisation.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from mile_ssl.data.folder import eval_transform
+from mile_ssl.evaluate import module_from_checkpoint, read_run_checkpoint
+from mile_ssl.export import resolve_run_checkpoint, run_image_size
+from mile_ssl.metrics import class_probabilities, predicted_sets
+from mile_ssl.preprocessing import Preprocessing
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
+"""File endings (any case) collected from folders; files named explicitly are always tried."""
+
+DEFAULT_IMAGE_SIZE = 224
+"""Crop size when neither the caller nor the run's config gives one."""
+
+
+@functools.cache
+def imagenet_class_names() -> dict[str, str]:
+    """Human-readable name of each ImageNet-1k wnid.
+
+    torchvision's weight metadata lists the 1,000 category names in the order of the
+    sorted wnids, which is mile_ssl's ImageNet class order; reading ``.meta`` downloads
+    nothing.
+    """
+    from torchvision.models import ResNet50_Weights
+
+    from mile_ssl.data.imagenet import imagenet_classes
+
+    categories = ResNet50_Weights.IMAGENET1K_V1.meta["categories"]
+    wnids = imagenet_classes()
+    if len(categories) != len(wnids):
+        raise ValueError(
+            f"torchvision lists {len(categories)} ImageNet categories, expected {len(wnids)}"
+        )
+    return dict(zip(wnids, categories, strict=True))
+
+
+def display_names(class_names: Sequence[str]) -> list[str]:
+    """Readable names: ImageNet wnids (``n01440764``) become ``tench``; others stay as stored."""
+    names = imagenet_class_names()
+    return [names.get(name, name) for name in class_names]
+
+
+def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
+    """Image files named in ``inputs``: files as given, folders searched recursively.
+
+    Folder contents are sorted so that results come in a stable order; a file reached
+    twice is listed once.
+
+    Raises:
+        FileNotFoundError: Naming an input that does not exist.
+        ValueError: Naming a folder without images, or if no input was given.
+    """
+    found: dict[Path, None] = {}
+    for entry in inputs:
+        path = Path(entry)
+        if path.is_dir():
+            images = sorted(
+                child
+                for child in path.rglob("*")
+                if child.is_file()
+                and child.suffix.lower() in IMAGE_SUFFIXES
+                and not child.name.startswith(".")
+            )
+            if not images:
+                raise ValueError(
+                    f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {path}"
+                )
+            found.update(dict.fromkeys(images))
+        elif path.is_file():
+            found[path] = None
+        else:
+            raise FileNotFoundError(f"image or folder not found: {path}")
+    if not found:
+        raise ValueError("no images to predict: pass image files or folders")
+    return list(found)
+
+
+def _load_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"{path}: cannot be read as an image ({error})") from error
+
+
+def _entries(
+    probabilities: torch.Tensor,
+    indices: Iterable[int],
+    class_ids: Sequence[str],
+    names: Sequence[str],
+) -> list[dict[str, Any]]:
+    entries = [
+        {
+            "class_index": int(index),
+            "class_name": names[int(index)],
+            "class_id": class_ids[int(index)],
+            "probability": float(probabilities[int(index)]),
+        }
+        for index in indices
+    ]
+    return sorted(entries, key=lambda entry: (-entry["probability"], entry["class_index"]))
+
+
+def predict(
+    run_checkpoint: str | Path,
+    inputs: Sequence[str | Path],
+    threshold: float = 0.5,
+    top_k: int = 5,
+    image_size: int | None = None,
+    batch_size: int = 32,
+    *,
+    device: str | torch.device = "cpu",
+) -> list[dict[str, Any]]:
+    """Predicted label set and top-k classes of every image, with probabilities.
+
+    Args:
+        run_checkpoint: Lightning checkpoint of a mile_ssl run (or the run folder).
+        inputs: Image files and folders (searched recursively).
+        threshold: Sigmoid probability above which a class joins the predicted set
+            (ignored by softmax models, which predict their argmax only).
+        top_k: Classes listed by probability (at most the number of classes).
+        image_size: Crop size; default: the run's ``data.image_size`` if its config is
+            next to the checkpoint, else 224.
+        batch_size: Images per forward pass.
+        device: Where the network runs.
+
+    Returns:
+        One dict per image, in input order: ``path``, ``predicted`` (the predicted set)
+        and ``top_k``, each a list of ``{"class_index", "class_name", "class_id",
+        "probability"}`` sorted by decreasing probability; ``class_name`` is
+        human-readable (ImageNet wnids are translated), ``class_id`` the stored name.
+        ``probabilities`` says whether they are sigmoid or softmax outputs.
+
+    Raises:
+        ValueError: If an argument is out of range or an input is not an image (named).
+        FileNotFoundError: If an input does not exist (named).
+    """
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if image_size is not None and image_size < 1:
+        raise ValueError(f"image_size must be >= 1, got {image_size}")
+    paths = collect_images(inputs)
+    source = resolve_run_checkpoint(run_checkpoint)
+    module = module_from_checkpoint(read_run_checkpoint(source))
+    module.eval().to(device)
+    metadata = module.metadata
+    class_ids = list(metadata.get("class_names") or [])
+    if len(class_ids) != module.num_classes:
+        class_ids = [str(index) for index in range(module.num_classes)]
+    names = display_names(class_ids)
+    multi_label = module.method.name != "softmax"
+    size = image_size or run_image_size(source) or DEFAULT_IMAGE_SIZE
+    transform = eval_transform(size, Preprocessing.from_dict(metadata["preprocessing"]))
+    k = min(top_k, module.num_classes)
+
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        images = torch.stack([transform(_load_image(path)) for path in chunk]).to(device)
+        with torch.inference_mode():
+            logits = module(images).float().cpu()
+        probabilities = class_probabilities(logits, multi_label)
+        sets = predicted_sets(logits, threshold, multi_label)
+        top = probabilities.topk(k, dim=1).indices
+        for row, path in enumerate(chunk):
+            results.append(
+                {
+                    "path": str(path),
+                    "predicted": _entries(
+                        probabilities[row],
+                        torch.nonzero(sets[row]).flatten().tolist(),
+                        class_ids,
+                        names,
+                    ),
+                    "top_k": _entries(probabilities[row], top[row].tolist(), class_ids, names),
+                    "probabilities": "sigmoid" if multi_label else "softmax",
+                }
+            )
+    return results
+
+
+def _describe(entries: Sequence[dict[str, Any]]) -> str:
+    return ", ".join(
+        f"{entry['class_name']} {100 * entry['probability']:.1f}%" for entry in entries
+    )
+
+
+def format_predictions(results: Sequence[dict[str, Any]]) -> str:
+    """A fixed-width table: one row per image with its predicted set and its top-k classes."""
+    if not results:
+        return "no predictions"
+    k = max(len(result["top_k"]) for result in results)
+    rows = [("image", "predicted set", f"top-{k}")]
+    rows += [
+        (result["path"], _describe(result["predicted"]), _describe(result["top_k"]))
+        for result in results
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(2)]
+    lines = [f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}".rstrip() for row in rows]
+    lines.insert(1, "-" * max(len(line) for line in lines))
+    return "\n".join(lines)

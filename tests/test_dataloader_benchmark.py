@@ -1,0 +1,62 @@
+"""``benchmarks/dataloader.py`` on a tiny JPEG tree: runs, prints parseable JSON."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_image_folder
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "dataloader.py"
+
+
+def test_script_prints_throughput_json(tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "train", classes=2, per_class=3, size=40)
+    write_image_folder(tmp_path / "val", classes=2, per_class=1, size=40)
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--root",
+        str(tmp_path),
+        "--data",
+        "folder",
+        "--batches",
+        "2",
+        "--workers",
+        "0",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "32",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["images_per_second"] > 0
+    assert report["images"] == 8 and report["batches"] == 2
+    assert report["workers"] == 0
+    assert report["batch_size"] == 4
+    assert report["image_size"] == 32
+    assert report["cpu_count"] == os.cpu_count()
+    assert report["seconds"] > 0
+    assert report["labelled_images"] == 6
+
+
+def test_arguments_are_checked() -> None:
+    spec = importlib.util.spec_from_file_location("dataloader_benchmark", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit):
+        module.parse_args(["--root", "x", "--workers", "-1"])
+    with pytest.raises(SystemExit):
+        module.parse_args(["--root", "x", "--data", "digits"])
+    args = module.parse_args(["--root", "x", "--batch-size", "8"])
+    assert (args.batch_size, args.data, args.warmup) == (8, "folder", 2)

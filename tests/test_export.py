@@ -1,0 +1,205 @@
+"""Exporting a fine-tuned ResNet-18: strict torchvision reload, same logits, safetensors, JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from safetensors.torch import load_file
+
+from mile_ssl.backbones import BackboneSpec, build_backbone
+from mile_ssl.config import compose_train_config
+from mile_ssl.evaluate import module_from_checkpoint, read_run_checkpoint
+from mile_ssl.export import export_checkpoint
+from mile_ssl.method import MILeModule
+from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.train import run_training
+from tests.conftest import TINY_OVERRIDES, write_image_folder
+
+NUM_CLASSES = 3
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def run_checkpoint(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
+    """Two MILe steps (one teacher, one student step) of a ResNet-18 on a tiny JPEG folder."""
+    root = tmp_path_factory.mktemp("export_images")
+    write_image_folder(root / "train", classes=NUM_CLASSES, per_class=4, size=36)
+    write_image_folder(root / "val", classes=NUM_CLASSES, per_class=1, size=36)
+    overrides = [item for item in TINY_OVERRIDES if not item.startswith("backbone.kwargs")]
+    config = compose_train_config(
+        [
+            *overrides,
+            "backbone=resnet18",
+            "data=folder",
+            f"data.root={root}",
+            "data.image_size=32",
+            "data.batch_size=4",
+            "data.num_workers=0",
+            "trainer.max_steps=2",
+            "mile.kt=1",
+            "mile.ks=1",
+        ]
+    )
+    return run_training(config, tmp_path_factory.mktemp("export_run")).last_checkpoint
+
+
+def test_torchvision_export_reloads_strictly_with_identical_logits(
+    run_checkpoint: Path, tmp_path: Path
+) -> None:
+    files = export_checkpoint(run_checkpoint, tmp_path / "out")
+    assert set(files) == {"torchvision", "safetensors", "json"}
+
+    state_dict = torch.load(files["torchvision"], map_location="cpu", weights_only=True)
+    assert not any(
+        "teacher" in key or key.startswith(("student.", "backbone.")) for key in state_dict
+    )
+    assert all(tensor.is_contiguous() for tensor in state_dict.values())
+    model = torchvision.models.resnet18(num_classes=NUM_CLASSES)
+    model.load_state_dict(state_dict, strict=True)
+    model.eval()
+
+    module = module_from_checkpoint(read_run_checkpoint(run_checkpoint))
+    student = module.student.float().eval()
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = student(images)
+        actual = model(images)
+        teacher = module.teacher.float().eval()(images)  # type: ignore[union-attr]
+    torch.testing.assert_close(actual, expected)
+    # The teacher trained the first step and the student the second: they differ, and the
+    # export is the student.
+    assert not torch.allclose(teacher, expected)
+
+
+def test_safetensors_hold_the_same_tensors(run_checkpoint: Path, tmp_path: Path) -> None:
+    files = export_checkpoint(run_checkpoint, tmp_path, formats=("torchvision", "safetensors"))
+    pth = torch.load(files["torchvision"], map_location="cpu", weights_only=True)
+    safe = load_file(str(files["safetensors"]))
+    assert set(safe) == set(pth)
+    for key, tensor in pth.items():
+        assert torch.equal(safe[key], tensor), key
+    assert "fc.weight" in safe and safe["fc.weight"].shape == (NUM_CLASSES, 512)
+
+
+def test_model_json_describes_the_export(run_checkpoint: Path, tmp_path: Path) -> None:
+    files = export_checkpoint(run_checkpoint, tmp_path, formats=["safetensors"], image_size=32)
+    assert set(files) == {"safetensors", "json"}
+    description = json.loads(files["json"].read_text())
+    assert description["architecture"] == {"name": "torchvision:resnet18", "kwargs": {}}
+    assert description["naming"] == "torchvision"
+    assert description["num_classes"] == NUM_CLASSES
+    assert description["feature_dim"] == 512
+    assert description["class_names"] == [f"n{index:08d}" for index in range(NUM_CLASSES)]
+    preprocessing = description["preprocessing"]
+    assert preprocessing["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert preprocessing["std"] == pytest.approx([0.229, 0.224, 0.225])
+    assert preprocessing["image_size"] == 32 and preprocessing["resize"] == 37
+    assert description["method"]["name"] == "mile"
+    assert description["method"]["multi_label"] is True
+    assert description["mile"]["kt"] == 1
+    assert description["formats"] == ["safetensors"]
+    assert description["files"] == {"safetensors": "model.safetensors"}
+    assert description["load"]["strict"] is True
+    assert description["load"]["head"] == "fc"
+    assert description["completed_steps"] == 2
+
+
+def test_unknown_format_and_foreign_file_are_named(run_checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="onnx"):
+        export_checkpoint(run_checkpoint, tmp_path, formats=("onnx",))
+    foreign = tmp_path / "plain.pth"
+    torch.save({"weight": torch.zeros(2)}, foreign)
+    with pytest.raises(ValueError, match="plain.pth"):
+        export_checkpoint(foreign, tmp_path / "out")
+
+
+def _saved_run(path: Path, name: str, kwargs: dict, num_classes: int = 3) -> MILeModule:
+    """A run checkpoint as Lightning writes it (state dict plus MILeModule's entry)."""
+    backbone, feature_dim = build_backbone(BackboneSpec(name, kwargs))
+    module = MILeModule(
+        backbone,
+        feature_dim,
+        num_classes,
+        metadata={
+            "backbone": {"name": name, "kwargs": kwargs},
+            "preprocessing": Preprocessing().to_dict(),
+            "class_names": [f"class{index}" for index in range(num_classes)],
+        },
+    )
+    with torch.no_grad():  # make the student differ from the teacher and from the init
+        for parameter in module.student.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "head"),
+    [
+        ("timm:resnet18", {}, "fc"),
+        ("timm:vit_tiny_patch16_224", {"img_size": 32}, "head"),
+        ("timm:convnext_atto", {}, "head.fc"),
+    ],
+)
+def test_timm_export_uses_the_timm_classifier_name(
+    name: str, kwargs: dict, head: str, tmp_path: Path, one_thread: None
+) -> None:
+    import timm
+
+    module = _saved_run(tmp_path / "run.ckpt", name, kwargs)
+    files = export_checkpoint(tmp_path / "run.ckpt", tmp_path / "out")
+    state_dict = torch.load(files["torchvision"], map_location="cpu", weights_only=True)
+    assert f"{head}.weight" in state_dict and f"{head}.bias" in state_dict
+    model = timm.create_model(name.split(":")[1], pretrained=False, num_classes=3, **kwargs)
+    model.load_state_dict(state_dict, strict=True)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(images), module.student.eval()(images))
+    description = json.loads(files["json"].read_text())
+    assert description["naming"] == "timm" and description["load"]["head"] == head
+
+
+def test_other_backbones_keep_mile_ssl_names(tmp_path: Path) -> None:
+    _saved_run(tmp_path / "run.ckpt", "tiny_resnet", {"widths": [8, 16]})
+    files = export_checkpoint(tmp_path / "run.ckpt", tmp_path / "out")
+    state_dict = torch.load(files["torchvision"], map_location="cpu", weights_only=True)
+    assert {"head.weight", "head.bias"} <= set(state_dict)
+    assert all(key.startswith(("backbone.", "head.")) for key in state_dict)
+    description = json.loads(files["json"].read_text())
+    assert description["naming"] == "mile_ssl"
+    assert description["feature_dim"] == 16
+
+
+def test_tf_same_padding_export_says_outputs_need_the_padding(tmp_path: Path) -> None:
+    _saved_run(tmp_path / "run.ckpt", "torchvision:resnet18", {"tf_same_padding": True})
+    files = export_checkpoint(tmp_path / "run.ckpt", tmp_path / "out", formats=("torchvision",))
+    state_dict = torch.load(files["torchvision"], map_location="cpu", weights_only=True)
+    torchvision.models.resnet18(num_classes=3).load_state_dict(state_dict, strict=True)
+    load = json.loads(files["json"].read_text())["load"]
+    assert load["identical_outputs"] is False
+    assert "use_tf_same_padding" in load["note"]
+
+
+def test_run_folder_and_its_image_size_are_found(run_checkpoint: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(run_checkpoint.read_bytes())
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text("data:\n  name: folder\n  image_size: 48\n")
+    files = export_checkpoint(run, tmp_path / "out", formats=("safetensors",))
+    preprocessing = json.loads(files["json"].read_text())["preprocessing"]
+    assert (preprocessing["image_size"], preprocessing["resize"]) == (48, 55)

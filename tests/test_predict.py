@@ -1,0 +1,160 @@
+"""``predict`` on real JPEG files: sets, thresholds, top-k, ImageNet names, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from mile_ssl.config import compose_train_config
+from mile_ssl.data.folder import eval_transform
+from mile_ssl.evaluate import module_from_checkpoint, read_run_checkpoint
+from mile_ssl.predict import display_names, format_predictions, predict
+from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.train import run_training
+from tests.conftest import TINY_OVERRIDES
+
+WNIDS = ("n01440764", "n01443537", "n01484850")
+NAMES = ("tench", "goldfish", "great white shark")
+
+
+def _write_jpegs(root: Path, per_class: int) -> None:
+    generator = torch.Generator().manual_seed(per_class)
+    for label, wnid in enumerate(WNIDS):
+        folder = root / wnid
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            pixels = torch.rand(30, 34, 3, generator=generator) * 100
+            pixels[..., label] += 150
+            Image.fromarray(pixels.to(torch.uint8).numpy()).save(folder / f"{wnid}_{index}.JPEG")
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("predict_images")
+    _write_jpegs(root / "train", per_class=4)
+    _write_jpegs(root / "val", per_class=1)
+    return root
+
+
+def _train(root: Path, out: Path, method: str) -> Path:
+    config = compose_train_config(
+        [
+            *TINY_OVERRIDES,
+            f"method={method}",
+            "data=folder",
+            f"data.root={root}",
+            "data.image_size=32",
+            "data.batch_size=4",
+            "data.num_workers=0",
+            "trainer.max_steps=2",
+            "mile.kt=1",
+            "mile.ks=1",
+        ]
+    )
+    return run_training(config, out).last_checkpoint
+
+
+@pytest.fixture(scope="module")
+def mile_checkpoint(image_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _train(image_root, tmp_path_factory.mktemp("predict_mile"), "mile")
+
+
+@pytest.fixture(scope="module")
+def softmax_checkpoint(image_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _train(image_root, tmp_path_factory.mktemp("predict_softmax"), "softmax")
+
+
+def _indices(entries: list[dict]) -> set[int]:
+    return {entry["class_index"] for entry in entries}
+
+
+def test_folder_and_single_file(mile_checkpoint: Path, image_root: Path) -> None:
+    single = image_root / "val" / WNIDS[2] / f"{WNIDS[2]}_0.JPEG"
+    results = predict(mile_checkpoint, [image_root / "val", single], image_size=32)
+    # The folder's three images in sorted order; the file named again is not repeated.
+    assert [Path(result["path"]).name for result in results] == [f"{wnid}_0.JPEG" for wnid in WNIDS]
+    alone = predict(mile_checkpoint, [single], image_size=32)
+    assert len(alone) == 1 and alone[0]["path"] == str(single)
+    # Batched and single forwards agree up to float rounding.
+    assert [entry["class_index"] for entry in alone[0]["top_k"]] == [
+        entry["class_index"] for entry in results[2]["top_k"]
+    ]
+    assert [entry["probability"] for entry in alone[0]["top_k"]] == pytest.approx(
+        [entry["probability"] for entry in results[2]["top_k"]]
+    )
+    for result in results:
+        top = result["top_k"]
+        assert len(top) == 3  # top_k=5 is capped at the 3 classes
+        assert [entry["probability"] for entry in top] == sorted(
+            (entry["probability"] for entry in top), reverse=True
+        )
+        assert top[0]["class_index"] in _indices(result["predicted"])  # argmax is in the set
+        assert result["probabilities"] == "sigmoid"
+
+
+def test_probabilities_match_the_network_with_eval_preprocessing(
+    mile_checkpoint: Path, image_root: Path
+) -> None:
+    path = image_root / "val" / WNIDS[0] / f"{WNIDS[0]}_0.JPEG"
+    (result,) = predict(mile_checkpoint, [path], image_size=32, top_k=3)
+    module = module_from_checkpoint(read_run_checkpoint(mile_checkpoint)).eval()
+    transform = eval_transform(32, Preprocessing.from_dict(module.metadata["preprocessing"]))
+    with torch.no_grad():
+        logits = module(transform(Image.open(path).convert("RGB"))[None])[0]
+    expected = torch.sigmoid(logits.double())
+    for entry in result["top_k"]:
+        assert entry["probability"] == pytest.approx(float(expected[entry["class_index"]]))
+
+
+def test_threshold_adds_classes_above_it(mile_checkpoint: Path, image_root: Path) -> None:
+    base = predict(mile_checkpoint, [image_root / "val"], image_size=32, top_k=3)
+    probabilities = [entry["probability"] for result in base for entry in result["top_k"]]
+    low = min(probabilities) / 2
+    high = (max(probabilities) + 1) / 2
+    everything = predict(mile_checkpoint, [image_root / "val"], threshold=low, image_size=32)
+    argmax_only = predict(mile_checkpoint, [image_root / "val"], threshold=high, image_size=32)
+    for reference, wide, narrow in zip(base, everything, argmax_only, strict=True):
+        assert _indices(wide["predicted"]) == {0, 1, 2}
+        assert _indices(narrow["predicted"]) == {reference["top_k"][0]["class_index"]}
+        expected = {reference["top_k"][0]["class_index"]} | {
+            entry["class_index"] for entry in reference["top_k"] if entry["probability"] > 0.5
+        }
+        assert _indices(reference["predicted"]) == expected
+
+
+def test_softmax_predicts_its_argmax_only(softmax_checkpoint: Path, image_root: Path) -> None:
+    results = predict(softmax_checkpoint, [image_root / "val"], threshold=0.01, image_size=32)
+    for result in results:
+        assert result["probabilities"] == "softmax"
+        assert len(result["predicted"]) == 1
+        assert result["predicted"][0]["class_index"] == result["top_k"][0]["class_index"]
+        assert sum(entry["probability"] for entry in result["top_k"]) == pytest.approx(1.0)
+
+
+def test_imagenet_wnids_get_readable_names(mile_checkpoint: Path, image_root: Path) -> None:
+    (result,) = predict(mile_checkpoint, [image_root / "val" / WNIDS[1]], image_size=32)
+    by_index = {entry["class_index"]: entry for entry in result["top_k"]}
+    for index, (wnid, name) in enumerate(zip(WNIDS, NAMES, strict=True)):
+        assert by_index[index]["class_name"] == name
+        assert by_index[index]["class_id"] == wnid
+    assert display_names(["cat", "n00000000", WNIDS[0]]) == ["cat", "n00000000", "tench"]
+    table = format_predictions([result])
+    assert "predicted set" in table and "top-3" in table
+    assert f"{WNIDS[1]}_0.JPEG" in table and "goldfish" in table
+
+
+def test_bad_inputs_are_named(mile_checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+        predict(mile_checkpoint, [tmp_path / "missing.jpg"])
+    not_an_image = tmp_path / "notes.jpg"
+    not_an_image.write_text("not a JPEG")
+    with pytest.raises(ValueError, match="notes.jpg"):
+        predict(mile_checkpoint, [not_an_image])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty"):
+        predict(mile_checkpoint, [tmp_path / "empty"])
+    with pytest.raises(ValueError, match="threshold"):
+        predict(mile_checkpoint, [not_an_image], threshold=1.5)
