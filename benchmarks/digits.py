@@ -55,6 +55,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
+        "--tag", default="", help="suffix of the method name in rows, e.g. [snapshot]"
+    )
+    parser.add_argument("--no-trivial", action="store_true", help="skip the reference rows")
+    parser.add_argument(
         "overrides", nargs="*", help="Hydra overrides for every run, e.g. mile.rho=0.1"
     )
     return parser.parse_args()
@@ -132,7 +136,8 @@ def main() -> None:
                         checkpoint, spec, steps=args.pretrain_steps, seed=seed, progress_bar=False
                     )
             for fraction in args.fractions:
-                rows.extend(trivial_rows(seed, fraction, init))
+                if not args.no_trivial:
+                    rows.extend(trivial_rows(seed, fraction, init))
                 for method in args.methods:
                     init_overrides = (
                         [f"checkpoint.path={checkpoint}"]
@@ -152,7 +157,8 @@ def main() -> None:
                         ]
                     )
                     started = time.perf_counter()
-                    run_dir = args.workdir / f"{init}_f{fraction}_s{seed}_{method}"
+                    name = f"{method}{args.tag}"
+                    run_dir = args.workdir / f"{init}_f{fraction}_s{seed}_{name}"
                     result = run_training(config, run_dir)
                     row = _row(
                         method, fraction, seed, init, result.metrics, time.perf_counter() - started
