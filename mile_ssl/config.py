@@ -15,6 +15,7 @@ from hydra.core.config_store import ConfigStore
 
 METHODS = ("softmax", "sigmoid", "mile")
 MILE_VARIANTS = ("copy", "snapshot")
+EMPTY_PSEUDO_LABELS = ("ignore", "keep")
 INITS = ("checkpoint", "scratch")
 DATASETS = ("digits", "folder", "imagenet")
 SPLITS = ("simclr", "stratified")
@@ -66,18 +67,31 @@ class MileConfig:
             re-initialised from the student at each cycle (Alg. 1). ``snapshot``: one
             network trains ``kt`` steps on ground truth, then a frozen snapshot of it
             labels its next ``ks`` steps.
+        semi_supervised: Student batches add unlabeled images (the training images
+            outside the label fraction) that the teacher labels too (paper Sec. 4.4).
+        unlabeled_ratio: Unlabeled images per labelled image in student batches
+            (7, as in FixMatch).
+        empty_pseudo_labels: Semi-supervised mode: ``ignore`` leaves images whose
+            pseudo-label set is empty out of the student loss (the teacher is not
+            confident about them, and training them as all-negative pushes the student
+            towards the empty-set collapse); ``keep`` trains on them as all-negative.
     """
 
     kt: int = 100
     ks: int = 100
     rho: float = 0.5
     variant: str = "copy"
+    semi_supervised: bool = False
+    unlabeled_ratio: int = 7
+    empty_pseudo_labels: str = "ignore"
 
     def __post_init__(self) -> None:
         _require(self.kt >= 1, "mile.kt", ">= 1", self.kt)
         _require(self.ks >= 1, "mile.ks", ">= 1", self.ks)
         _require(0.0 < self.rho < 1.0, "mile.rho", "in (0, 1)", self.rho)
         _require_choice("mile.variant", self.variant, MILE_VARIANTS)
+        _require(self.unlabeled_ratio >= 1, "mile.unlabeled_ratio", ">= 1", self.unlabeled_ratio)
+        _require_choice("mile.empty_pseudo_labels", self.empty_pseudo_labels, EMPTY_PSEUDO_LABELS)
 
 
 @dataclass

@@ -211,6 +211,10 @@ class MILeModule(L.LightningModule):
         images = self._prepare(batch["image"])
         labels = batch["label"]
         position = self.position(self.completed_steps)
+        labelled = batch.get("labelled")
+        if labelled is not None and position.phase is not Phase.STUDENT:
+            # Ground truth is only ever read for labelled images.
+            images, labels = images[labelled], labels[labelled]
         if position.phase is Phase.SUPERVISED:
             logits = self.student(images)
             if self.method.name == "softmax":
@@ -221,7 +225,7 @@ class MILeModule(L.LightningModule):
         elif position.phase is Phase.TEACHER:
             loss = self._teacher_step(images, labels, position)
         else:
-            loss = self._student_step(images, position)
+            loss = self._student_step(images, position, batch)
         self.completed_steps += 1
         self.log(f"train/{position.phase.value}_loss", loss.detach(), prog_bar=True)
         self.log("train/cycle", float(position.cycle))
@@ -245,18 +249,48 @@ class MILeModule(L.LightningModule):
         self._optimize(teacher_optimizer, loss)
         return loss
 
-    def _student_step(self, images: torch.Tensor, position: StepPosition) -> torch.Tensor:
+    def _student_step(
+        self, images: torch.Tensor, position: StepPosition, batch: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         assert self.teacher is not None
         if position.starts_phase and not self.trains_teacher:
             copy_weights_(self.teacher, self.student)
         pseudo_labels = self.pseudo_label(images)
         stats = pseudo_label_stats(pseudo_labels)
         self._record_phase_stats(stats.mean_size, stats.empty_fraction, position)
-        loss = multi_label_bce(self.student(images), pseudo_labels)
+        logits = self.student(images)
+        if "labelled" in batch:
+            self._log_semi_supervised(pseudo_labels, batch)
+            if self.mile.empty_pseudo_labels == "ignore":
+                confident = pseudo_labels.any(dim=1)
+                if confident.any():
+                    logits, pseudo_labels = logits[confident], pseudo_labels[confident]
+        loss = multi_label_bce(logits, pseudo_labels)
         self._optimize(self._optimizer(0), loss)
         self.log("train/pseudo_labels_per_image", stats.mean_size)
         self.log("train/pseudo_empty_fraction", stats.empty_fraction)
         return loss
+
+    def _log_semi_supervised(
+        self, pseudo_labels: torch.Tensor, batch: dict[str, torch.Tensor]
+    ) -> None:
+        """Pseudo-label statistics on labelled vs unlabeled images, and their quality.
+
+        Precision and recall are against the batch's ``label_set`` (the true label
+        sets on the digit grids; the single label elsewhere).
+        """
+        labelled = batch["labelled"]
+        for name, rows in (("labelled", labelled), ("unlabeled", ~labelled)):
+            if rows.any():
+                stats = pseudo_label_stats(pseudo_labels[rows])
+                self.log(f"train/pseudo_labels_per_image_{name}", stats.mean_size)
+                self.log(f"train/pseudo_empty_fraction_{name}", stats.empty_fraction)
+        truth = batch["label_set"][~labelled]
+        predicted = pseudo_labels[~labelled]
+        if predicted.numel():
+            hits = (truth & predicted).sum().float()
+            self.log("train/pseudo_precision_unlabeled", hits / predicted.sum().clamp(min=1))
+            self.log("train/pseudo_recall_unlabeled", hits / truth.sum().clamp(min=1))
 
     def pseudo_label(self, images: torch.Tensor) -> torch.Tensor:
         """The teacher's multi-hot pseudo-labels for ``images`` (teacher in eval mode)."""

@@ -22,9 +22,10 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from mile_ssl.adapters import LoadedBackbone, load_backbone
 from mile_ssl.backbones import BackboneSpec, build_backbone
 from mile_ssl.config import BackboneConfig, CheckpointConfig, TrainConfig, TrainerConfig
-from mile_ssl.data.datamodule import MILeDataModule
+from mile_ssl.data.datamodule import MILeDataModule, UnlabeledStream
 from mile_ssl.method import MILeModule
 from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.schedule import Phase, mile_position
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,14 @@ def run_training(config: TrainConfig, output_dir: str | Path) -> RunResult:
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.seed, workers=True, verbose=False)
     loaded = initial_backbone(config.backbone, config.checkpoint)
-    datamodule = MILeDataModule(config.data, loaded.preprocessing)
+    unlabeled = None
+    if config.method.name == "mile" and config.mile.semi_supervised:
+        kt, ks = config.mile.kt, config.mile.ks
+        unlabeled = UnlabeledStream(
+            ratio=config.mile.unlabeled_ratio,
+            uses_unlabeled=lambda step: mile_position(step, kt, ks).phase is Phase.STUDENT,
+        )
+    datamodule = MILeDataModule(config.data, loaded.preprocessing, unlabeled)
     config = resolve_epochs(config, len(datamodule.train_indices))
     module = MILeModule(
         loaded.module,

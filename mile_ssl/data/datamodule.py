@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -23,7 +24,13 @@ from mile_ssl.data.folder import (
     train_transform,
 )
 from mile_ssl.data.imagenet import imagenet_classes, real_label_sets, shipped_split
-from mile_ssl.data.sampling import StepBatchSampler, StepDataLoader, stratified_fraction
+from mile_ssl.data.sampling import (
+    FlaggedDataset,
+    SemiSupervisedBatchSampler,
+    StepBatchSampler,
+    StepDataLoader,
+    stratified_fraction,
+)
 from mile_ssl.preprocessing import Preprocessing
 
 
@@ -128,7 +135,23 @@ def imagenet_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
     )
 
 
+UNLABELED_SEED_OFFSET = 7919
+"""The unlabeled stream's shuffle seed is ``data.split_seed`` plus this."""
+
 SOURCES = {"digits": digit_splits, "folder": folder_splits, "imagenet": imagenet_splits}
+
+
+@dataclass(frozen=True)
+class UnlabeledStream:
+    """How the semi-supervised mode draws unlabeled images.
+
+    Attributes:
+        ratio: Unlabeled images per labelled image in the steps that use them.
+        uses_unlabeled: Whether a training step takes unlabeled images.
+    """
+
+    ratio: int
+    uses_unlabeled: Callable[[int], bool]
 
 
 class MILeDataModule(L.LightningDataModule):
@@ -142,13 +165,32 @@ class MILeDataModule(L.LightningDataModule):
     Args:
         config: Data settings.
         preprocessing: Normalisation the backbone expects (from its checkpoint).
+        unlabeled: Semi-supervised mode: the training images outside the labelled
+            subset form a second, unlabeled stream.
     """
 
-    def __init__(self, config: DataConfig, preprocessing: Preprocessing) -> None:
+    def __init__(
+        self,
+        config: DataConfig,
+        preprocessing: Preprocessing,
+        unlabeled: UnlabeledStream | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
+        self.unlabeled = unlabeled
         self.splits = SOURCES[config.name](config, preprocessing)
         self.train_indices = self._labelled_indices()
+        self.unlabeled_indices: list[int] = []
+        if unlabeled is not None:
+            labelled = set(self.train_indices)
+            self.unlabeled_indices = [
+                index for index in range(len(self.splits.train_labels)) if index not in labelled
+            ]
+            if not self.unlabeled_indices:
+                raise ValueError(
+                    "mile.semi_supervised=true needs unlabeled images, but every training "
+                    "image is labelled: set data.fraction below 1 (or a smaller data.split_file)"
+                )
 
     @property
     def num_classes(self) -> int:
@@ -190,12 +232,12 @@ class MILeDataModule(L.LightningDataModule):
 
     def _loader(
         self,
-        dataset: Dataset[dict[str, torch.Tensor]],
+        dataset: Dataset[Any],
         *,
-        batch_sampler: Sampler[list[int]] | None = None,
+        batch_sampler: Sampler[Any] | None = None,
         batch_size: int | None = None,
         sampler: Sampler[int] | None = None,
-    ) -> DataLoader[dict[str, torch.Tensor]]:
+    ) -> DataLoader[Any]:
         """A loader with the worker, pinning and prefetch settings of ``data``."""
         workers = self.config.num_workers
         loader_class = DataLoader if batch_sampler is None else StepDataLoader
@@ -213,15 +255,29 @@ class MILeDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
         """Batches of the current step onwards (see :class:`StepBatchSampler`)."""
         trainer = self.trainer
+        start_step = (lambda: trainer.global_step) if trainer is not None else (lambda: 0)
+        rank = trainer.global_rank if trainer is not None else 0
+        world_size = trainer.world_size if trainer is not None else 1
         sampler = StepBatchSampler(
             self.train_indices,
-            batch_size=self.config.batch_size,
-            seed=self.config.split_seed,
-            start_step=(lambda: trainer.global_step) if trainer is not None else (lambda: 0),
-            rank=trainer.global_rank if trainer is not None else 0,
-            world_size=trainer.world_size if trainer is not None else 1,
+            self.config.batch_size,
+            self.config.split_seed,
+            start_step,
+            rank,
+            world_size,
         )
-        return self._loader(self.splits.train, batch_sampler=sampler)
+        if self.unlabeled is None:
+            return self._loader(self.splits.train, batch_sampler=sampler)
+        unlabeled = StepBatchSampler(
+            self.unlabeled_indices,
+            self.config.batch_size * self.unlabeled.ratio,
+            self.config.split_seed + UNLABELED_SEED_OFFSET,
+            start_step,
+            rank,
+            world_size,
+        )
+        semi = SemiSupervisedBatchSampler(sampler, unlabeled, self.unlabeled.uses_unlabeled)
+        return self._loader(FlaggedDataset(self.splits.train), batch_sampler=semi)
 
     def val_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
         """The validation set in order, sharded across ranks."""

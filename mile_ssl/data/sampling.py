@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 def stratified_fraction(
@@ -105,12 +105,87 @@ class StepBatchSampler(Sampler[list[int]]):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + pass_index)
         return torch.randperm(len(self.indices), generator=generator)
 
+    def identity(self) -> dict[str, Any]:
+        """What identifies the stream, for checks when resuming."""
+        return {
+            "seed": self.seed,
+            "num_indices": len(self.indices),
+            "indices_checksum": int(self.indices.sum()),
+        }
+
     def __iter__(self) -> Iterator[list[int]]:
         """Yield the batches from ``start_step()`` to the end of its pass."""
         pass_index, first = divmod(self.start_step(), len(self))
         order = self._pass_order(pass_index)
         for step_in_pass in range(first, len(self)):
             yield self._rank_slice(order, step_in_pass)
+
+
+class SemiSupervisedBatchSampler(Sampler[list[tuple[int, bool]]]):
+    """Labelled batches, plus unlabeled images in the steps that use them.
+
+    Both streams are :class:`StepBatchSampler` s with their own seeds, indexed by the
+    same step, so each advances independently of the other, is sharded across ranks
+    and resumes exactly. Items are ``(index, labelled)`` pairs for
+    :class:`FlaggedDataset`.
+
+    Args:
+        labelled: The labelled stream; its passes define the epochs.
+        unlabeled: The unlabeled stream (batch ``unlabeled_ratio`` x the labelled one).
+        uses_unlabeled: Whether training step ``step`` takes unlabeled images (only the
+            MILe student phase does; the teacher learns from labels alone).
+    """
+
+    def __init__(
+        self,
+        labelled: StepBatchSampler,
+        unlabeled: StepBatchSampler,
+        uses_unlabeled: Callable[[int], bool],
+    ) -> None:
+        self.labelled = labelled
+        self.unlabeled = unlabeled
+        self.uses_unlabeled = uses_unlabeled
+
+    def __len__(self) -> int:
+        """Steps per pass over the labelled images."""
+        return len(self.labelled)
+
+    def identity(self) -> dict[str, Any]:
+        """Identity of both streams."""
+        unlabeled = {f"unlabeled_{key}": value for key, value in self.unlabeled.identity().items()}
+        return {**self.labelled.identity(), **unlabeled}
+
+    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
+        """Yield ``(index, labelled)`` batches from the labelled stream's start step."""
+        step = self.labelled.start_step()
+        for labelled_batch in self.labelled:
+            batch = [(index, True) for index in labelled_batch]
+            if self.uses_unlabeled(step):
+                batch += [(index, False) for index in self.unlabeled.batch(step)]
+            yield batch
+            step += 1
+
+
+class FlaggedDataset(Dataset[dict[str, Any]]):
+    """Items of ``dataset`` marked labelled or not; unlabeled items carry label -1.
+
+    The -1 makes any accidental use of an unlabeled image's label as ground truth fail
+    (``one_hot`` and ``cross_entropy`` reject it) instead of silently leaking labels.
+    """
+
+    def __init__(self, dataset: Dataset[dict[str, Any]]) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, bool]) -> dict[str, Any]:
+        index, labelled = key
+        item = dict(self.dataset[index])
+        item["labelled"] = torch.tensor(labelled)
+        if not labelled:
+            item["label"] = torch.tensor(-1)
+        return item
 
 
 class StepDataLoader(DataLoader[Any]):
@@ -121,16 +196,11 @@ class StepDataLoader(DataLoader[Any]):
     subset or seed fails instead of silently training on different data.
     """
 
-    batch_sampler: StepBatchSampler
+    batch_sampler: StepBatchSampler | SemiSupervisedBatchSampler
 
     def state_dict(self) -> dict[str, Any]:
         """Identity of the training stream."""
-        sampler = self.batch_sampler
-        return {
-            "seed": sampler.seed,
-            "num_indices": len(sampler.indices),
-            "indices_checksum": int(sampler.indices.sum()),
-        }
+        return self.batch_sampler.identity()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Refuse to continue a run on a different labelled subset or shuffle seed."""

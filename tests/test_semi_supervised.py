@@ -1,0 +1,138 @@
+"""Semi-supervised MILe: the teacher labels unlabeled images for the student."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from mile_ssl.config import TrainConfig
+from mile_ssl.data.datamodule import MILeDataModule, UnlabeledStream
+from mile_ssl.data.sampling import SemiSupervisedBatchSampler, StepBatchSampler
+from mile_ssl.method import MILeModule
+from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.train import build_trainer, initial_backbone, run_training
+
+SEMI = (
+    "method=mile",
+    "mile.semi_supervised=true",
+    "mile.unlabeled_ratio=3",
+    "data.fraction=0.25",
+    "data.batch_size=8",
+    "mile.kt=2",
+    "mile.ks=2",
+    "mile.rho=0.1",
+)
+
+
+def test_student_batches_mix_labelled_and_unlabeled_images(tiny_config) -> None:
+    config: TrainConfig = tiny_config(*SEMI)
+    datamodule = MILeDataModule(
+        config.data, Preprocessing(), UnlabeledStream(3, lambda step: step % 2 == 1)
+    )
+    labelled_pool = set(datamodule.train_indices)
+    assert len(labelled_pool) == 64 and len(datamodule.unlabeled_indices) == 192
+    for step, batch in zip(range(4), datamodule.train_dataloader(), strict=False):
+        flags = batch["labelled"]
+        assert int(flags.sum()) == 8
+        assert len(flags) == (8 + 24 if step % 2 else 8)
+        assert set(batch["index"][flags].tolist()) <= labelled_pool
+        assert not set(batch["index"][~flags].tolist()) & labelled_pool
+        assert (batch["label"][~flags] == -1).all()  # no label leaks from unlabeled images
+
+
+def test_unlabeled_shards_are_disjoint_across_ranks() -> None:
+    unlabeled = list(range(100, 196))
+    ranks = [
+        SemiSupervisedBatchSampler(
+            StepBatchSampler(list(range(32)), 4, seed=0, rank=rank, world_size=2),
+            StepBatchSampler(unlabeled, 12, seed=1, rank=rank, world_size=2),
+            lambda step: True,
+        )
+        for rank in range(2)
+    ]
+    first = [next(iter(sampler)) for sampler in ranks]
+    shards = [{index for index, labelled in batch if not labelled} for batch in first]
+    assert len(shards[0]) == len(shards[1]) == 12 and not shards[0] & shards[1]
+
+
+class TeacherWatcher(L.Callback):
+    """Records what the teacher sees and which weights label each student batch."""
+
+    def __init__(self) -> None:
+        self.teacher_training_batches: list[int] = []
+        self.labelling_weights: list[torch.Tensor] = []
+        self.weights_after_step: list[torch.Tensor] = []
+
+    def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
+        def hook(network: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            if network.training:
+                self.teacher_training_batches.append(inputs[0].shape[0])
+            else:
+                self.labelling_weights.append(_weights(network))
+
+        module.teacher.register_forward_pre_hook(hook)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
+        self.weights_after_step.append(_weights(module.teacher))
+
+
+def _weights(network: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten().clone() for p in network.parameters()])
+
+
+def test_teacher_trains_on_labels_only_and_labels_with_its_current_weights(
+    tiny_config, tmp_path: Path
+) -> None:
+    config: TrainConfig = tiny_config(*SEMI, "trainer.max_steps=8")
+    loaded = initial_backbone(config.backbone, config.checkpoint)
+    datamodule = MILeDataModule(
+        config.data, loaded.preprocessing, UnlabeledStream(3, lambda s: s % 4 >= 2)
+    )
+    module = MILeModule(
+        loaded.module,
+        loaded.feature_dim,
+        10,
+        method=config.method,
+        mile=config.mile,
+        optim=config.optim,
+    )
+    watcher = TeacherWatcher()
+    trainer = build_trainer(config.trainer, tmp_path)
+    trainer.callbacks.append(watcher)  # type: ignore[attr-defined]
+    trainer.fit(module, datamodule=datamodule)
+    # 4 teacher steps (2 per cycle), each on the 8 labelled images only.
+    assert watcher.teacher_training_batches == [8, 8, 8, 8]
+    # Student steps 2, 3, 6, 7 are labelled by the teacher as it stood after the
+    # cycle's last teacher step (1 and 5).
+    assert len(watcher.labelling_weights) == 4
+    for labelled_at, teacher_step in zip(watcher.labelling_weights, [1, 1, 5, 5], strict=True):
+        assert torch.equal(labelled_at, watcher.weights_after_step[teacher_step])
+    assert not torch.equal(watcher.weights_after_step[1], watcher.weights_after_step[5])
+
+
+def test_semi_supervised_resume_continues_both_streams(
+    tiny_config: Callable[..., TrainConfig], tmp_path: Path
+) -> None:
+    overrides = (*SEMI, "trainer.max_steps=11", "trainer.checkpoint_every_n_steps=5")
+    full = run_training(tiny_config(*overrides), tmp_path / "full")
+    resumed = run_training(
+        tiny_config(*overrides, f"trainer.resume_from={tmp_path / 'full/checkpoints/step5.ckpt'}"),
+        tmp_path / "resumed",
+    )
+    a = torch.load(full.last_checkpoint, weights_only=True)["state_dict"]
+    b = torch.load(resumed.last_checkpoint, weights_only=True)["state_dict"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_semi_supervised_needs_unlabeled_images(tiny_config, tmp_path: Path) -> None:
+    import pytest
+
+    config = tiny_config("method=mile_semi", "data.fraction=1.0", "trainer.max_steps=1")
+    assert config.mile.semi_supervised and config.mile.unlabeled_ratio == 7
+    with pytest.raises(ValueError, match="data.fraction below 1"):
+        run_training(config, tmp_path)
