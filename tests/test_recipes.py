@@ -244,7 +244,33 @@ def _expected(name: str) -> dict[str, Any]:
 
 
 def test_every_recipe_is_shipped() -> None:
-    assert sorted(path.stem for path in RECIPES.glob("*.yaml")) == sorted(NAMES)
+    shipped = sorted(path.stem for path in RECIPES.glob("*.yaml"))
+    assert shipped == sorted([*NAMES, "simclrv2_sk1_1pct_semi"])
+
+
+def test_semi_supervised_recipe_trains_two_steps(
+    tree: Path, tmp_path: Path, one_thread: None
+) -> None:
+    shipped = compose_train_config(
+        ["experiment=imagenet/simclrv2_sk1_1pct_semi", f"data.root={tree}"]
+    )
+    assert shipped.mile.semi_supervised and shipped.mile.unlabeled_ratio == 7
+    assert shipped.data.fraction == 0.01 and shipped.checkpoint.adapter == "simclrv2"
+    assert shipped.checkpoint.projection_layers == 1 and shipped.mile.kt == 200
+    # The tiny tree has 6 unlabeled images: one per labelled image fits a step.
+    config = compose_train_config(
+        [
+            "experiment=imagenet/simclrv2_sk1_1pct_semi",
+            f"data.root={tree}",
+            *SMOKE,
+            "mile.kt=1",
+            "mile.ks=1",
+            "mile.unlabeled_ratio=1",
+        ]
+    )
+    result = run_training(config, tmp_path)
+    payload = json.loads((result.output_dir / "metrics.json").read_text())
+    assert payload["steps"] == 2 and payload["labelled_images"] == 6
 
 
 @pytest.mark.parametrize("name", NAMES)
