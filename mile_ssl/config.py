@@ -13,7 +13,13 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-METHODS = ("softmax", "sigmoid", "mile")
+METHODS = ("softmax", "sigmoid", "mile", "distill", "self_train")
+SUPERVISED_METHODS = ("softmax", "sigmoid", "mile")
+"""Methods that learn from labels alone (the demo compares these)."""
+MULTI_LABEL_METHODS = ("sigmoid", "mile")
+"""Methods with sigmoid outputs, whose predicted set can hold several classes."""
+TEACHER_METHODS = ("distill", "self_train")
+"""Baselines that learn from a fixed, already fine-tuned teacher (paper Sec. 4.5)."""
 MILE_VARIANTS = ("copy", "snapshot")
 EMPTY_PSEUDO_LABELS = ("ignore", "keep")
 INITS = ("checkpoint", "scratch")
@@ -37,7 +43,10 @@ class MethodConfig:
 
     Attributes:
         name: ``softmax`` (cross-entropy on the single label), ``sigmoid`` (BCE on the
-            one-hot label) or ``mile`` (multi-label iterated learning, Alg. 1).
+            one-hot label), ``mile`` (multi-label iterated learning, Alg. 1), or the
+            semi-supervised baselines ``distill`` (SimCLR-v2-style distillation from a
+            fixed fine-tuned teacher) and ``self_train`` (one generation of hard
+            pseudo-label self-training), both configured under ``distill``.
         eval_threshold: Sigmoid threshold of the predicted label set in evaluation
             (ReaL-F1, coverage). The softmax method always predicts its argmax only.
     """
@@ -92,6 +101,31 @@ class MileConfig:
         _require_choice("mile.variant", self.variant, MILE_VARIANTS)
         _require(self.unlabeled_ratio >= 1, "mile.unlabeled_ratio", ">= 1", self.unlabeled_ratio)
         _require_choice("mile.empty_pseudo_labels", self.empty_pseudo_labels, EMPTY_PSEUDO_LABELS)
+
+
+@dataclass
+class DistillConfig:
+    """The fixed teacher of the ``distill`` and ``self_train`` baselines.
+
+    Both train the student on labelled images plus ``mile.unlabeled_ratio`` unlabeled
+    images per labelled one, every step.
+
+    Attributes:
+        teacher_checkpoint: ``last.ckpt`` of an earlier mile_ssl fine-tuning run.
+        temperature: Softmax temperature of the distillation targets and student.
+        supervised_weight: Weight of the cross-entropy on labelled images added to the
+            distillation loss (0: distillation only, as SimCLR-v2 does by default).
+    """
+
+    teacher_checkpoint: str | None = None
+    temperature: float = 1.0
+    supervised_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.temperature > 0, "distill.temperature", "> 0", self.temperature)
+        _require(
+            self.supervised_weight >= 0, "distill.supervised_weight", ">= 0", self.supervised_weight
+        )
 
 
 @dataclass
@@ -301,6 +335,7 @@ class TrainConfig:
 
     method: MethodConfig = field(default_factory=MethodConfig)
     mile: MileConfig = field(default_factory=MileConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from mile_ssl.backbones import BackboneSpec
-from mile_ssl.config import METHODS, compose_train_config
+from mile_ssl.config import SUPERVISED_METHODS, compose_train_config
 from mile_ssl.pretrain import pretrain_digits_simclr
 from mile_ssl.report import format_metrics_table, plot_metrics, write_json
 from mile_ssl.train import run_training
@@ -57,7 +57,7 @@ def run_demo(output_dir: str | Path, *, quick: bool = False) -> dict[str, dict[s
         seed=base.data.split_seed,
     )
     results: dict[str, dict[str, float]] = {}
-    for method in METHODS:
+    for method in SUPERVISED_METHODS:
         config = compose_train_config(
             [
                 "experiment=digits",

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from mile_ssl.adapters.registry import resolve_checkpoint_path
+from mile_ssl.config import MULTI_LABEL_METHODS
 from mile_ssl.evaluate import read_run_checkpoint
 from mile_ssl.method import CHECKPOINT_KEY
 
@@ -413,8 +414,8 @@ def export_checkpoint(
         "preprocessing": _preprocessing(metadata.get("preprocessing") or {}, image_size),
         "method": {
             **method,
-            "multi_label": method.get("name") != "softmax",
-            "probabilities": "softmax" if method.get("name") == "softmax" else "sigmoid",
+            "multi_label": method.get("name") in MULTI_LABEL_METHODS,
+            "probabilities": "sigmoid" if method.get("name") in MULTI_LABEL_METHODS else "softmax",
         },
         "mile": dict(state["mile"]) if method.get("name") == "mile" else None,
         "completed_steps": int(state["completed_steps"]),

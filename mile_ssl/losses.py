@@ -44,3 +44,15 @@ def sigmoid_head_bias(num_classes: int) -> float:
     pushing ``C - 1`` negatives down; ``-log(C)`` starts each near the prior ``1/C``.
     """
     return -math.log(num_classes)
+
+
+def distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Cross-entropy from the teacher's tempered softmax to the student's (SimCLR-v2, Eq. 4).
+
+    ``-1/B sum_i sum_j softmax(t_i / T)_j log softmax(s_i / T)_j``.
+    """
+    targets = torch.softmax(teacher_logits.float() / temperature, dim=1)
+    log_probabilities = torch.log_softmax(student_logits.float() / temperature, dim=1)
+    return -(targets * log_probabilities).sum(dim=1).mean()

@@ -29,10 +29,28 @@ import torch
 from torch import nn
 from torch.optim import SGD, Optimizer
 
-from mile_ssl.config import MethodConfig, MileConfig, OptimConfig
-from mile_ssl.losses import multi_label_bce, one_hot_bce, sigmoid_head_bias, softmax_cross_entropy
+from mile_ssl.config import (
+    MULTI_LABEL_METHODS,
+    TEACHER_METHODS,
+    DistillConfig,
+    MethodConfig,
+    MileConfig,
+    OptimConfig,
+)
+from mile_ssl.losses import (
+    distillation_loss,
+    multi_label_bce,
+    one_hot_bce,
+    sigmoid_head_bias,
+    softmax_cross_entropy,
+)
 from mile_ssl.metrics import classification_report
-from mile_ssl.pseudo_labels import PseudoLabelStats, pseudo_label_stats, threshold_pseudo_labels
+from mile_ssl.pseudo_labels import (
+    PseudoLabelStats,
+    pseudo_label_stats,
+    self_training_targets,
+    threshold_pseudo_labels,
+)
 from mile_ssl.schedule import Phase, StepPosition, mile_position, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -96,6 +114,10 @@ class MILeModule(L.LightningModule):
         channels_last: Keep networks and inputs in channels-last memory format.
         metadata: Plain data saved with every checkpoint (architecture, preprocessing,
             class names) so that evaluation and export can rebuild the network.
+        fixed_teacher: The fine-tuned network the ``distill`` / ``self_train`` baselines
+            learn from. It is frozen and kept out of this module's state dict, so
+            checkpoints hold the student alone; resuming loads it again.
+        distill: Temperature and supervised weight of the baselines.
     """
 
     def __init__(
@@ -108,16 +130,19 @@ class MILeModule(L.LightningModule):
         optim: OptimConfig | None = None,
         channels_last: bool = True,
         metadata: dict[str, Any] | None = None,
+        fixed_teacher: nn.Module | None = None,
+        distill: DistillConfig | None = None,
     ) -> None:
         super().__init__()
         self.metadata = dict(metadata or {})
+        self.distill = distill or DistillConfig()
         self.automatic_optimization = False
         self.method = method or MethodConfig()
         self.mile = mile or MileConfig()
         self.optim = optim or OptimConfig()
         self.num_classes = num_classes
         self.channels_last = channels_last
-        head_bias = None if self.method.name == "softmax" else sigmoid_head_bias(num_classes)
+        head_bias = sigmoid_head_bias(num_classes) if self.multi_label else None
         self.student = Classifier(backbone, feature_dim, num_classes, head_bias)
         self.teacher: Classifier | None = None
         if self.method.name == "mile":
@@ -125,12 +150,33 @@ class MILeModule(L.LightningModule):
             self.teacher = copy.deepcopy(self.student)
             if self.mile.variant == "snapshot":
                 self.teacher.requires_grad_(False)
+        if (fixed_teacher is None) == (self.method.name in TEACHER_METHODS):
+            raise ValueError(
+                f"method.name={self.method.name!r}: a fixed teacher is needed by, and only "
+                f"by, {list(TEACHER_METHODS)} (set distill.teacher_checkpoint)"
+            )
+        self._fixed_teacher: nn.Module | None = None
+        if fixed_teacher is not None:
+            # Stored outside the module tree: not trained, not checkpointed, not in DDP.
+            object.__setattr__(self, "_fixed_teacher", fixed_teacher.eval().requires_grad_(False))
         if channels_last:
             self.to(memory_format=torch.channels_last)
         self.completed_steps = 0
         self.validation_metrics: dict[str, float] = {}
         self._val_outputs: list[dict[str, torch.Tensor]] = []
         self._phase_stats: list[tuple[float, float]] = []
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether outputs are independent sigmoids (several classes may be predicted)."""
+        return self.method.name in MULTI_LABEL_METHODS
+
+    def on_fit_start(self) -> None:
+        """Put the fixed teacher, which Lightning does not manage, on this module's device."""
+        if self._fixed_teacher is not None:
+            self._fixed_teacher.to(self.device)
+            if self.channels_last:
+                self._fixed_teacher.to(memory_format=torch.channels_last)
 
     @property
     def trains_teacher(self) -> bool:
@@ -143,6 +189,8 @@ class MILeModule(L.LightningModule):
 
     def position(self, step: int) -> StepPosition:
         """Phase of training step ``step``."""
+        if self._fixed_teacher is not None:
+            return StepPosition(Phase.DISTILL, 0, step)
         if self.teacher is None:
             return StepPosition(Phase.SUPERVISED, 0, step)
         return mile_position(step, self.mile.kt, self.mile.ks)
@@ -212,7 +260,7 @@ class MILeModule(L.LightningModule):
         labels = batch["label"]
         position = self.position(self.completed_steps)
         labelled = batch.get("labelled")
-        if labelled is not None and position.phase is not Phase.STUDENT:
+        if labelled is not None and position.phase in (Phase.SUPERVISED, Phase.TEACHER):
             # Ground truth is only ever read for labelled images.
             images, labels = images[labelled], labels[labelled]
         if position.phase is Phase.SUPERVISED:
@@ -224,6 +272,8 @@ class MILeModule(L.LightningModule):
             self._optimize(self._optimizer(0), loss)
         elif position.phase is Phase.TEACHER:
             loss = self._teacher_step(images, labels, position)
+        elif position.phase is Phase.DISTILL:
+            loss = self._distill_step(images, labels, batch)
         else:
             loss = self._student_step(images, position, batch)
         self.completed_steps += 1
@@ -269,6 +319,27 @@ class MILeModule(L.LightningModule):
         self._optimize(self._optimizer(0), loss)
         self.log("train/pseudo_labels_per_image", stats.mean_size)
         self.log("train/pseudo_empty_fraction", stats.empty_fraction)
+        return loss
+
+    def _distill_step(
+        self, images: torch.Tensor, labels: torch.Tensor, batch: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        assert self._fixed_teacher is not None
+        with torch.inference_mode():
+            teacher_logits = self._fixed_teacher(images).float()
+        teacher_logits = teacher_logits.clone()
+        labelled = batch.get("labelled", torch.ones_like(labels, dtype=torch.bool))
+        logits = self.student(images)
+        if self.method.name == "self_train":
+            loss = softmax_cross_entropy(
+                logits, self_training_targets(teacher_logits, labels, labelled)
+            )
+        else:
+            loss = distillation_loss(logits, teacher_logits, self.distill.temperature)
+            if self.distill.supervised_weight > 0 and labelled.any():
+                supervised = softmax_cross_entropy(logits[labelled], labels[labelled])
+                loss = loss + self.distill.supervised_weight * supervised
+        self._optimize(self._optimizer(0), loss)
         return loss
 
     def _log_semi_supervised(
@@ -360,7 +431,7 @@ class MILeModule(L.LightningModule):
             outputs["logits"].cpu(),
             outputs["label"].cpu(),
             outputs["label_set"].cpu(),
-            multi_label=self.method.name != "softmax",
+            multi_label=self.multi_label,
             threshold=self.method.eval_threshold,
         )
         report["num_samples"] = float(len(unique_indices))

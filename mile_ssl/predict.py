@@ -169,7 +169,7 @@ def predict(
     if len(class_ids) != module.num_classes:
         class_ids = [str(index) for index in range(module.num_classes)]
     names = display_names(class_ids)
-    multi_label = module.method.name != "softmax"
+    multi_label = module.multi_label
     size = image_size or run_image_size(source) or DEFAULT_IMAGE_SIZE
     transform = eval_transform(size, Preprocessing.from_dict(metadata["preprocessing"]))
     k = min(top_k, module.num_classes)

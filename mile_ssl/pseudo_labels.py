@@ -58,3 +58,10 @@ def pseudo_label_stats(pseudo_labels: torch.Tensor) -> PseudoLabelStats:
     return PseudoLabelStats(
         mean_size=float(sizes.mean()), empty_fraction=float((sizes == 0).float().mean())
     )
+
+
+def self_training_targets(
+    teacher_logits: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor
+) -> torch.Tensor:
+    """Hard targets of self-training: ground truth where known, the teacher's argmax elsewhere."""
+    return torch.where(labelled, labels, teacher_logits.argmax(dim=1))

@@ -20,6 +20,8 @@ class Phase(str, Enum):
     """MILe interaction phase: the teacher trains on ground truth (BCE)."""
     STUDENT = "student"
     """MILe imitation phase: the student trains on the teacher's pseudo-labels."""
+    DISTILL = "distill"
+    """distill / self_train: the student learns from a fixed teacher on all images."""
 
 
 @dataclass(frozen=True)

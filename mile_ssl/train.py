@@ -18,11 +18,19 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from torch import nn
 
 from mile_ssl.adapters import LoadedBackbone, load_backbone
 from mile_ssl.backbones import BackboneSpec, build_backbone
-from mile_ssl.config import BackboneConfig, CheckpointConfig, TrainConfig, TrainerConfig
+from mile_ssl.config import (
+    TEACHER_METHODS,
+    BackboneConfig,
+    CheckpointConfig,
+    TrainConfig,
+    TrainerConfig,
+)
 from mile_ssl.data.datamodule import MILeDataModule, UnlabeledStream
+from mile_ssl.evaluate import module_from_checkpoint, read_run_checkpoint
 from mile_ssl.method import MILeModule
 from mile_ssl.preprocessing import Preprocessing
 from mile_ssl.schedule import Phase, mile_position
@@ -214,6 +222,47 @@ def resolve_epochs(config: TrainConfig, labelled_images: int) -> TrainConfig:
     return replace(config, trainer=trainer, optim=optim)
 
 
+def unlabeled_stream(config: TrainConfig) -> UnlabeledStream | None:
+    """Which steps take unlabeled images, if any.
+
+    MILe's student phase in semi-supervised mode, every step of the teacher baselines.
+    """
+    if config.method.name in TEACHER_METHODS:
+        return UnlabeledStream(config.mile.unlabeled_ratio, lambda step: True)
+    if config.method.name == "mile" and config.mile.semi_supervised:
+        kt, ks = config.mile.kt, config.mile.ks
+        return UnlabeledStream(
+            config.mile.unlabeled_ratio,
+            lambda step: mile_position(step, kt, ks).phase is Phase.STUDENT,
+        )
+    return None
+
+
+def load_fixed_teacher(config: TrainConfig, student: LoadedBackbone) -> nn.Module | None:
+    """The fine-tuned network ``distill`` / ``self_train`` learn from, or ``None``.
+
+    Raises:
+        ValueError: If the checkpoint is missing, or expects another input normalisation
+            than the student's backbone (the two would see different images).
+    """
+    if config.method.name not in TEACHER_METHODS:
+        return None
+    path = config.distill.teacher_checkpoint
+    if path is None:
+        raise ValueError(
+            f"method={config.method.name} needs config key 'distill.teacher_checkpoint' "
+            "(last.ckpt of a fine-tuning run)"
+        )
+    teacher = module_from_checkpoint(read_run_checkpoint(path))
+    expected = student.preprocessing.to_dict()
+    if teacher.metadata["preprocessing"] != expected:
+        raise ValueError(
+            f"teacher {path} expects preprocessing {teacher.metadata['preprocessing']}, "
+            f"the student's backbone {expected}"
+        )
+    return teacher.student
+
+
 def run_training(config: TrainConfig, output_dir: str | Path) -> RunResult:
     """Fine-tune as ``config`` says and write the run directory.
 
@@ -228,13 +277,8 @@ def run_training(config: TrainConfig, output_dir: str | Path) -> RunResult:
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.seed, workers=True, verbose=False)
     loaded = initial_backbone(config.backbone, config.checkpoint)
-    unlabeled = None
-    if config.method.name == "mile" and config.mile.semi_supervised:
-        kt, ks = config.mile.kt, config.mile.ks
-        unlabeled = UnlabeledStream(
-            ratio=config.mile.unlabeled_ratio,
-            uses_unlabeled=lambda step: mile_position(step, kt, ks).phase is Phase.STUDENT,
-        )
+    unlabeled = unlabeled_stream(config)
+    fixed_teacher = load_fixed_teacher(config, loaded)
     datamodule = MILeDataModule(config.data, loaded.preprocessing, unlabeled)
     config = resolve_epochs(config, len(datamodule.train_indices))
     module = MILeModule(
@@ -245,6 +289,8 @@ def run_training(config: TrainConfig, output_dir: str | Path) -> RunResult:
         mile=config.mile,
         optim=config.optim,
         channels_last=config.backbone.channels_last,
+        fixed_teacher=fixed_teacher,
+        distill=config.distill,
         metadata={
             "backbone": {"name": loaded.spec.name, "kwargs": dict(loaded.spec.kwargs)},
             "preprocessing": loaded.preprocessing.to_dict(),
