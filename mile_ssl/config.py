@@ -159,6 +159,9 @@ class DataConfig:
             are missing (otherwise that is an error: it changes the protocol).
         val_label_sets: JSON file mapping validation file names to lists of class
             indices (multi-label evaluation, e.g. ImageNet-ReaL).
+        val_ground_truth: For a flat validation folder (images directly in
+            ``val_dir``): a file of ``<file name> <wnid or class index>`` lines, or
+            ImageNet's ``LOC_val_solution.csv``.
         batch_size: Images per device and step.
         eval_batch_size: Images per device in evaluation (default: ``batch_size``).
         num_workers: Loader worker processes per device.
@@ -176,6 +179,7 @@ class DataConfig:
     split: str = "simclr"
     allow_missing: bool = False
     val_label_sets: str | None = None
+    val_ground_truth: str | None = None
     batch_size: int = 128
     eval_batch_size: int | None = None
     num_workers: int = 0

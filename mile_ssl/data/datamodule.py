@@ -19,6 +19,7 @@ from mile_ssl.data.digits import CLASS_NAMES, DigitGridConfig, DigitGridDataset,
 from mile_ssl.data.folder import (
     LabeledImageFolder,
     eval_transform,
+    read_ground_truth,
     read_label_sets,
     read_split_file,
     train_transform,
@@ -123,6 +124,11 @@ def imagenet_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
         eval_transform(config.image_size, preprocessing),
         label_sets=label_sets,
         classes=classes,
+        labels=(
+            read_ground_truth(config.val_ground_truth, classes)
+            if config.val_ground_truth is not None
+            else None
+        ),
     )
     standard = shipped_split(config.fraction) if config.split == "simclr" else None
     return Splits(

@@ -54,6 +54,8 @@ class LabeledImageFolder(Dataset[dict[str, Tensor]]):
         label_sets: File name -> class indices; files not listed get ``{label}``.
         classes: Class folder names to use (e.g. the training split's), default: the
             sub-folders of ``root``.
+        labels: File name -> class index for a flat folder (no class sub-folders);
+            ``None`` reads the class from each image's sub-folder.
     """
 
     def __init__(
@@ -62,19 +64,25 @@ class LabeledImageFolder(Dataset[dict[str, Tensor]]):
         transform: Callable[..., Tensor],
         label_sets: Mapping[str, Sequence[int]] | None = None,
         classes: Sequence[str] | None = None,
+        labels: Mapping[str, int] | None = None,
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {self.root} does not exist")
         found = sorted(entry.name for entry in self.root.iterdir() if entry.is_dir())
         self.classes = list(classes) if classes is not None else found
-        unknown = sorted(set(found) - set(self.classes))
-        if unknown:
-            raise ValueError(f"{self.root} has class folders the training set lacks: {unknown[:5]}")
-        class_to_idx = {name: index for index, name in enumerate(self.classes)}
-        self.samples = ImageFolder.make_dataset(
-            str(self.root), class_to_idx, extensions=_EXTENSIONS, allow_empty=True
-        )
+        if labels is not None:
+            self.samples = _flat_samples(self.root, labels)
+        else:
+            unknown = sorted(set(found) - set(self.classes))
+            if unknown:
+                raise ValueError(
+                    f"{self.root} has class folders the training set lacks: {unknown[:5]}"
+                )
+            class_to_idx = {name: index for index, name in enumerate(self.classes)}
+            self.samples = ImageFolder.make_dataset(
+                str(self.root), class_to_idx, extensions=_EXTENSIONS, allow_empty=True
+            )
         if not self.samples:
             raise ValueError(f"no images ({', '.join(_EXTENSIONS)}) found under {self.root}")
         self.transform = transform
@@ -103,6 +111,52 @@ class LabeledImageFolder(Dataset[dict[str, Tensor]]):
             "label_set": label_set,
             "index": torch.tensor(index),
         }
+
+
+def _flat_samples(root: Path, labels: Mapping[str, int]) -> list[tuple[str, int]]:
+    """``(path, label)`` of the images directly in ``root`` that ``labels`` names."""
+    images = sorted(path for path in root.iterdir() if path.suffix in _EXTENSIONS)
+    unlabelled = [path.name for path in images if path.name not in labels]
+    if unlabelled:
+        raise ValueError(
+            f"{len(unlabelled)} images in {root} have no ground-truth label, e.g. {unlabelled[:5]}"
+        )
+    return [(str(path), labels[path.name]) for path in images]
+
+
+def read_ground_truth(path: str | Path, classes: Sequence[str]) -> dict[str, int]:
+    """Class index of each image of a flat validation folder.
+
+    Two formats: lines ``<file name> <wnid or class index>`` (whitespace-separated), or
+    the CSV ``ImageId,PredictionString`` of ImageNet's ``LOC_val_solution.csv`` (the
+    first token of ``PredictionString`` is the wnid; ``.JPEG`` is appended to ``ImageId``).
+
+    Raises:
+        ValueError: Naming the file and line of an unknown class or malformed entry.
+    """
+    path = Path(path)
+    index = {name: position for position, name in enumerate(classes)}
+    lines = path.read_text().splitlines()
+    csv_format = bool(lines) and lines[0].replace(" ", "").startswith("ImageId,")
+    labels: dict[str, int] = {}
+    for number, line in enumerate(lines[1:] if csv_format else lines, start=2 if csv_format else 1):
+        if not line.strip():
+            continue
+        if csv_format:
+            image_id, _, prediction = line.partition(",")
+            name, label = f"{image_id.strip()}.JPEG", prediction.split()[0] if prediction else ""
+        else:
+            parts = line.split()
+            if len(parts) != 2:
+                raise ValueError(f"{path}:{number}: expected '<file name> <class>', got {line!r}")
+            name, label = parts
+        if label in index:
+            labels[name] = index[label]
+        elif label.isdigit() and int(label) < len(classes):
+            labels[name] = int(label)
+        else:
+            raise ValueError(f"{path}:{number}: unknown class {label!r}")
+    return labels
 
 
 _EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG", ".JPG", ".PNG")

@@ -82,3 +82,35 @@ def test_stratified_split_ignores_the_shipped_lists(imagenet_tree) -> None:
     root, _ = imagenet_tree
     datamodule = _datamodule(root, "data.fraction=0.5", "data.split=stratified")
     assert len(datamodule.train_indices) == 4  # round(0.5 * 5) == 2 per class
+
+
+@pytest.mark.parametrize("layout", ["lines", "kaggle_csv"])
+def test_flat_validation_folder_with_a_ground_truth_file(
+    imagenet_tree, tmp_path: Path, layout: str
+) -> None:
+    root, _ = imagenet_tree
+    flat = tmp_path / "flat_val"
+    wnids = sorted(p.name for p in (root / "train").iterdir())
+    _jpeg(flat / "ILSVRC2012_val_00000002.JPEG", 30)
+    _jpeg(flat / "ILSVRC2012_val_00000003.JPEG", 60)
+    truth = tmp_path / "truth.txt"
+    if layout == "lines":
+        truth.write_text(
+            f"ILSVRC2012_val_00000002.JPEG {wnids[1]}\nILSVRC2012_val_00000003.JPEG 7\n"
+        )
+    else:
+        truth.write_text(
+            "ImageId,PredictionString\n"
+            f"ILSVRC2012_val_00000002,{wnids[1]} 1 2 3 4\n"
+            f"ILSVRC2012_val_00000003,{imagenet_classes()[7]} 5 6 7 8\n"
+        )
+    datamodule = _datamodule(root, f"data.val_dir={flat}", f"data.val_ground_truth={truth}")
+    val = datamodule.splits.val
+    labels = {val.file_names[i]: int(val[i]["label"]) for i in range(len(val))}  # type: ignore[attr-defined,index]
+    assert labels == {
+        "ILSVRC2012_val_00000002.JPEG": imagenet_classes().index(wnids[1]),
+        "ILSVRC2012_val_00000003.JPEG": 7,
+    }
+    truth.write_text("ILSVRC2012_val_00000002.JPEG n99999999\n")
+    with pytest.raises(ValueError, match=r"truth.txt:1: unknown class 'n99999999'"):
+        _datamodule(root, f"data.val_dir={flat}", f"data.val_ground_truth={truth}")
