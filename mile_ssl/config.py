@@ -89,7 +89,7 @@ class MileConfig:
     kt: int = 100
     ks: int = 100
     rho: float = 0.5
-    variant: str = "copy"
+    variant: str = "snapshot"
     semi_supervised: bool = False
     unlabeled_ratio: int = 7
     empty_pseudo_labels: str = "ignore"

@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 
-from mile_ssl.config import TrainConfig
+from mile_ssl.config import MileConfig, TrainConfig
 from mile_ssl.method import MILeModule, copy_weights_
 from mile_ssl.pseudo_labels import threshold_pseudo_labels
 from mile_ssl.train import run_training
@@ -75,7 +75,9 @@ def _fit(config: TrainConfig, tmp_path: Path, recorder: L.Callback) -> MILeModul
 
 
 def test_copy_variant_alternates_teacher_and_student_steps(tiny_config, tmp_path: Path) -> None:
-    config = tiny_config("method=mile", "mile.kt=3", "mile.ks=2", "trainer.max_steps=12")
+    config = tiny_config(
+        "method=mile", "mile.variant=copy", "mile.kt=3", "mile.ks=2", "trainer.max_steps=12"
+    )
     recorder = StepRecorder()
     module = _fit(config, tmp_path, recorder)
     assert module.completed_steps == 12
@@ -138,7 +140,7 @@ def test_student_phase_uses_teacher_labels_for_the_same_batch(tiny_config) -> No
     from mile_ssl.backbones import BackboneSpec, build_backbone
 
     backbone, dim = build_backbone(BackboneSpec("tiny_resnet", {"widths": [8]}))
-    module = MILeModule(backbone, dim, num_classes=10)
+    module = MILeModule(backbone, dim, num_classes=10, mile=MileConfig(variant="copy"))
     images = torch.randn(4, 3, 24, 24)
     assert module.teacher is not None
     module.teacher.eval()

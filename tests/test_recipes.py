@@ -297,7 +297,7 @@ def test_recipe_composes_as_shipped(name: str, tree: Path, checkpoints: dict[str
     assert config.checkpoint.projection_layers == expected["projection_layers"]
     assert config.method.name == "mile"
     assert (config.mile.kt, config.mile.ks) == (expected["phase"], expected["phase"])
-    assert config.mile.rho == 0.5 and config.mile.variant == "copy"
+    assert config.mile.rho == 0.5 and config.mile.variant == "snapshot"
     assert config.optim.lr == pytest.approx(expected["lr"])
     assert config.optim.head_lr == expected["head_lr"]
     assert config.optim.momentum == 0.9

@@ -18,6 +18,7 @@ from mile_ssl.train import build_trainer, initial_backbone, run_training
 
 SEMI = (
     "method=mile",
+    "mile.variant=copy",
     "mile.semi_supervised=true",
     "mile.unlabeled_ratio=3",
     "data.fraction=0.25",
