@@ -161,7 +161,7 @@ def main() -> None:
                     run_dir = args.workdir / f"{init}_f{fraction}_s{seed}_{name}"
                     result = run_training(config, run_dir)
                     row = _row(
-                        method, fraction, seed, init, result.metrics, time.perf_counter() - started
+                        name, fraction, seed, init, result.metrics, time.perf_counter() - started
                     )
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
