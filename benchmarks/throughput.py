@@ -37,6 +37,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="measurements per mode (median)")
     parser.add_argument("--kt", type=int, default=5)
     parser.add_argument("--ks", type=int, default=5)
+    parser.add_argument("--variant", choices=["snapshot", "copy"], default="snapshot")
     return parser.parse_args()
 
 
@@ -79,7 +80,7 @@ def time_lightning(
         dim,
         NUM_CLASSES,
         method=MethodConfig(method),
-        mile=MileConfig(kt=args.kt, ks=args.ks, rho=0.5),
+        mile=MileConfig(kt=args.kt, ks=args.ks, rho=0.5, variant=args.variant),
         optim=OptimConfig(lr=0.01),
         channels_last=True,
     )
@@ -140,6 +141,7 @@ def main() -> None:
                 "precision": "bf16-mixed",
                 "channels_last": True,
                 "threads": torch.get_num_threads(),
+                "variant": args.variant,
                 "kt": args.kt,
                 "ks": args.ks,
                 "timed_steps": args.steps,
