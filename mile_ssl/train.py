@@ -302,7 +302,7 @@ def run_training(config: TrainConfig, output_dir: str | Path) -> RunResult:
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=config.trainer.resume_from)
     last_checkpoint = output_dir / "checkpoints" / "last.ckpt"
-    trainer.save_checkpoint(last_checkpoint)
+    trainer.save_checkpoint(last_checkpoint, weights_only=False)
     metrics = dict(module.validation_metrics)
     if trainer.is_global_zero:
         payload = {
