@@ -18,6 +18,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from omegaconf import OmegaConf
 from torch import nn
 
 from mile_ssl.adapters import LoadedBackbone, load_backbone
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 METRICS_FILE = "metrics.json"
+RESOLVED_CONFIG_FILE = "resolved_config.yaml"
 
 
 @dataclass
@@ -300,6 +302,12 @@ def run_training(config: TrainConfig, output_dir: str | Path) -> RunResult:
     trainer = build_trainer(
         config.trainer, output_dir, resolve_strategy(config.trainer.strategy, module)
     )
+    if trainer.is_global_zero:
+        # The config as trained, epochs resolved to steps; written before training so
+        # that an interrupted run still records it.
+        (output_dir / RESOLVED_CONFIG_FILE).write_text(
+            OmegaConf.to_yaml(OmegaConf.structured(config))
+        )
     trainer.fit(module, datamodule=datamodule, ckpt_path=config.trainer.resume_from)
     last_checkpoint = output_dir / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(last_checkpoint, weights_only=False)

@@ -37,6 +37,8 @@ def test_train_writes_a_complete_run_directory(tmp_path: Path, tiny_overrides: l
     assert metrics["steps"] == 2
     assert 0.0 <= metrics["metrics"]["top1"] <= 1.0
     assert (run / ".hydra" / "config.yaml").exists()
+    resolved = (run / "resolved_config.yaml").read_text()
+    assert "kt: 1" in resolved and "max_steps: 2" in resolved
     assert (run / "checkpoints" / "last.ckpt").exists()
     assert (run / "logs" / "metrics.csv").exists()
     assert "ReaL-F1" in result.stdout
