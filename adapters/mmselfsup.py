@@ -29,12 +29,10 @@ from mile_ssl.preprocessing import Preprocessing
 from .registry import (
     AdapterOptions,
     ConvertedCheckpoint,
-    drop,
+    extract,
     has_prefix,
     refuse_projection_layers,
     register_adapter,
-    select,
-    strip_prefix,
     unwrap,
 )
 from .torchvision_format import CLASSIFIER_PREFIX, infer_resnet_spec
@@ -78,21 +76,16 @@ def convert_mmselfsup(raw: Mapping[str, Any], options: AdapterOptions) -> Conver
     """
     refuse_projection_layers(options, "mmselfsup")
     state_dict = unwrap(raw, keys=("state_dict",))
-    backbone = strip_prefix(select(state_dict, BACKBONE_PREFIX), BACKBONE_PREFIX)
-    if not backbone:
+    if not has_prefix(state_dict, BACKBONE_PREFIX):
         raise ValueError(
             f"no keys under {BACKBONE_PREFIX!r} in 'state_dict' (first keys: "
             f"{list(state_dict)[:5]})"
         )
-    kept = drop(backbone, CLASSIFIER_PREFIX)
+    kept, dropped = extract(state_dict, BACKBONE_PREFIX, CLASSIFIER_PREFIX)
     return ConvertedCheckpoint(
         state_dict=kept,
         backbone=infer_resnet_spec(kept),
         preprocessing=Preprocessing(),
-        dropped=tuple(
-            key
-            for key in state_dict
-            if not (key.startswith(BACKBONE_PREFIX) and key[len(BACKBONE_PREFIX) :] in kept)
-        ),
+        dropped=dropped,
         expected_prefix=BACKBONE_PREFIX,
     )

@@ -37,12 +37,10 @@ from .dino import VIT_HEAD_PREFIX, infer_vit_spec
 from .registry import (
     AdapterOptions,
     ConvertedCheckpoint,
-    drop,
+    extract,
     has_prefix,
     refuse_projection_layers,
     register_adapter,
-    select,
-    strip_prefix,
     unwrap,
 )
 from .torchvision_format import CLASSIFIER_PREFIX, infer_resnet_spec, torchvision_arch_spec
@@ -104,18 +102,6 @@ def detect_mocov3(raw: Mapping[str, Any]) -> bool:
     )
 
 
-def _split(
-    state_dict: Mapping[str, Tensor], prefix: str, head: str
-) -> tuple[dict[str, Tensor], tuple[str, ...]]:
-    """The encoder under ``prefix`` without its ``head``, and every other key."""
-    encoder = strip_prefix(select(state_dict, prefix), prefix)
-    kept = drop(encoder, head)
-    dropped = tuple(
-        key for key in state_dict if not (key.startswith(prefix) and key[len(prefix) :] in kept)
-    )
-    return kept, dropped
-
-
 @register_adapter(
     "mocov2",
     detect=detect_mocov2,
@@ -144,7 +130,7 @@ def convert_mocov2(raw: Mapping[str, Any], options: AdapterOptions) -> Converted
             f"no ResNet under {list(QUERY_ENCODER_PREFIXES)} (expected e.g. "
             f"'module.encoder_q.conv1.weight'; first keys: {list(state_dict)[:5]})"
         )
-    kept, dropped = _split(state_dict, prefix, CLASSIFIER_PREFIX)
+    kept, dropped = extract(state_dict, prefix, CLASSIFIER_PREFIX)
     return ConvertedCheckpoint(
         state_dict=kept,
         backbone=torchvision_arch_spec(raw.get("arch")) or infer_resnet_spec(kept),
@@ -193,7 +179,7 @@ def convert_mocov3(raw: Mapping[str, Any], options: AdapterOptions) -> Converted
             f"no keys under {list(BASE_ENCODER_PREFIXES)} (first keys: {list(state_dict)[:5]})"
         )
     vit = f"{prefix}cls_token" in state_dict
-    kept, dropped = _split(state_dict, prefix, VIT_HEAD_PREFIX if vit else CLASSIFIER_PREFIX)
+    kept, dropped = extract(state_dict, prefix, VIT_HEAD_PREFIX if vit else CLASSIFIER_PREFIX)
     return ConvertedCheckpoint(
         state_dict=kept,
         backbone=_mocov3_spec(raw.get("arch"), kept),

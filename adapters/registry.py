@@ -521,6 +521,29 @@ def drop(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {key: value for key, value in state_dict.items() if not key.startswith(prefix)}
 
 
+def extract(
+    state_dict: Mapping[str, Tensor], prefix: str, *heads: str
+) -> tuple[dict[str, Tensor], tuple[str, ...]]:
+    """Split a checkpoint into the network under ``prefix`` and what is left behind.
+
+    Args:
+        state_dict: The checkpoint's tensors.
+        prefix: Where the backbone lives (e.g. ``"module.encoder_q."``); removed.
+        *heads: Prefixes, relative to ``prefix``, of heads to leave out (e.g. ``"fc."``).
+
+    Returns:
+        The backbone tensors with ``prefix`` removed and without ``heads``, and the
+        keys of ``state_dict`` that were not kept (for ``ConvertedCheckpoint.dropped``).
+    """
+    kept = strip_prefix(select(state_dict, prefix), prefix)
+    for head in heads:
+        kept = drop(kept, head)
+    dropped = tuple(
+        key for key in state_dict if not (key.startswith(prefix) and key[len(prefix) :] in kept)
+    )
+    return kept, dropped
+
+
 def has_prefix(keys: Iterable[str], prefix: str) -> bool:
     """Whether any key starts with ``prefix`` (a cheap test for ``detect`` functions)."""
     return any(isinstance(key, str) and key.startswith(prefix) for key in keys)

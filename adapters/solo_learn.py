@@ -54,12 +54,10 @@ from .dino import VIT_HEAD_PREFIX, infer_vit_spec
 from .registry import (
     AdapterOptions,
     ConvertedCheckpoint,
-    drop,
+    extract,
     has_prefix,
     refuse_projection_layers,
     register_adapter,
-    select,
-    strip_prefix,
     unwrap,
 )
 from .torchvision_format import CLASSIFIER_PREFIX
@@ -241,11 +239,7 @@ def convert_solo_learn(raw: Mapping[str, Any], options: AdapterOptions) -> Conve
         raise ValueError(
             f"no keys under {list(BACKBONE_PREFIXES)} (first keys: {list(state_dict)[:5]})"
         )
-    backbone = strip_prefix(select(state_dict, prefix), prefix)
-    backbone = drop(drop(backbone, CLASSIFIER_PREFIX), VIT_HEAD_PREFIX)
-    dropped = tuple(
-        key for key in state_dict if not (key.startswith(prefix) and key[len(prefix) :] in backbone)
-    )
+    backbone, dropped = extract(state_dict, prefix, CLASSIFIER_PREFIX, VIT_HEAD_PREFIX)
     spec, preprocessing = _run_architecture(backbone, options)
     return ConvertedCheckpoint(
         state_dict=backbone,

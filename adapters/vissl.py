@@ -28,12 +28,10 @@ from mile_ssl.preprocessing import Preprocessing
 from .registry import (
     AdapterOptions,
     ConvertedCheckpoint,
-    drop,
+    extract,
     has_prefix,
     refuse_projection_layers,
     register_adapter,
-    select,
-    strip_prefix,
     unwrap,
 )
 from .torchvision_format import CLASSIFIER_PREFIX, infer_resnet_spec
@@ -108,14 +106,8 @@ def convert_vissl(raw: Mapping[str, Any], options: AdapterOptions) -> ConvertedC
             f"the VISSL trunk has no {TRUNK_PREFIX!r} keys, so it is not a ResNe(X)t trunk "
             f"(first keys: {list(trunk)[:5]})"
         )
-    blocks = strip_prefix(select(trunk, TRUNK_PREFIX), TRUNK_PREFIX)
-    kept = drop(blocks, CLASSIFIER_PREFIX)
-    dropped = [
-        f"{where}{key}"
-        for key in trunk
-        if not (key.startswith(TRUNK_PREFIX) and key[len(TRUNK_PREFIX) :] in kept)
-    ]
-    dropped += [f"heads.{key}" for key in heads]
+    kept, left = extract(trunk, TRUNK_PREFIX, CLASSIFIER_PREFIX)
+    dropped = [f"{where}{key}" for key in left] + [f"heads.{key}" for key in heads]
     return ConvertedCheckpoint(
         state_dict=kept,
         backbone=infer_resnet_spec(kept),
