@@ -124,6 +124,11 @@ def _build_tiny_resnet(**kwargs: Any) -> tuple[nn.Module, int]:
     return model, model.feature_dim
 
 
+TORCHVISION_BUILD_OPTIONS = ("cifar_stem", "cifar_stem_padding", "tf_same_padding")
+"""Options of the ``torchvision`` family that mile_ssl applies after construction; they
+are not arguments of ``torchvision.models.get_model``."""
+
+
 @register_builder("torchvision")
 def _build_torchvision(
     arch: str,

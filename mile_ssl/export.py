@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from mile_ssl.adapters.registry import resolve_checkpoint_path
+from mile_ssl.backbones import TORCHVISION_BUILD_OPTIONS, BackboneSpec, build_backbone
 from mile_ssl.config import MULTI_LABEL_METHODS
 from mile_ssl.evaluate import read_run_checkpoint
 from mile_ssl.method import CHECKPOINT_KEY
@@ -47,9 +48,6 @@ STUDENT_PREFIX = "student."
 
 EXPORT_FORMAT_VERSION = 1
 
-_TORCHVISION_BUILD_ONLY_KWARGS = ("cifar_stem", "tf_same_padding")
-"""mile_ssl builder options that modify a torchvision model after construction; they are
-not arguments of ``torchvision.models.get_model``."""
 
 _HYDRA_CONFIG = Path(".hydra") / "config.yaml"
 
@@ -147,19 +145,14 @@ def _module_name(model: nn.Module, target: nn.Module) -> str:
 
 
 def _torchvision_reference(arch: str, kwargs: Mapping[str, Any], num_classes: int) -> nn.Module:
-    import torchvision.models
+    """The backbone exactly as mile_ssl builds it (stem options included), with a head."""
 
-    constructor = {k: v for k, v in kwargs.items() if k not in _TORCHVISION_BUILD_ONLY_KWARGS}
-    model = _meta_model(
-        lambda: torchvision.models.get_model(
-            arch, weights=None, num_classes=num_classes, **constructor
-        )
-    )
-    if kwargs.get("cifar_stem"):
-        stem = model.get_submodule("conv1")
-        assert isinstance(stem, nn.Conv2d)
-        model.conv1 = nn.Conv2d(3, stem.out_channels, 3, stride=1, padding=1, bias=False)
-    return model
+    def build() -> nn.Module:
+        model, feature_dim = build_backbone(BackboneSpec(f"torchvision:{arch}", dict(kwargs)))
+        model.fc = nn.Linear(feature_dim, num_classes)
+        return model
+
+    return _meta_model(build)
 
 
 def _timm_reference(name: str, kwargs: Mapping[str, Any], num_classes: int) -> nn.Module:
@@ -212,7 +205,7 @@ def _torchvision_tensors(
         f"torchvision:{arch}",
         source,
     )
-    constructor = {k: v for k, v in kwargs.items() if k not in _TORCHVISION_BUILD_ONLY_KWARGS}
+    constructor = {k: v for k, v in kwargs.items() if k not in TORCHVISION_BUILD_OPTIONS}
     arguments = ", ".join(
         [repr(arch), "weights=None", f"num_classes={num_classes}"]
         + [f"{key}={value!r}" for key, value in constructor.items()]
@@ -228,8 +221,9 @@ def _torchvision_tensors(
     if kwargs.get("cifar_stem"):
         load["strict"] = False
         notes.append(
-            "replace conv1 by a 3x3 stride-1 convolution (no bias) and maxpool by Identity "
-            "before loading (CIFAR stem)"
+            "replace conv1 by a 3x3 stride-1 convolution (no bias, padding "
+            f"{kwargs.get('cifar_stem_padding', 1)}) and maxpool by Identity before loading "
+            "(CIFAR stem)"
         )
     if kwargs.get("tf_same_padding"):
         notes.append(

@@ -203,3 +203,18 @@ def test_run_folder_and_its_image_size_are_found(run_checkpoint: Path, tmp_path:
     files = export_checkpoint(run, tmp_path / "out", formats=("safetensors",))
     preprocessing = json.loads(files["json"].read_text())["preprocessing"]
     assert (preprocessing["image_size"], preprocessing["resize"]) == (48, 55)
+
+
+def test_cifar_stem_export_keeps_the_stem_and_says_how_to_build_it(tmp_path: Path) -> None:
+    # solo-learn's CIFAR stem: a 3x3 stride-1 conv1 with padding 2, no max-pool.
+    kwargs = {"cifar_stem": True, "cifar_stem_padding": 2}
+    module = _saved_run(tmp_path / "run.ckpt", "torchvision:resnet18", kwargs)
+    files = export_checkpoint(tmp_path / "run.ckpt", tmp_path / "out", formats=("torchvision",))
+    state_dict = torch.load(files["torchvision"], map_location="cpu", weights_only=True)
+    assert state_dict["conv1.weight"].shape == (64, 3, 3, 3)
+    torch.testing.assert_close(
+        state_dict["conv1.weight"], module.student.backbone.conv1.weight.detach().contiguous()
+    )
+    load = json.loads(files["json"].read_text())["load"]
+    assert load["strict"] is False and "padding 2" in load["note"]
+    assert "cifar_stem" not in load["model"]
