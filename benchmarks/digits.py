@@ -7,6 +7,13 @@ top-1, ReaL accuracy and mAP.
 
     python benchmarks/digits.py --fractions 1.0 0.1 --seeds 0 1 2 --init ssl scratch \
         --out digits.json
+
+Semi-supervised rows (paper Sec. 4.4): ``mile_semi`` and the baselines ``distill`` and
+``self_train``, whose fixed teacher is the ``--teacher-method`` run of the same seed,
+fraction and initialisation (trained first when it is not in ``--methods``):
+
+    python benchmarks/digits.py --fractions 0.1 0.01 --init scratch \
+        --methods softmax sigmoid mile mile_semi distill self_train trainer.max_steps=600
 """
 
 from __future__ import annotations
@@ -25,11 +32,11 @@ from typing import Any
 import torch
 
 from mile_ssl.backbones import BackboneSpec
-from mile_ssl.config import compose_train_config
+from mile_ssl.config import TEACHER_METHODS, compose_train_config
 from mile_ssl.data.digits import DigitGridConfig, make_digit_grids
 from mile_ssl.metrics import classification_report
 from mile_ssl.pretrain import pretrain_digits_simclr
-from mile_ssl.train import run_training
+from mile_ssl.train import RunResult, run_training
 
 METRIC_KEYS = (
     "f1@0.25",
@@ -50,6 +57,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--init", nargs="+", choices=["ssl", "scratch"], default=["ssl", "scratch"])
     parser.add_argument("--methods", nargs="+", default=["softmax", "sigmoid", "mile"])
+    parser.add_argument(
+        "--teacher-method",
+        default="softmax",
+        help="run whose last checkpoint is the fixed teacher of distill and self_train "
+        "(SimCLR-v2 distils its cross-entropy fine-tuned network)",
+    )
     parser.add_argument("--pretrain-steps", type=int, default=300)
     parser.add_argument("--workdir", type=Path, default=Path("runs/benchmark_digits"))
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
@@ -116,6 +129,37 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return summary
 
 
+def run_method(
+    args: argparse.Namespace,
+    method: str,
+    fraction: float,
+    seed: int,
+    init: str,
+    checkpoint: Path | None,
+    extra_overrides: list[str],
+) -> tuple[RunResult, dict[str, Any]]:
+    """Fine-tune one method in one setting; its result and benchmark row."""
+    init_overrides = [f"checkpoint.path={checkpoint}"] if init == "ssl" else ["checkpoint=scratch"]
+    config = compose_train_config(
+        [
+            "experiment=digits",
+            f"method={method}",
+            f"data.fraction={fraction}",
+            f"seed={seed}",
+            f"data.split_seed={seed}",
+            "trainer.progress_bar=false",
+            *init_overrides,
+            *extra_overrides,
+            *args.overrides,
+        ]
+    )
+    started = time.perf_counter()
+    name = f"{method}{args.tag}"
+    result = run_training(config, args.workdir / f"{init}_f{fraction}_s{seed}_{name}")
+    row = _row(name, fraction, seed, init, result.metrics, time.perf_counter() - started)
+    return result, row
+
+
 def main() -> None:
     args = parse_args()
     if args.threads:
@@ -138,33 +182,24 @@ def main() -> None:
             for fraction in args.fractions:
                 if not args.no_trivial:
                     rows.extend(trivial_rows(seed, fraction, init))
+                runs: dict[str, RunResult] = {}
                 for method in args.methods:
-                    init_overrides = (
-                        [f"checkpoint.path={checkpoint}"]
-                        if init == "ssl"
-                        else ["checkpoint=scratch"]
-                    )
-                    config = compose_train_config(
-                        [
-                            "experiment=digits",
-                            f"method={method}",
-                            f"data.fraction={fraction}",
-                            f"seed={seed}",
-                            f"data.split_seed={seed}",
-                            "trainer.progress_bar=false",
-                            *init_overrides,
-                            *args.overrides,
-                        ]
-                    )
-                    started = time.perf_counter()
-                    name = f"{method}{args.tag}"
-                    run_dir = args.workdir / f"{init}_f{fraction}_s{seed}_{name}"
-                    result = run_training(config, run_dir)
-                    row = _row(
-                        name, fraction, seed, init, result.metrics, time.perf_counter() - started
-                    )
-                    rows.append(row)
-                    print(json.dumps(row), file=sys.stderr, flush=True)
+                    needed = [method]
+                    if method in TEACHER_METHODS and args.teacher_method not in runs:
+                        needed.insert(0, args.teacher_method)
+                    for name in needed:
+                        teacher = runs.get(args.teacher_method)
+                        extra = (
+                            [f"distill.teacher_checkpoint={teacher.last_checkpoint}"]
+                            if (name in TEACHER_METHODS and teacher is not None)
+                            else []
+                        )
+                        result, row = run_method(
+                            args, name, fraction, seed, init, checkpoint, extra
+                        )
+                        runs[name] = result
+                        rows.append(row)
+                        print(json.dumps(row), file=sys.stderr, flush=True)
     payload = {"overrides": args.overrides, "rows": rows, "summary": summarise(rows)}
     text = json.dumps(payload, indent=2)
     if args.out is not None:
