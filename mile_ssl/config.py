@@ -84,6 +84,10 @@ class MileConfig:
             pseudo-label set is empty out of the student loss (the teacher is not
             confident about them, and training them as all-negative pushes the student
             towards the empty-set collapse); ``keep`` trains on them as all-negative.
+        strong_student_view: Noisy Student style: the teacher labels the usual (weak)
+            training view and the student learns from a strongly augmented view of the
+            same image (RandAugment for image folders; shifts, rotations and erasing
+            for digit grids). Also applies to ``distill`` and ``self_train``.
     """
 
     kt: int = 100
@@ -93,6 +97,7 @@ class MileConfig:
     semi_supervised: bool = False
     unlabeled_ratio: int = 7
     empty_pseudo_labels: str = "ignore"
+    strong_student_view: bool = False
 
     def __post_init__(self) -> None:
         _require(self.kt >= 1, "mile.kt", ">= 1", self.kt)
@@ -166,6 +171,12 @@ class DataConfig:
         eval_batch_size: Images per device in evaluation (default: ``batch_size``).
         num_workers: Loader worker processes per device.
         image_size: Training crop size of ``folder`` images.
+        unlabeled_root: Semi-supervised mode: a folder whose images (at any depth,
+            folder names ignored) are the unlabeled stream, instead of the training
+            images outside the label fraction.
+        unlabeled_list: Semi-supervised mode: a file listing the unlabeled images, one
+            path per line, relative to ``unlabeled_root`` if set, else to the list's
+            folder.
         digits: Digit-grid settings.
     """
 
@@ -184,6 +195,8 @@ class DataConfig:
     eval_batch_size: int | None = None
     num_workers: int = 0
     image_size: int = 224
+    unlabeled_root: str | None = None
+    unlabeled_list: str | None = None
     digits: DigitsConfig = field(default_factory=DigitsConfig)
 
     def __post_init__(self) -> None:

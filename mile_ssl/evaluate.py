@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,8 @@ def evaluate_checkpoint(
     checkpoint = read_run_checkpoint(path)
     module = module_from_checkpoint(checkpoint)
     preprocessing = Preprocessing.from_dict(module.metadata["preprocessing"])
+    # Only the validation set is read; unlabeled training sources play no part.
+    data = replace(data, unlabeled_root=None, unlabeled_list=None)
     datamodule = MILeDataModule(data, preprocessing)
     trainer = L.Trainer(
         accelerator=accelerator,

@@ -37,6 +37,7 @@ from mile_ssl.config import (
     MileConfig,
     OptimConfig,
 )
+from mile_ssl.data.views import STRONG_VIEW_KEY
 from mile_ssl.losses import (
     distillation_loss,
     multi_label_bce,
@@ -47,6 +48,7 @@ from mile_ssl.losses import (
 from mile_ssl.metrics import classification_report
 from mile_ssl.pseudo_labels import (
     PseudoLabelStats,
+    pseudo_label_quality,
     pseudo_label_stats,
     self_training_targets,
     threshold_pseudo_labels,
@@ -164,7 +166,9 @@ class MILeModule(L.LightningModule):
         self.completed_steps = 0
         self.validation_metrics: dict[str, float] = {}
         self._val_outputs: list[dict[str, torch.Tensor]] = []
-        self._phase_stats: list[tuple[float, float]] = []
+        self._phase_stats: list[dict[str, float]] = []
+        self.pseudo_label_history: list[dict[str, float]] = []
+        """Per MILe cycle: mean pseudo-label statistics of its student phase."""
 
     @property
     def multi_label(self) -> bool:
@@ -273,9 +277,9 @@ class MILeModule(L.LightningModule):
         elif position.phase is Phase.TEACHER:
             loss = self._teacher_step(images, labels, position)
         elif position.phase is Phase.DISTILL:
-            loss = self._distill_step(images, labels, batch)
+            loss = self._distill_step(images, self._student_view(batch, images), labels, batch)
         else:
-            loss = self._student_step(images, position, batch)
+            loss = self._student_step(images, self._student_view(batch, images), position, batch)
         self.completed_steps += 1
         self.log(f"train/{position.phase.value}_loss", loss.detach(), prog_bar=True)
         self.log("train/cycle", float(position.cycle))
@@ -299,37 +303,47 @@ class MILeModule(L.LightningModule):
         self._optimize(teacher_optimizer, loss)
         return loss
 
+    def _student_view(self, batch: dict[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+        """The strongly augmented view when the batch has one, else the images as they are."""
+        strong = batch.get(STRONG_VIEW_KEY)
+        return images if strong is None else self._prepare(strong)
+
     def _student_step(
-        self, images: torch.Tensor, position: StepPosition, batch: dict[str, torch.Tensor]
+        self,
+        images: torch.Tensor,
+        student_images: torch.Tensor,
+        position: StepPosition,
+        batch: dict[str, torch.Tensor],
     ) -> torch.Tensor:
+        """The teacher labels ``images``; the student learns from ``student_images``."""
         assert self.teacher is not None
         if position.starts_phase and not self.trains_teacher:
             copy_weights_(self.teacher, self.student)
         pseudo_labels = self.pseudo_label(images)
-        stats = pseudo_label_stats(pseudo_labels)
-        self._record_phase_stats(stats.mean_size, stats.empty_fraction, position)
-        logits = self.student(images)
-        if "labelled" in batch:
-            self._log_semi_supervised(pseudo_labels, batch)
-            if self.mile.empty_pseudo_labels == "ignore":
-                confident = pseudo_labels.any(dim=1)
-                if confident.any():
-                    logits, pseudo_labels = logits[confident], pseudo_labels[confident]
+        self._record_phase_stats(self._pseudo_label_stats(pseudo_labels, batch), position)
+        logits = self.student(student_images)
+        if "labelled" in batch and self.mile.empty_pseudo_labels == "ignore":
+            confident = pseudo_labels.any(dim=1)
+            if confident.any():
+                logits, pseudo_labels = logits[confident], pseudo_labels[confident]
         loss = multi_label_bce(logits, pseudo_labels)
         self._optimize(self._optimizer(0), loss)
-        self.log("train/pseudo_labels_per_image", stats.mean_size)
-        self.log("train/pseudo_empty_fraction", stats.empty_fraction)
         return loss
 
     def _distill_step(
-        self, images: torch.Tensor, labels: torch.Tensor, batch: dict[str, torch.Tensor]
+        self,
+        images: torch.Tensor,
+        student_images: torch.Tensor,
+        labels: torch.Tensor,
+        batch: dict[str, torch.Tensor],
     ) -> torch.Tensor:
+        """The fixed teacher's targets for ``images``; the student sees ``student_images``."""
         assert self._fixed_teacher is not None
         with torch.inference_mode():
             teacher_logits = self._fixed_teacher(images).float()
         teacher_logits = teacher_logits.clone()
         labelled = batch.get("labelled", torch.ones_like(labels, dtype=torch.bool))
-        logits = self.student(images)
+        logits = self.student(student_images)
         if self.method.name == "self_train":
             loss = softmax_cross_entropy(
                 logits, self_training_targets(teacher_logits, labels, labelled)
@@ -342,26 +356,33 @@ class MILeModule(L.LightningModule):
         self._optimize(self._optimizer(0), loss)
         return loss
 
-    def _log_semi_supervised(
-        self, pseudo_labels: torch.Tensor, batch: dict[str, torch.Tensor]
-    ) -> None:
-        """Pseudo-label statistics on labelled vs unlabeled images, and their quality.
+    @staticmethod
+    def _pseudo_label_stats(
+        pseudo_labels: torch.Tensor, batch: dict[str, torch.Tensor]
+    ) -> dict[str, float]:
+        """Pseudo-label set sizes, empty share and quality, overall and per stream.
 
-        Precision and recall are against the batch's ``label_set`` (the true label
-        sets on the digit grids; the single label elsewhere).
+        In semi-supervised batches the statistics are also split into labelled and
+        unlabeled images. Precision and recall are against the ``label_set`` each item
+        carries: the true label sets on the digit grids, the single label on image
+        folders; images without any known label are left out.
         """
-        labelled = batch["labelled"]
-        for name, rows in (("labelled", labelled), ("unlabeled", ~labelled)):
-            if rows.any():
-                stats = pseudo_label_stats(pseudo_labels[rows])
-                self.log(f"train/pseudo_labels_per_image_{name}", stats.mean_size)
-                self.log(f"train/pseudo_empty_fraction_{name}", stats.empty_fraction)
-        truth = batch["label_set"][~labelled]
-        predicted = pseudo_labels[~labelled]
-        if predicted.numel():
-            hits = (truth & predicted).sum().float()
-            self.log("train/pseudo_precision_unlabeled", hits / predicted.sum().clamp(min=1))
-            self.log("train/pseudo_recall_unlabeled", hits / truth.sum().clamp(min=1))
+        groups = {"": torch.ones(len(pseudo_labels), dtype=torch.bool)}
+        if "labelled" in batch:
+            groups["_labelled"] = batch["labelled"].cpu()
+            groups["_unlabeled"] = ~groups["_labelled"]
+        pseudo_labels, label_sets = pseudo_labels.cpu(), batch["label_set"].cpu()
+        stats: dict[str, float] = {}
+        for suffix, rows in groups.items():
+            if not rows.any():
+                continue
+            summary = pseudo_label_stats(pseudo_labels[rows])
+            stats[f"pseudo_labels_per_image{suffix}"] = summary.mean_size
+            stats[f"pseudo_empty_fraction{suffix}"] = summary.empty_fraction
+            quality = pseudo_label_quality(pseudo_labels[rows], label_sets[rows])
+            if quality is not None:
+                stats[f"pseudo_precision{suffix}"], stats[f"pseudo_recall{suffix}"] = quality
+        return stats
 
     def pseudo_label(self, images: torch.Tensor) -> torch.Tensor:
         """The teacher's multi-hot pseudo-labels for ``images`` (teacher in eval mode)."""
@@ -374,19 +395,30 @@ class MILeModule(L.LightningModule):
         # Inference tensors cannot be saved for backward; a clone outside is a normal one.
         return pseudo_labels.clone()
 
-    def _record_phase_stats(
-        self, mean_size: float, empty_fraction: float, position: StepPosition
-    ) -> None:
-        self._phase_stats.append((mean_size, empty_fraction))
+    def _record_phase_stats(self, stats: dict[str, float], position: StepPosition) -> None:
+        """Log one student step's statistics; at the phase end, the cycle's means.
+
+        Cycle means also go to :attr:`pseudo_label_history` (saved in checkpoints), and a
+        cycle whose pseudo-labels look collapsed is reported as a warning.
+        """
+        for name, value in stats.items():
+            self.log(f"train/{name}", value)
+        self._phase_stats.append(stats)
         if position.step_in_phase != self.mile.ks - 1:
             return
-        sizes, empties = zip(*self._phase_stats, strict=True)
+        means = {
+            name: sum(values) / len(values)
+            for name in self._phase_stats[-1]
+            if (values := [step[name] for step in self._phase_stats if name in step])
+        }
         self._phase_stats.clear()
-        mean_size = sum(sizes) / len(sizes)
-        empty_fraction = sum(empties) / len(empties)
-        self.log("train/cycle_pseudo_labels_per_image", mean_size)
-        self.log("train/cycle_pseudo_empty_fraction", empty_fraction)
-        reason = PseudoLabelStats(mean_size, empty_fraction).collapse_reason(self.num_classes)
+        for name, value in means.items():
+            self.log(f"train/cycle_{name}", value)
+        self.pseudo_label_history.append(
+            {"cycle": position.cycle, "step": self.completed_steps + 1, **means}
+        )
+        summary = PseudoLabelStats(means["pseudo_labels_per_image"], means["pseudo_empty_fraction"])
+        reason = summary.collapse_reason(self.num_classes)
         if reason is not None:
             log.warning("MILe cycle %d: pseudo-labels collapsed: %s", position.cycle, reason)
 
@@ -450,6 +482,8 @@ class MILeModule(L.LightningModule):
             "mile": asdict(self.mile),
             "optim": asdict(self.optim),
             "metadata": self.metadata,
+            "pseudo_label_history": self.pseudo_label_history,
+            "phase_stats": self._phase_stats,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -469,6 +503,8 @@ class MILeModule(L.LightningModule):
                     f"this run's {value}"
                 )
         self.completed_steps = int(state["completed_steps"])
+        self.pseudo_label_history = list(state.get("pseudo_label_history", []))
+        self._phase_stats = list(state.get("phase_stats", []))
 
 
 def _gather(module: L.LightningModule, tensor: torch.Tensor) -> torch.Tensor:

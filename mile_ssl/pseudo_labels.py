@@ -60,6 +60,29 @@ def pseudo_label_stats(pseudo_labels: torch.Tensor) -> PseudoLabelStats:
     )
 
 
+def pseudo_label_quality(
+    pseudo_labels: torch.Tensor, label_sets: torch.Tensor
+) -> tuple[float, float] | None:
+    """Micro precision and recall of pseudo-labels against known label sets.
+
+    Rows whose label set is empty (images without any known label, e.g. from an
+    unlabeled folder) are left out.
+
+    Args:
+        pseudo_labels: Multi-hot pseudo-labels ``(B, C)``.
+        label_sets: Multi-hot true label sets ``(B, C)``.
+
+    Returns:
+        ``(precision, recall)``, or ``None`` when no row has a known label set.
+    """
+    known = label_sets.any(dim=1)
+    if not known.any():
+        return None
+    predicted, truth = pseudo_labels[known], label_sets[known]
+    hits = float((predicted & truth).sum())
+    return hits / max(float(predicted.sum()), 1.0), hits / float(truth.sum())
+
+
 def self_training_targets(
     teacher_logits: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor
 ) -> torch.Tensor:

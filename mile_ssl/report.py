@@ -78,3 +78,47 @@ def plot_metrics(
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+PSEUDO_LABEL_PANELS: tuple[tuple[str, str], ...] = (
+    ("pseudo_labels_per_image", "pseudo-labels per image"),
+    ("pseudo_empty_fraction", "share of empty sets"),
+    ("pseudo_precision", "precision vs true sets"),
+    ("pseudo_recall", "recall vs true sets"),
+)
+"""Statistic prefix and panel title of :func:`plot_pseudo_label_history`."""
+
+
+def plot_pseudo_label_history(path: str | Path, history: Sequence[Mapping[str, float]]) -> Path:
+    """Line plots of the per-cycle pseudo-label statistics over training.
+
+    One panel per statistic, one line per image group present (all images, and in
+    semi-supervised runs labelled and unlabeled images separately).
+
+    Args:
+        path: PNG file to write.
+        history: One mapping per cycle with ``step`` and the statistics
+            (:attr:`mile_ssl.method.MILeModule.pseudo_label_history`).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    steps = [entry["step"] for entry in history]
+    figure, axes = plt.subplots(1, len(PSEUDO_LABEL_PANELS), figsize=(14, 3.4))
+    for axis, (prefix, title) in zip(axes, PSEUDO_LABEL_PANELS, strict=True):
+        for suffix, group in (("", "all"), ("_labelled", "labelled"), ("_unlabeled", "unlabeled")):
+            key = prefix + suffix
+            if any(key in entry for entry in history):
+                values = [entry.get(key, float("nan")) for entry in history]
+                axis.plot(steps, values, marker="o", markersize=3, label=group)
+        axis.set_title(title, fontsize="medium")
+        axis.set_xlabel("step")
+        axis.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

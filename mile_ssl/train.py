@@ -7,7 +7,6 @@ call it with composed configs, so every route trains the same way.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import warnings
@@ -34,6 +33,7 @@ from mile_ssl.data.datamodule import MILeDataModule, UnlabeledStream
 from mile_ssl.evaluate import module_from_checkpoint, read_run_checkpoint
 from mile_ssl.method import MILeModule
 from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.report import plot_pseudo_label_history, write_json
 from mile_ssl.schedule import Phase, mile_position
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 METRICS_FILE = "metrics.json"
+PSEUDO_LABELS_FILE = "pseudo_labels.json"
+PSEUDO_LABELS_PLOT = "pseudo_labels.png"
 RESOLVED_CONFIG_FILE = "resolved_config.yaml"
 
 
@@ -240,6 +242,11 @@ def unlabeled_stream(config: TrainConfig) -> UnlabeledStream | None:
     return None
 
 
+def uses_student_view(config: TrainConfig) -> bool:
+    """Whether a student learns from targets another network computes (MILe, baselines)."""
+    return config.method.name == "mile" or config.method.name in TEACHER_METHODS
+
+
 def load_fixed_teacher(config: TrainConfig, student: LoadedBackbone) -> nn.Module | None:
     """The fine-tuned network ``distill`` / ``self_train`` learn from, or ``None``.
 
@@ -281,7 +288,12 @@ def run_training(config: TrainConfig, output_dir: str | Path) -> RunResult:
     loaded = initial_backbone(config.backbone, config.checkpoint)
     unlabeled = unlabeled_stream(config)
     fixed_teacher = load_fixed_teacher(config, loaded)
-    datamodule = MILeDataModule(config.data, loaded.preprocessing, unlabeled)
+    datamodule = MILeDataModule(
+        config.data,
+        loaded.preprocessing,
+        unlabeled,
+        strong_student_view=config.mile.strong_student_view and uses_student_view(config),
+    )
     config = resolve_epochs(config, len(datamodule.train_indices))
     module = MILeModule(
         loaded.module,
@@ -322,7 +334,10 @@ def run_training(config: TrainConfig, output_dir: str | Path) -> RunResult:
             "adapter": loaded.adapter,
             "checkpoint": str(loaded.source) if loaded.source else None,
         }
-        (output_dir / METRICS_FILE).write_text(json.dumps(payload, indent=2) + "\n")
+        write_json(output_dir / METRICS_FILE, payload)
+        if module.pseudo_label_history:
+            write_json(output_dir / PSEUDO_LABELS_FILE, module.pseudo_label_history)
+            plot_pseudo_label_history(output_dir / PSEUDO_LABELS_PLOT, module.pseudo_label_history)
     return RunResult(
         metrics=metrics,
         output_dir=output_dir,

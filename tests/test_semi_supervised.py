@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -187,3 +188,152 @@ def test_distill_and_self_train_learn_from_a_frozen_earlier_run(
     assert all(torch.equal(teacher_state[key], after[key]) for key in teacher_state)
     with pytest.raises(ValueError, match="distill.teacher_checkpoint"):
         run_training(tiny_config("method=distill", "data.fraction=0.25"), tmp_path / "none")
+
+
+class ViewWatcher(L.Callback):
+    """Records each batch and the inputs the teacher (labelling) and student receive."""
+
+    def __init__(self) -> None:
+        self.batches: list[dict[str, torch.Tensor]] = []
+        self.labelled_inputs: list[torch.Tensor] = []
+        self.student_inputs: list[torch.Tensor] = []
+
+    def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
+        def teacher_hook(network: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            if not network.training:
+                self.labelled_inputs.append(inputs[0].detach().clone())
+
+        def student_hook(network: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            if network.training:  # not validation
+                self.student_inputs.append(inputs[0].detach().clone())
+
+        module.teacher.register_forward_pre_hook(teacher_hook)
+        module.student.register_forward_pre_hook(student_hook)
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, *args: Any) -> None:
+        self.batches.append({key: value.clone() for key, value in batch.items()})
+
+
+def test_teacher_labels_the_weak_view_and_the_student_learns_from_the_strong_one(
+    tiny_config, tmp_path: Path
+) -> None:
+    config: TrainConfig = tiny_config(
+        *SEMI, "mile.variant=snapshot", "mile.strong_student_view=true", "trainer.max_steps=4"
+    )
+    loaded = initial_backbone(config.backbone, config.checkpoint)
+    datamodule = MILeDataModule(
+        config.data,
+        loaded.preprocessing,
+        UnlabeledStream(3, lambda step: step % 4 >= 2),
+        strong_student_view=True,
+    )
+    module = MILeModule(
+        loaded.module, loaded.feature_dim, 10, method=config.method, mile=config.mile
+    )
+    watcher = ViewWatcher()
+    trainer = build_trainer(config.trainer, tmp_path)
+    trainer.callbacks.append(watcher)  # type: ignore[attr-defined]
+    trainer.fit(module, datamodule=datamodule)
+    # Steps 0, 1 (ground truth): the student sees the weak view of labelled images.
+    # Steps 2, 3: the teacher labels the weak view, the student trains on the strong view.
+    student_steps = watcher.student_inputs
+    assert len(student_steps) == 4 and len(watcher.labelled_inputs) == 2
+    for step in (0, 1):
+        assert torch.equal(student_steps[step], watcher.batches[step]["image"])
+    for step, labelled_input in zip((2, 3), watcher.labelled_inputs, strict=True):
+        batch = watcher.batches[step]
+        assert torch.equal(labelled_input, batch["image"])
+        assert torch.equal(student_steps[step], batch["image_strong"])
+        assert not torch.equal(batch["image"], batch["image_strong"])
+
+
+def _nested_unlabeled_folder(root: Path, count: int) -> list[Path]:
+    from PIL import Image
+
+    paths = []
+    for index in range(count):
+        path = root / f"part{index % 2}" / "deeper" / f"img{index}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (30, 30), 20 * index).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_unlabeled_root_replaces_the_complement_and_carries_no_labels(
+    tiny_config, tmp_path: Path
+) -> None:
+    _nested_unlabeled_folder(tmp_path / "extra", 40)
+    config: TrainConfig = tiny_config(
+        "method=mile_semi",
+        "data.fraction=1.0",
+        "data.batch_size=8",
+        "mile.unlabeled_ratio=2",
+        f"data.unlabeled_root={tmp_path / 'extra'}",
+    )
+    datamodule = MILeDataModule(config.data, Preprocessing(), UnlabeledStream(2, lambda step: True))
+    assert datamodule.unlabeled_indices == list(range(256, 296))
+    batch = next(iter(datamodule.train_dataloader()))
+    unlabeled = ~batch["labelled"]
+    assert int(unlabeled.sum()) == 16
+    assert batch["image"].shape == (24, 3, 24, 24)
+    assert (batch["index"][unlabeled] >= 256).all()
+    assert (batch["label"][unlabeled] == -1).all()
+    assert not batch["label_set"][unlabeled].any()
+    result = run_training(
+        tiny_config(
+            "method=mile_semi",
+            "data.fraction=1.0",
+            "data.batch_size=8",
+            "mile.unlabeled_ratio=2",
+            "mile.kt=1",
+            "mile.ks=1",
+            "trainer.max_steps=2",
+            f"data.unlabeled_root={tmp_path / 'extra'}",
+        ),
+        tmp_path / "run",
+    )
+    history = json.loads((result.output_dir / "pseudo_labels.json").read_text())
+    # Quality is measured where the truth is known: on labelled grids, not on the folder.
+    assert "pseudo_precision_labelled" in history[0]
+    assert "pseudo_precision_unlabeled" not in history[0]
+    assert "pseudo_labels_per_image_unlabeled" in history[0]
+
+
+def test_unlabeled_list_resolves_paths_and_names_missing_files(tiny_config, tmp_path: Path) -> None:
+    import pytest
+
+    paths = _nested_unlabeled_folder(tmp_path / "extra", 6)
+    listing = tmp_path / "extra" / "unlabeled.txt"
+    listing.write_text("\n".join(str(p.relative_to(listing.parent)) for p in paths[:4]) + "\n")
+    config: TrainConfig = tiny_config("data.fraction=0.5", f"data.unlabeled_list={listing}")
+    datamodule = MILeDataModule(config.data, Preprocessing(), UnlabeledStream(1, lambda s: True))
+    assert datamodule.unlabeled_indices == [256, 257, 258, 259]
+    listing.write_text("part0/deeper/img0.png\npart0/deeper/missing.png\n")
+    with pytest.raises(FileNotFoundError, match=r"unlabeled\.txt: 1 of 2 .*missing\.png"):
+        MILeDataModule(config.data, Preprocessing(), UnlabeledStream(1, lambda s: True))
+    with pytest.raises(ValueError, match="uses no unlabeled images"):
+        MILeDataModule(tiny_config(f"data.unlabeled_root={tmp_path}").data, Preprocessing())
+
+
+def test_pseudo_label_history_is_written_plotted_and_survives_resume(
+    tiny_config, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    overrides = (*SEMI, "trainer.max_steps=12", "trainer.checkpoint_every_n_steps=7")
+    full = run_training(tiny_config(*overrides), tmp_path / "full")
+    history = json.loads((full.output_dir / "pseudo_labels.json").read_text())
+    assert [entry["cycle"] for entry in history] == [0, 1, 2]
+    assert [entry["step"] for entry in history] == [4, 8, 12]
+    for entry in history:
+        assert 0 <= entry["pseudo_precision_unlabeled"] <= 1
+        assert 0 <= entry["pseudo_recall_unlabeled"] <= 1
+        assert entry["pseudo_labels_per_image"] >= 0
+    with Image.open(full.output_dir / "pseudo_labels.png") as image:
+        assert image.format == "PNG" and image.width > 1000
+    # Resumed between the two student steps of cycle 1: identical history.
+    resumed = run_training(
+        tiny_config(*overrides, f"trainer.resume_from={tmp_path / 'full/checkpoints/step7.ckpt'}"),
+        tmp_path / "resumed",
+    )
+    assert json.loads((resumed.output_dir / "pseudo_labels.json").read_text()) == history

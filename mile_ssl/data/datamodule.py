@@ -10,15 +10,23 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 from torchvision.transforms import v2
 
 from mile_ssl.config import DataConfig
-from mile_ssl.data.digits import CLASS_NAMES, DigitGridConfig, DigitGridDataset, make_digit_grids
+from mile_ssl.data.digits import (
+    CLASS_NAMES,
+    IMAGE_SIZE,
+    DigitGridConfig,
+    DigitGridDataset,
+    make_digit_grids,
+)
 from mile_ssl.data.folder import (
     LabeledImageFolder,
+    UnlabeledImages,
     eval_transform,
+    list_unlabeled_images,
     read_ground_truth,
     read_label_sets,
     read_split_file,
@@ -32,6 +40,7 @@ from mile_ssl.data.sampling import (
     StepDataLoader,
     stratified_fraction,
 )
+from mile_ssl.data.views import WeakStrongViews, strong_digit_transform, strong_image_transform
 from mile_ssl.preprocessing import Preprocessing
 
 
@@ -45,6 +54,8 @@ class Splits:
         train_names: File name of each training item (for split files), if any.
         val: Validation items with label sets.
         class_names: Name of each class.
+        image_transform: Training view(s) of a PIL image, as the training items get
+            them (for images from ``data.unlabeled_root`` / ``data.unlabeled_list``).
         default_split_file: Labelled subset to use when ``data.split_file`` is not set.
     """
 
@@ -53,11 +64,20 @@ class Splits:
     train_names: Sequence[str] | None
     val: Dataset[dict[str, torch.Tensor]]
     class_names: Sequence[str]
+    image_transform: Callable[..., Any]
     default_split_file: Path | None = None
 
 
-def digit_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
-    """The embedded digit grids (paper App. A.1)."""
+def _views(weak: Callable[..., Any], strong: Callable[..., Any] | None) -> Callable[..., Any]:
+    """``weak``, or both views when a strong transform is asked for."""
+    return weak if strong is None else WeakStrongViews(weak, strong)
+
+
+def digit_splits(config: DataConfig, preprocessing: Preprocessing, strong_view: bool) -> Splits:
+    """The embedded digit grids (paper App. A.1).
+
+    Images from outside (``data.unlabeled_root``) become grey 24 x 24 grids too.
+    """
     digits = config.digits
     train, val = make_digit_grids(
         DigitGridConfig(
@@ -68,22 +88,38 @@ def digit_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
         )
     )
     normalize = v2.Normalize(list(preprocessing.mean), list(preprocessing.std))
+    train_views = _views(normalize, strong_digit_transform(preprocessing) if strong_view else None)
+    from_pil = v2.Compose(
+        [
+            v2.Grayscale(num_output_channels=3),
+            v2.Resize((IMAGE_SIZE, IMAGE_SIZE), antialias=True),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
     return Splits(
-        train=DigitGridDataset(train, transform=normalize),
+        train=DigitGridDataset(train, transform=train_views),
         train_labels=train.labels.tolist(),
         train_names=None,
         val=DigitGridDataset(val, transform=normalize),
         class_names=CLASS_NAMES,
+        image_transform=v2.Compose([from_pil, train_views]),
     )
 
 
-def folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
+def _image_views(
+    config: DataConfig, preprocessing: Preprocessing, strong_view: bool
+) -> Callable[..., Any]:
+    strong = strong_image_transform(config.image_size, preprocessing) if strong_view else None
+    return _views(train_transform(config.image_size, preprocessing), strong)
+
+
+def folder_splits(config: DataConfig, preprocessing: Preprocessing, strong_view: bool) -> Splits:
     """``root/<train_dir>/<class>/*`` and ``root/<val_dir>/<class>/*``."""
     assert config.root is not None
     root = Path(config.root)
-    train = LabeledImageFolder(
-        root / config.train_dir, train_transform(config.image_size, preprocessing)
-    )
+    views = _image_views(config, preprocessing, strong_view)
+    train = LabeledImageFolder(root / config.train_dir, views)
     label_sets = None
     if config.val_label_sets is not None:
         label_sets = read_label_sets(config.val_label_sets, len(train.classes))
@@ -99,10 +135,11 @@ def folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
         train_names=train.file_names,
         val=val,
         class_names=train.classes,
+        image_transform=views,
     )
 
 
-def imagenet_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
+def imagenet_splits(config: DataConfig, preprocessing: Preprocessing, strong_view: bool) -> Splits:
     """ImageNet in the ImageFolder layout, evaluated with ImageNet-ReaL by file name.
 
     Class indices are positions in the sorted list of the 1,000 ImageNet-1k wnids (the
@@ -111,9 +148,8 @@ def imagenet_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
     assert config.root is not None
     root = Path(config.root)
     classes = imagenet_classes()
-    train = LabeledImageFolder(
-        root / config.train_dir, train_transform(config.image_size, preprocessing), classes=classes
-    )
+    views = _image_views(config, preprocessing, strong_view)
+    train = LabeledImageFolder(root / config.train_dir, views, classes=classes)
     label_sets = (
         read_label_sets(config.val_label_sets, len(classes))
         if config.val_label_sets is not None
@@ -137,6 +173,7 @@ def imagenet_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
         train_names=train.file_names,
         val=val,
         class_names=classes,
+        image_transform=views,
         default_split_file=standard,
     )
 
@@ -171,8 +208,11 @@ class MILeDataModule(L.LightningDataModule):
     Args:
         config: Data settings.
         preprocessing: Normalisation the backbone expects (from its checkpoint).
-        unlabeled: Semi-supervised mode: the training images outside the labelled
-            subset form a second, unlabeled stream.
+        unlabeled: Semi-supervised mode: a second, unlabeled stream, drawn from
+            ``data.unlabeled_root`` / ``data.unlabeled_list`` when set, else from the
+            training images outside the labelled subset.
+        strong_student_view: Training items also carry ``image_strong``, a strongly
+            augmented view for the student (:mod:`mile_ssl.data.views`).
     """
 
     def __init__(
@@ -180,23 +220,15 @@ class MILeDataModule(L.LightningDataModule):
         config: DataConfig,
         preprocessing: Preprocessing,
         unlabeled: UnlabeledStream | None = None,
+        strong_student_view: bool = False,
     ) -> None:
         super().__init__()
         self.config = config
         self.unlabeled = unlabeled
-        self.splits = SOURCES[config.name](config, preprocessing)
+        self.splits = SOURCES[config.name](config, preprocessing, strong_student_view)
         self.train_indices = self._labelled_indices()
-        self.unlabeled_indices: list[int] = []
-        if unlabeled is not None:
-            labelled = set(self.train_indices)
-            self.unlabeled_indices = [
-                index for index in range(len(self.splits.train_labels)) if index not in labelled
-            ]
-            if not self.unlabeled_indices:
-                raise ValueError(
-                    "mile.semi_supervised=true needs unlabeled images, but every training "
-                    "image is labelled: set data.fraction below 1 (or a smaller data.split_file)"
-                )
+        self.train_dataset: Dataset[dict[str, torch.Tensor]] = self.splits.train
+        self.unlabeled_indices = self._unlabeled_indices()
 
     @property
     def num_classes(self) -> int:
@@ -223,6 +255,37 @@ class MILeDataModule(L.LightningDataModule):
                 f"rank {self.trainer.global_rank} selected a different labelled subset than "
                 "rank 0; the dataset differs between processes (check data.root on every node)"
             )
+
+    def _unlabeled_indices(self) -> list[int]:
+        """Indices into :attr:`train_dataset` of the unlabeled stream (empty without one)."""
+        config = self.config
+        external = config.unlabeled_root is not None or config.unlabeled_list is not None
+        if self.unlabeled is None:
+            if external:
+                raise ValueError(
+                    "data.unlabeled_root / data.unlabeled_list are set, but this method uses "
+                    "no unlabeled images (use method=mile_semi, distill or self_train)"
+                )
+            return []
+        num_train = len(self.splits.train_labels)
+        if external:
+            images = UnlabeledImages(
+                list_unlabeled_images(config.unlabeled_root, config.unlabeled_list),
+                self.splits.image_transform,
+                self.num_classes,
+                first_index=num_train,
+            )
+            self.train_dataset = ConcatDataset([self.splits.train, images])
+            return list(range(num_train, num_train + len(images)))
+        labelled = set(self.train_indices)
+        indices = [index for index in range(num_train) if index not in labelled]
+        if not indices:
+            raise ValueError(
+                "semi-supervised training needs unlabeled images, but every training image "
+                "is labelled: set data.fraction below 1 (or a smaller data.split_file), or "
+                "data.unlabeled_root"
+            )
+        return indices
 
     def _labelled_indices(self) -> list[int]:
         split_file = self.config.split_file or self.splits.default_split_file
@@ -283,7 +346,7 @@ class MILeDataModule(L.LightningDataModule):
             world_size,
         )
         semi = SemiSupervisedBatchSampler(sampler, unlabeled, self.unlabeled.uses_unlabeled)
-        return self._loader(FlaggedDataset(self.splits.train), batch_sampler=semi)
+        return self._loader(FlaggedDataset(self.train_dataset), batch_sampler=semi)
 
     def val_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
         """The validation set in order, sharded across ranks."""

@@ -13,11 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from mile_ssl.data.views import image_fields
 
 CLASS_NAMES: tuple[str, ...] = tuple(str(d) for d in range(10))
 NUM_CLASSES = len(CLASS_NAMES)
@@ -198,12 +201,11 @@ class DigitGridDataset(Dataset[dict[str, Tensor]]):
 
     Args:
         grids: The split to serve.
-        transform: Optional callable applied to each float ``(3, 24, 24)`` image.
+        transform: Optional callable applied to each float ``(3, 24, 24)`` image; it
+            may return both views of :class:`~mile_ssl.data.views.WeakStrongViews`.
     """
 
-    def __init__(
-        self, grids: DigitGrids, transform: Callable[[Tensor], Tensor] | None = None
-    ) -> None:
+    def __init__(self, grids: DigitGrids, transform: Callable[[Tensor], Any] | None = None) -> None:
         self.grids = grids
         self.transform = transform
         self._indices = torch.arange(len(grids), dtype=torch.long)
@@ -228,13 +230,13 @@ class DigitGridDataset(Dataset[dict[str, Tensor]]):
         return index
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        """Return ``{"image", "label", "label_set", "index"}`` for grid ``index``."""
+        """Return ``{"image", "label", "label_set", "index"}`` for grid ``index``.
+
+        A :class:`~mile_ssl.data.views.WeakStrongViews` transform adds ``image_strong``.
+        """
         index = self._check_index(index)
-        image = self._images()[index].clone()
-        if self.transform is not None:
-            image = self.transform(image)
         return {
-            "image": image,
+            **image_fields(self.transform, self._images()[index].clone()),
             "label": self.grids.labels[index],
             "label_set": self.grids.label_sets[index],
             "index": self._indices[index],
@@ -244,12 +246,15 @@ class DigitGridDataset(Dataset[dict[str, Tensor]]):
         """Batched form of :meth:`__getitem__`: one gather per field instead of per item."""
         idx = torch.as_tensor([self._check_index(i) for i in indices], dtype=torch.long)
         images = self._images().index_select(0, idx).unbind(0)
-        if self.transform is not None:
-            images = tuple(self.transform(image) for image in images)
         labels = self.grids.labels.index_select(0, idx).unbind(0)
         label_sets = self.grids.label_sets.index_select(0, idx).unbind(0)
         return [
-            {"image": image, "label": label, "label_set": label_set, "index": i}
+            {
+                **image_fields(self.transform, image),
+                "label": label,
+                "label_set": label_set,
+                "index": i,
+            }
             for image, label, label_set, i in zip(
                 images, labels, label_sets, idx.unbind(0), strict=True
             )

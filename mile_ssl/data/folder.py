@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -14,6 +15,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import default_loader
 from torchvision.transforms import v2
 
+from mile_ssl.data.views import image_fields
 from mile_ssl.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,8 @@ class LabeledImageFolder(Dataset[dict[str, Tensor]]):
 
     Args:
         root: Folder with one sub-folder per class (sorted names give class indices).
-        transform: Maps a PIL image to a tensor.
+        transform: Maps a PIL image to a tensor (or to both views of
+            :class:`~mile_ssl.data.views.WeakStrongViews`).
         label_sets: File name -> class indices; files not listed get ``{label}``.
         classes: Class folder names to use (e.g. the training split's), default: the
             sub-folders of ``root``.
@@ -61,7 +64,7 @@ class LabeledImageFolder(Dataset[dict[str, Tensor]]):
     def __init__(
         self,
         root: str | Path,
-        transform: Callable[..., Tensor],
+        transform: Callable[..., Any],
         label_sets: Mapping[str, Sequence[int]] | None = None,
         classes: Sequence[str] | None = None,
         labels: Mapping[str, int] | None = None,
@@ -106,11 +109,83 @@ class LabeledImageFolder(Dataset[dict[str, Tensor]]):
         label_set = torch.zeros(len(self.classes), dtype=torch.bool)
         label_set[list(self.label_sets.get(Path(path).name, [label]))] = True
         return {
-            "image": self.transform(default_loader(path)),
+            **image_fields(self.transform, default_loader(path)),
             "label": torch.tensor(label),
             "label_set": label_set,
             "index": torch.tensor(index),
         }
+
+
+class UnlabeledImages(Dataset[dict[str, Tensor]]):
+    """Images without labels for the semi-supervised student (``data.unlabeled_*``).
+
+    Items carry label -1 and an empty label set, so nothing can mistake them for
+    labelled images and pseudo-label quality is not measured on them.
+
+    Args:
+        paths: Image files.
+        transform: Maps a PIL image to the training view(s).
+        num_classes: Width of the (empty) label set.
+        first_index: ``index`` of the first item (keeps indices unique when these
+            images are appended to a training set).
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        transform: Callable[..., Any],
+        num_classes: int,
+        first_index: int = 0,
+    ) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+        self.num_classes = num_classes
+        self.first_index = first_index
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return {
+            **image_fields(self.transform, default_loader(str(self.paths[index]))),
+            "label": torch.tensor(-1),
+            "label_set": torch.zeros(self.num_classes, dtype=torch.bool),
+            "index": torch.tensor(self.first_index + index),
+        }
+
+
+def list_unlabeled_images(root: str | Path | None, file_list: str | Path | None) -> list[Path]:
+    """Image files of ``data.unlabeled_root`` and/or ``data.unlabeled_list``.
+
+    ``root`` alone: every image below it, at any depth, sorted. ``file_list`` (one path
+    per line): the listed images; relative paths resolve against ``root`` if given,
+    else against the list's folder.
+
+    Raises:
+        FileNotFoundError: Naming the missing folder, or the list and its first
+            missing images.
+        ValueError: If no image is found.
+    """
+    if root is not None and not Path(root).is_dir():
+        raise FileNotFoundError(f"data.unlabeled_root: folder {root} does not exist")
+    if file_list is None:
+        assert root is not None
+        paths = sorted(path for path in Path(root).rglob("*") if path.suffix in _EXTENSIONS)
+        source = f"data.unlabeled_root={root}"
+    else:
+        base = Path(root) if root is not None else Path(file_list).parent
+        lines = Path(file_list).read_text().splitlines()
+        paths = [base / line.strip() for line in lines if line.strip()]
+        missing = [str(path) for path in paths if not path.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"data.unlabeled_list={file_list}: {len(missing)} of {len(paths)} listed "
+                f"images do not exist, e.g. {missing[:3]}"
+            )
+        source = f"data.unlabeled_list={file_list}"
+    if not paths:
+        raise ValueError(f"{source}: no images ({', '.join(_EXTENSIONS)}) found")
+    return paths
 
 
 def _flat_samples(root: Path, labels: Mapping[str, int]) -> list[tuple[str, int]]:
