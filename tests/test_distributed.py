@@ -83,3 +83,92 @@ def test_two_process_ddp_matches_single_process(
     assert (
         torch.load(resumed.last_checkpoint, weights_only=True)["mile_ssl"]["completed_steps"] == 8
     )
+
+
+SHARD_SCRIPT = '''
+"""Semi-supervised MILe under 2-process DDP; each rank writes the indices it trained on."""
+import json
+import sys
+from pathlib import Path
+
+import lightning as L
+
+from mile_ssl.config import compose_train_config
+from mile_ssl.data.datamodule import MILeDataModule
+from mile_ssl.method import MILeModule
+from mile_ssl.train import build_trainer, initial_backbone, unlabeled_stream
+
+
+class RecordIndices(L.Callback):
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.steps: list[dict[str, list[int]]] = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        flags = batch["labelled"]
+        self.steps.append(
+            {
+                "labelled": batch["index"][flags].tolist(),
+                "unlabeled": batch["index"][~flags].tolist(),
+            }
+        )
+
+    def on_train_end(self, trainer, module) -> None:
+        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.steps))
+
+
+out = Path(sys.argv[1])
+config = compose_train_config(sys.argv[2:])
+loaded = initial_backbone(config.backbone, config.checkpoint)
+datamodule = MILeDataModule(config.data, loaded.preprocessing, unlabeled_stream(config))
+module = MILeModule(
+    loaded.module, loaded.feature_dim, datamodule.num_classes,
+    method=config.method, mile=config.mile, optim=config.optim,
+)
+trainer = build_trainer(config.trainer, out)
+trainer.callbacks.append(RecordIndices(out))
+trainer.fit(module, datamodule=datamodule)
+'''
+
+
+def test_two_process_ddp_draws_disjoint_unlabeled_shards(
+    tmp_path: Path, tiny_overrides: list[str]
+) -> None:
+    script = tmp_path / "semi_ddp.py"
+    script.write_text(SHARD_SCRIPT)
+    overrides = [
+        *tiny_overrides,
+        "method=mile_semi",
+        "mile.kt=2",
+        "mile.ks=2",
+        "mile.unlabeled_ratio=3",
+        "data.fraction=0.25",
+        "data.batch_size=8",
+        "trainer.max_steps=6",
+        "trainer=ddp_cpu",
+        "trainer.precision=32-true",
+    ]
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), *overrides],
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 6
+    labelled_pool: set[int] = set()
+    unlabeled_seen: set[int] = set()
+    for step, (first, second) in enumerate(zip(*ranks, strict=True)):
+        student_step = step % 4 >= 2
+        for shard in (first, second):
+            assert len(shard["labelled"]) == 8
+            assert len(shard["unlabeled"]) == (24 if student_step else 0)
+        assert not set(first["labelled"]) & set(second["labelled"])
+        assert not set(first["unlabeled"]) & set(second["unlabeled"])
+        labelled_pool |= set(first["labelled"]) | set(second["labelled"])
+        unlabeled_seen |= set(first["unlabeled"]) | set(second["unlabeled"])
+    assert len(unlabeled_seen) == 2 * 2 * 24  # two student steps, two disjoint shards
+    assert not labelled_pool & unlabeled_seen
