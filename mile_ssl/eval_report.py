@@ -8,7 +8,6 @@ matched to the validation images by file name.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -58,16 +57,6 @@ def _label_sets_source(data: DataConfig) -> str | None:
     return None
 
 
-def evaluation_data(data: DataConfig) -> DataConfig:
-    """``data`` without a labelled-subset selection, which evaluation never uses.
-
-    The data module also selects the training subset; a 1 % / 10 % split list that does
-    not match the training folder (a partial copy, a validation-only machine) would stop
-    an evaluation that does not need it.
-    """
-    return replace(data, fraction=1.0, split_file=None, allow_missing=True)
-
-
 def eval_command_result(
     run_checkpoint: str | Path,
     data_config: DataConfig,
@@ -107,9 +96,7 @@ def eval_command_result(
             + (f"; only in the dataset: {only_data}" if only_data else "")
             + ("" if only_model or only_data else "; the class order differs")
         )
-    metrics = evaluate_checkpoint(
-        source, evaluation_data(data_config), precision=precision, accelerator=accelerator
-    )
+    metrics = evaluate_checkpoint(source, data_config, precision=precision, accelerator=accelerator)
     return {
         "checkpoint": {
             "path": str(source),

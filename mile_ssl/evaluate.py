@@ -49,6 +49,24 @@ def module_from_checkpoint(checkpoint: dict[str, Any]) -> MILeModule:
     return module
 
 
+def validation_only(data: DataConfig) -> DataConfig:
+    """``data`` without the training-side selections, which evaluation never reads.
+
+    The data module also selects the labelled subset and the unlabeled stream; a 1 % /
+    10 % split list that does not match the training folder (a partial copy, a
+    validation-only machine) or a missing unlabeled folder would otherwise stop an
+    evaluation that does not need them.
+    """
+    return replace(
+        data,
+        fraction=1.0,
+        split_file=None,
+        allow_missing=True,
+        unlabeled_root=None,
+        unlabeled_list=None,
+    )
+
+
 def evaluate_checkpoint(
     path: str | Path, data: DataConfig, *, precision: str = "32-true", accelerator: str = "auto"
 ) -> dict[str, float]:
@@ -63,9 +81,7 @@ def evaluate_checkpoint(
     checkpoint = read_run_checkpoint(path)
     module = module_from_checkpoint(checkpoint)
     preprocessing = Preprocessing.from_dict(module.metadata["preprocessing"])
-    # Only the validation set is read; unlabeled training sources play no part.
-    data = replace(data, unlabeled_root=None, unlabeled_list=None)
-    datamodule = MILeDataModule(data, preprocessing)
+    datamodule = MILeDataModule(validation_only(data), preprocessing)
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=1,

@@ -117,6 +117,10 @@ def plot_pseudo_label_history(path: str | Path, history: Sequence[Mapping[str, f
                 axis.plot(steps, values, marker="o", markersize=3, label=group)
         axis.set_title(title, fontsize="medium")
         axis.set_xlabel("step")
+        if prefix == "pseudo_labels_per_image":
+            axis.set_ylim(bottom=0)
+        else:
+            axis.set_ylim(0, 1.02)  # shares
         axis.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
