@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,8 @@ import torch
 
 from mile_ssl.backbones import BackboneSpec, build_backbone
 from mile_ssl.config import DataConfig, MethodConfig, MileConfig, OptimConfig
-from mile_ssl.data.datamodule import MILeDataModule
+from mile_ssl.data.datamodule import data_loader
+from mile_ssl.data.sources import validation_set
 from mile_ssl.method import CHECKPOINT_KEY, MILeModule
 from mile_ssl.preprocessing import Preprocessing
 
@@ -49,24 +49,6 @@ def module_from_checkpoint(checkpoint: dict[str, Any]) -> MILeModule:
     return module
 
 
-def validation_only(data: DataConfig) -> DataConfig:
-    """``data`` without the training-side selections, which evaluation never reads.
-
-    The data module also selects the labelled subset and the unlabeled stream; a 1 % /
-    10 % split list that does not match the training folder (a partial copy, a
-    validation-only machine) or a missing unlabeled folder would otherwise stop an
-    evaluation that does not need them.
-    """
-    return replace(
-        data,
-        fraction=1.0,
-        split_file=None,
-        allow_missing=True,
-        unlabeled_root=None,
-        unlabeled_list=None,
-    )
-
-
 def evaluate_checkpoint(
     path: str | Path, data: DataConfig, *, precision: str = "32-true", accelerator: str = "auto"
 ) -> dict[str, float]:
@@ -81,7 +63,10 @@ def evaluate_checkpoint(
     checkpoint = read_run_checkpoint(path)
     module = module_from_checkpoint(checkpoint)
     preprocessing = Preprocessing.from_dict(module.metadata["preprocessing"])
-    datamodule = MILeDataModule(validation_only(data), preprocessing)
+    # The validation set alone: the training folder is neither indexed nor needed.
+    loader = data_loader(
+        data, validation_set(data, preprocessing, module.metadata.get("class_names"))
+    )
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=1,
@@ -91,5 +76,5 @@ def evaluate_checkpoint(
         enable_model_summary=False,
         enable_checkpointing=False,
     )
-    trainer.validate(module, datamodule=datamodule, verbose=False)
+    trainer.validate(module, dataloaders=loader, verbose=False)
     return dict(module.validation_metrics)

@@ -126,3 +126,41 @@ def test_class_mismatch_names_checkpoint_and_dataset(
     ).data
     with pytest.raises(ValueError, match=r"last\.ckpt was trained on 1000 classes.*has 2"):
         eval_command_result(run_checkpoint, data, accelerator="cpu")
+
+
+def test_evaluation_needs_no_training_folder(
+    run_checkpoint: Path, imagenet_tree: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    # A machine that holds the validation images only, and an unlabeled folder setting
+    # left over from a semi-supervised run that does not exist here.
+    shutil.copytree(imagenet_tree / "val", tmp_path / "val")
+    data = compose_train_config(
+        [
+            *_overrides(tmp_path),
+            "data.fraction=0.01",
+            f"data.unlabeled_root={tmp_path / 'absent'}",
+        ]
+    ).data
+    metrics = eval_command_result(run_checkpoint, data, accelerator="cpu")["metrics"]
+    expected = _direct_metrics(run_checkpoint, imagenet_tree)
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-6, nan_ok=True), key
+
+
+def test_folder_evaluation_uses_the_checkpoint_classes(tmp_path: Path) -> None:
+    for split, count in (("train", 8), ("val", 3)):
+        for label, wnid in enumerate(("cat", "dog")):
+            for index in range(count):
+                _jpeg(tmp_path / "data" / split / wnid / f"{wnid}{index}.jpg", 10 * label + index)
+    overrides = [*TINY_OVERRIDES, "data=folder", "data.image_size=32", "data.batch_size=4"]
+    run = run_training(
+        compose_train_config([*overrides, f"data.root={tmp_path / 'data'}", "trainer.max_steps=2"]),
+        tmp_path / "run",
+    )
+    (tmp_path / "data" / "train").rename(tmp_path / "elsewhere")
+    data = compose_train_config([*overrides, f"data.root={tmp_path / 'data'}"]).data
+    metrics = eval_command_result(run.last_checkpoint, data, accelerator="cpu")["metrics"]
+    assert metrics["num_samples"] == 6
+    assert metrics["top1"] == pytest.approx(run.metrics["top1"])

@@ -5,34 +5,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
-from torchvision.transforms import v2
 
 from mile_ssl.config import DataConfig
-from mile_ssl.data.digits import (
-    CLASS_NAMES,
-    IMAGE_SIZE,
-    DigitGridConfig,
-    DigitGridDataset,
-    make_digit_grids,
-)
-from mile_ssl.data.folder import (
-    LabeledImageFolder,
-    UnlabeledImages,
-    eval_transform,
-    list_unlabeled_images,
-    read_ground_truth,
-    read_label_sets,
-    read_split_file,
-    train_transform,
-)
-from mile_ssl.data.imagenet import imagenet_classes, real_label_sets, shipped_split
+from mile_ssl.data.folder import UnlabeledImages, list_unlabeled_images, read_split_file
 from mile_ssl.data.sampling import (
     FlaggedDataset,
     SemiSupervisedBatchSampler,
@@ -40,148 +21,39 @@ from mile_ssl.data.sampling import (
     StepDataLoader,
     stratified_fraction,
 )
-from mile_ssl.data.views import WeakStrongViews, strong_digit_transform, strong_image_transform
+from mile_ssl.data.sources import SOURCES
 from mile_ssl.preprocessing import Preprocessing
 
 
-@dataclass
-class Splits:
-    """What a dataset source provides.
+def data_loader(
+    config: DataConfig,
+    dataset: Dataset[Any],
+    *,
+    batch_sampler: Sampler[Any] | None = None,
+    sampler: Sampler[int] | None = None,
+) -> DataLoader[Any]:
+    """A loader with the worker, pinning and prefetch settings of ``config``.
 
-    Attributes:
-        train: Training items.
-        train_labels: Single label of each training item (for stratified fractions).
-        train_names: File name of each training item (for split files), if any.
-        val: Validation items with label sets.
-        class_names: Name of each class.
-        image_transform: Training view(s) of a PIL image, as the training items get
-            them (for images from ``data.unlabeled_root`` / ``data.unlabeled_list``).
-        default_split_file: Labelled subset to use when ``data.split_file`` is not set.
+    With a ``batch_sampler`` it is a resumable :class:`StepDataLoader` (training);
+    otherwise it serves ``data.eval_batch_size`` (default ``data.batch_size``) images
+    per batch in order (evaluation).
     """
-
-    train: Dataset[dict[str, torch.Tensor]]
-    train_labels: Sequence[int]
-    train_names: Sequence[str] | None
-    val: Dataset[dict[str, torch.Tensor]]
-    class_names: Sequence[str]
-    image_transform: Callable[..., Any]
-    default_split_file: Path | None = None
-
-
-def _views(weak: Callable[..., Any], strong: Callable[..., Any] | None) -> Callable[..., Any]:
-    """``weak``, or both views when a strong transform is asked for."""
-    return weak if strong is None else WeakStrongViews(weak, strong)
-
-
-def digit_splits(config: DataConfig, preprocessing: Preprocessing, strong_view: bool) -> Splits:
-    """The embedded digit grids (paper App. A.1).
-
-    Images from outside (``data.unlabeled_root``) become grey 24 x 24 grids too.
-    """
-    digits = config.digits
-    train, val = make_digit_grids(
-        DigitGridConfig(
-            num_train=digits.num_train,
-            num_val=digits.num_val,
-            center_prob=digits.center_prob,
-            seed=config.split_seed,
-        )
-    )
-    normalize = v2.Normalize(list(preprocessing.mean), list(preprocessing.std))
-    train_views = _views(normalize, strong_digit_transform(preprocessing) if strong_view else None)
-    from_pil = v2.Compose(
-        [
-            v2.Grayscale(num_output_channels=3),
-            v2.Resize((IMAGE_SIZE, IMAGE_SIZE), antialias=True),
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-        ]
-    )
-    return Splits(
-        train=DigitGridDataset(train, transform=train_views),
-        train_labels=train.labels.tolist(),
-        train_names=None,
-        val=DigitGridDataset(val, transform=normalize),
-        class_names=CLASS_NAMES,
-        image_transform=v2.Compose([from_pil, train_views]),
-    )
-
-
-def _image_views(
-    config: DataConfig, preprocessing: Preprocessing, strong_view: bool
-) -> Callable[..., Any]:
-    strong = strong_image_transform(config.image_size, preprocessing) if strong_view else None
-    return _views(train_transform(config.image_size, preprocessing), strong)
-
-
-def folder_splits(config: DataConfig, preprocessing: Preprocessing, strong_view: bool) -> Splits:
-    """``root/<train_dir>/<class>/*`` and ``root/<val_dir>/<class>/*``."""
-    assert config.root is not None
-    root = Path(config.root)
-    views = _image_views(config, preprocessing, strong_view)
-    train = LabeledImageFolder(root / config.train_dir, views)
-    label_sets = None
-    if config.val_label_sets is not None:
-        label_sets = read_label_sets(config.val_label_sets, len(train.classes))
-    val = LabeledImageFolder(
-        root / config.val_dir,
-        eval_transform(config.image_size, preprocessing),
-        label_sets=label_sets,
-        classes=train.classes,
-    )
-    return Splits(
-        train=train,
-        train_labels=train.labels,
-        train_names=train.file_names,
-        val=val,
-        class_names=train.classes,
-        image_transform=views,
-    )
-
-
-def imagenet_splits(config: DataConfig, preprocessing: Preprocessing, strong_view: bool) -> Splits:
-    """ImageNet in the ImageFolder layout, evaluated with ImageNet-ReaL by file name.
-
-    Class indices are positions in the sorted list of the 1,000 ImageNet-1k wnids (the
-    index space of ``real.json``), also when the folder holds only some classes.
-    """
-    assert config.root is not None
-    root = Path(config.root)
-    classes = imagenet_classes()
-    views = _image_views(config, preprocessing, strong_view)
-    train = LabeledImageFolder(root / config.train_dir, views, classes=classes)
-    label_sets = (
-        read_label_sets(config.val_label_sets, len(classes))
-        if config.val_label_sets is not None
-        else real_label_sets()
-    )
-    val = LabeledImageFolder(
-        root / config.val_dir,
-        eval_transform(config.image_size, preprocessing),
-        label_sets=label_sets,
-        classes=classes,
-        labels=(
-            read_ground_truth(config.val_ground_truth, classes)
-            if config.val_ground_truth is not None
-            else None
-        ),
-    )
-    standard = shipped_split(config.fraction) if config.split == "simclr" else None
-    return Splits(
-        train=train,
-        train_labels=train.labels,
-        train_names=train.file_names,
-        val=val,
-        class_names=classes,
-        image_transform=views,
-        default_split_file=standard,
+    workers = config.num_workers
+    loader_class = DataLoader if batch_sampler is None else StepDataLoader
+    return loader_class(
+        dataset,
+        batch_size=(config.eval_batch_size or config.batch_size) if batch_sampler is None else 1,
+        sampler=sampler,
+        batch_sampler=batch_sampler,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
     )
 
 
 UNLABELED_SEED_OFFSET = 7919
 """The unlabeled stream's shuffle seed is ``data.split_seed`` plus this."""
-
-SOURCES = {"digits": digit_splits, "folder": folder_splits, "imagenet": imagenet_splits}
 
 
 @dataclass(frozen=True)
@@ -299,28 +171,6 @@ class MILeDataModule(L.LightningDataModule):
             self.splits.train_labels, self.config.fraction, self.config.split_seed
         )
 
-    def _loader(
-        self,
-        dataset: Dataset[Any],
-        *,
-        batch_sampler: Sampler[Any] | None = None,
-        batch_size: int | None = None,
-        sampler: Sampler[int] | None = None,
-    ) -> DataLoader[Any]:
-        """A loader with the worker, pinning and prefetch settings of ``data``."""
-        workers = self.config.num_workers
-        loader_class = DataLoader if batch_sampler is None else StepDataLoader
-        return loader_class(
-            dataset,
-            batch_size=batch_size if batch_sampler is None else 1,
-            sampler=sampler,
-            batch_sampler=batch_sampler,
-            num_workers=workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None,
-        )
-
     def train_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
         """Batches of the current step onwards (see :class:`StepBatchSampler`)."""
         trainer = self.trainer
@@ -336,7 +186,7 @@ class MILeDataModule(L.LightningDataModule):
             world_size,
         )
         if self.unlabeled is None:
-            return self._loader(self.splits.train, batch_sampler=sampler)
+            return data_loader(self.config, self.splits.train, batch_sampler=sampler)
         unlabeled = StepBatchSampler(
             self.unlabeled_indices,
             self.config.batch_size * self.unlabeled.ratio,
@@ -346,7 +196,7 @@ class MILeDataModule(L.LightningDataModule):
             world_size,
         )
         semi = SemiSupervisedBatchSampler(sampler, unlabeled, self.unlabeled.uses_unlabeled)
-        return self._loader(FlaggedDataset(self.train_dataset), batch_sampler=semi)
+        return data_loader(self.config, FlaggedDataset(self.train_dataset), batch_sampler=semi)
 
     def val_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
         """The validation set in order, sharded across ranks."""
@@ -358,8 +208,4 @@ class MILeDataModule(L.LightningDataModule):
                 rank=self.trainer.global_rank,
                 shuffle=False,
             )
-        return self._loader(
-            self.splits.val,
-            batch_size=self.config.eval_batch_size or self.config.batch_size,
-            sampler=sampler,
-        )
+        return data_loader(self.config, self.splits.val, sampler=sampler)
