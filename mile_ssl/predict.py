@@ -17,14 +17,11 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from mile_ssl.data.folder import eval_transform
+from mile_ssl.data.folder import collect_images, eval_transform
 from mile_ssl.evaluate import module_from_checkpoint, read_run_checkpoint
 from mile_ssl.export import resolve_run_checkpoint, run_image_size
 from mile_ssl.metrics import class_probabilities, predicted_sets
 from mile_ssl.preprocessing import Preprocessing
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
-"""File endings (any case) collected from folders; files named explicitly are always tried."""
 
 DEFAULT_IMAGE_SIZE = 224
 """Crop size when neither the caller nor the run's config gives one."""
@@ -55,41 +52,6 @@ def display_names(class_names: Sequence[str]) -> list[str]:
     """Readable names: ImageNet wnids (``n01440764``) become ``tench``; others stay as stored."""
     names = imagenet_class_names()
     return [names.get(name, name) for name in class_names]
-
-
-def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
-    """Image files named in ``inputs``: files as given, folders searched recursively.
-
-    Folder contents are sorted so that results come in a stable order; a file reached
-    twice is listed once.
-
-    Raises:
-        FileNotFoundError: Naming an input that does not exist.
-        ValueError: Naming a folder without images, or if no input was given.
-    """
-    found: dict[Path, None] = {}
-    for entry in inputs:
-        path = Path(entry)
-        if path.is_dir():
-            images = sorted(
-                child
-                for child in path.rglob("*")
-                if child.is_file()
-                and child.suffix.lower() in IMAGE_SUFFIXES
-                and not child.name.startswith(".")
-            )
-            if not images:
-                raise ValueError(
-                    f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {path}"
-                )
-            found.update(dict.fromkeys(images))
-        elif path.is_file():
-            found[path] = None
-        else:
-            raise FileNotFoundError(f"image or folder not found: {path}")
-    if not found:
-        raise ValueError("no images to predict: pass image files or folders")
-    return list(found)
 
 
 def _load_image(path: Path) -> Image.Image:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,45 @@ from mile_ssl.data.views import image_fields
 from mile_ssl.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
+
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
+"""File endings (any case) taken as images when folders are searched."""
+
+
+def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
+    """Image files named in ``inputs``: files as given, folders searched recursively.
+
+    Folder contents are sorted so that results come in a stable order; a file reached
+    twice is listed once.
+
+    Raises:
+        FileNotFoundError: Naming an input that does not exist.
+        ValueError: Naming a folder without images, or if no input was given.
+    """
+    found: dict[Path, None] = {}
+    for entry in inputs:
+        path = Path(entry)
+        if path.is_dir():
+            images = sorted(
+                child
+                for child in path.rglob("*")
+                if child.is_file()
+                and child.suffix.lower() in IMAGE_SUFFIXES
+                and not child.name.startswith(".")
+            )
+            if not images:
+                raise ValueError(
+                    f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {path}"
+                )
+            found.update(dict.fromkeys(images))
+        elif path.is_file():
+            found[path] = None
+        else:
+            raise FileNotFoundError(f"image or folder not found: {path}")
+    if not found:
+        raise ValueError("no images given: pass image files or folders")
+    return list(found)
 
 
 def train_transform(image_size: int, preprocessing: Preprocessing) -> Callable[..., Tensor]:
@@ -84,10 +123,12 @@ class LabeledImageFolder(Dataset[dict[str, Tensor]]):
                 )
             class_to_idx = {name: index for index, name in enumerate(self.classes)}
             self.samples = ImageFolder.make_dataset(
-                str(self.root), class_to_idx, extensions=_EXTENSIONS, allow_empty=True
+                str(self.root), class_to_idx, extensions=tuple(IMAGE_SUFFIXES), allow_empty=True
             )
         if not self.samples:
-            raise ValueError(f"no images ({', '.join(_EXTENSIONS)}) found under {self.root}")
+            raise ValueError(
+                f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {self.root}"
+            )
         self.transform = transform
         self.label_sets = dict(label_sets or {})
 
@@ -170,27 +211,27 @@ def list_unlabeled_images(root: str | Path | None, file_list: str | Path | None)
         raise FileNotFoundError(f"data.unlabeled_root: folder {root} does not exist")
     if file_list is None:
         assert root is not None
-        paths = sorted(path for path in Path(root).rglob("*") if path.suffix in _EXTENSIONS)
-        source = f"data.unlabeled_root={root}"
-    else:
-        base = Path(root) if root is not None else Path(file_list).parent
-        lines = Path(file_list).read_text().splitlines()
-        paths = [base / line.strip() for line in lines if line.strip()]
-        missing = [str(path) for path in paths if not path.is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"data.unlabeled_list={file_list}: {len(missing)} of {len(paths)} listed "
-                f"images do not exist, e.g. {missing[:3]}"
-            )
-        source = f"data.unlabeled_list={file_list}"
+        try:
+            return collect_images([root])
+        except ValueError as error:
+            raise ValueError(f"data.unlabeled_root: {error}") from error
+    base = Path(root) if root is not None else Path(file_list).parent
+    lines = Path(file_list).read_text().splitlines()
+    paths = [base / line.strip() for line in lines if line.strip()]
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"data.unlabeled_list={file_list}: {len(missing)} of {len(paths)} listed "
+            f"images do not exist, e.g. {missing[:3]}"
+        )
     if not paths:
-        raise ValueError(f"{source}: no images ({', '.join(_EXTENSIONS)}) found")
+        raise ValueError(f"data.unlabeled_list={file_list}: lists no images")
     return paths
 
 
 def _flat_samples(root: Path, labels: Mapping[str, int]) -> list[tuple[str, int]]:
     """``(path, label)`` of the images directly in ``root`` that ``labels`` names."""
-    images = sorted(path for path in root.iterdir() if path.suffix in _EXTENSIONS)
+    images = sorted(path for path in root.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
     unlabelled = [path.name for path in images if path.name not in labels]
     if unlabelled:
         raise ValueError(
@@ -232,9 +273,6 @@ def read_ground_truth(path: str | Path, classes: Sequence[str]) -> dict[str, int
         else:
             raise ValueError(f"{path}:{number}: unknown class {label!r}")
     return labels
-
-
-_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG", ".JPG", ".PNG")
 
 
 def read_label_sets(path: str | Path, num_classes: int) -> dict[str, list[int]]:
