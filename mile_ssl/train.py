@@ -10,6 +10,7 @@ import hashlib
 import logging
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -148,9 +149,19 @@ def build_logger(config: TrainerConfig, output_dir: Path) -> Logger:
 
 
 def build_trainer(
-    config: TrainerConfig, output_dir: Path, strategy: str | None = None
+    config: TrainerConfig,
+    output_dir: Path,
+    strategy: str | None = None,
+    callbacks: Sequence[L.Callback] = (),
 ) -> L.Trainer:
-    """A Lightning Trainer writing checkpoints and logs under ``output_dir``."""
+    """A Lightning Trainer writing checkpoints and logs under ``output_dir``.
+
+    Args:
+        config: Trainer settings.
+        output_dir: Run directory.
+        strategy: Replaces ``config.strategy`` (see :func:`resolve_strategy`).
+        callbacks: Lightning callbacks to add to the checkpointing one.
+    """
     logger = build_logger(config, output_dir)
     checkpoint = ModelCheckpoint(
         dirpath=output_dir / "checkpoints",
@@ -173,7 +184,7 @@ def build_trainer(
         num_sanity_val_steps=0,
         log_every_n_steps=config.log_every_n_steps,
         logger=logger,
-        callbacks=[checkpoint],
+        callbacks=[checkpoint, *callbacks],
         enable_progress_bar=config.progress_bar,
         enable_model_summary=False,
         deterministic=config.deterministic,
@@ -272,12 +283,15 @@ def load_fixed_teacher(config: TrainConfig, student: LoadedBackbone) -> nn.Modul
     return teacher.student
 
 
-def run_training(config: TrainConfig, output_dir: str | Path) -> RunResult:
+def run_training(
+    config: TrainConfig, output_dir: str | Path, callbacks: Sequence[L.Callback] = ()
+) -> RunResult:
     """Fine-tune as ``config`` says and write the run directory.
 
     Args:
         config: Validated run configuration.
         output_dir: Directory for the resolved config, checkpoints, logs and metrics.
+        callbacks: Extra Lightning callbacks (e.g. early stopping, custom logging).
 
     Returns:
         Final metrics and where the run was written.
@@ -312,7 +326,7 @@ def run_training(config: TrainConfig, output_dir: str | Path) -> RunResult:
         },
     )
     trainer = build_trainer(
-        config.trainer, output_dir, resolve_strategy(config.trainer.strategy, module)
+        config.trainer, output_dir, resolve_strategy(config.trainer.strategy, module), callbacks
     )
     if trainer.is_global_zero:
         # The config as trained, epochs resolved to steps; written before training so

@@ -94,9 +94,7 @@ from pathlib import Path
 import lightning as L
 
 from mile_ssl.config import compose_train_config
-from mile_ssl.data.datamodule import MILeDataModule
-from mile_ssl.method import MILeModule
-from mile_ssl.train import build_trainer, initial_backbone, unlabeled_stream
+from mile_ssl.train import run_training
 
 
 class RecordIndices(L.Callback):
@@ -118,16 +116,7 @@ class RecordIndices(L.Callback):
 
 
 out = Path(sys.argv[1])
-config = compose_train_config(sys.argv[2:])
-loaded = initial_backbone(config.backbone, config.checkpoint)
-datamodule = MILeDataModule(config.data, loaded.preprocessing, unlabeled_stream(config))
-module = MILeModule(
-    loaded.module, loaded.feature_dim, datamodule.num_classes,
-    method=config.method, mile=config.mile, optim=config.optim,
-)
-trainer = build_trainer(config.trainer, out)
-trainer.callbacks.append(RecordIndices(out))
-trainer.fit(module, datamodule=datamodule)
+run_training(compose_train_config(sys.argv[2:]), out, callbacks=[RecordIndices(out)])
 '''
 
 

@@ -53,34 +53,13 @@ class StepRecorder(L.Callback):
         self.teacher_grads_during_student.append(unchanged)
 
 
-def _fit(config: TrainConfig, tmp_path: Path, recorder: L.Callback) -> MILeModule:
-    from mile_ssl.data.datamodule import MILeDataModule
-    from mile_ssl.train import build_trainer, initial_backbone
-
-    loaded = initial_backbone(config.backbone, config.checkpoint)
-    datamodule = MILeDataModule(config.data, loaded.preprocessing)
-    module = MILeModule(
-        loaded.module,
-        loaded.feature_dim,
-        datamodule.num_classes,
-        method=config.method,
-        mile=config.mile,
-        optim=config.optim,
-    )
-    trainer = build_trainer(config.trainer, tmp_path)
-    trainer.callbacks.append(recorder)  # type: ignore[attr-defined]
-    trainer.fit(module, datamodule=datamodule)
-    assert trainer.global_step == config.trainer.max_steps
-    return module
-
-
 def test_copy_variant_alternates_teacher_and_student_steps(tiny_config, tmp_path: Path) -> None:
     config = tiny_config(
         "method=mile", "mile.variant=copy", "mile.kt=3", "mile.ks=2", "trainer.max_steps=12"
     )
     recorder = StepRecorder()
-    module = _fit(config, tmp_path, recorder)
-    assert module.completed_steps == 12
+    result = run_training(config, tmp_path, callbacks=[recorder])
+    assert torch.load(result.last_checkpoint)["mile_ssl"]["completed_steps"] == 12
     # (student changed, teacher changed) per step: kt=3 teacher steps, then ks=2 student steps.
     teacher_step, student_step = (False, True), (True, False)
     expected = ([teacher_step] * 3 + [student_step] * 2) * 2 + [teacher_step] * 2
@@ -98,7 +77,7 @@ def test_snapshot_variant_trains_one_network_and_refreshes_snapshot(
         "method=mile", "mile.variant=snapshot", "mile.kt=3", "mile.ks=2", "trainer.max_steps=10"
     )
     recorder = StepRecorder()
-    _fit(config, tmp_path, recorder)
+    run_training(config, tmp_path, callbacks=[recorder])
     ground_truth, first_imitation, imitation = (True, False), (True, True), (True, False)
     expected = ([ground_truth] * 3 + [first_imitation, imitation]) * 2
     assert recorder.changes == expected

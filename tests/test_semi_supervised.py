@@ -13,9 +13,8 @@ import torch
 from mile_ssl.config import TrainConfig
 from mile_ssl.data.datamodule import MILeDataModule, UnlabeledStream
 from mile_ssl.data.sampling import SemiSupervisedBatchSampler, StepBatchSampler
-from mile_ssl.method import MILeModule
 from mile_ssl.preprocessing import Preprocessing
-from mile_ssl.train import build_trainer, initial_backbone, run_training
+from mile_ssl.train import run_training
 
 SEMI = (
     "method=mile",
@@ -89,23 +88,8 @@ def _weights(network: torch.nn.Module) -> torch.Tensor:
 def test_teacher_trains_on_labels_only_and_labels_with_its_current_weights(
     tiny_config, tmp_path: Path
 ) -> None:
-    config: TrainConfig = tiny_config(*SEMI, "trainer.max_steps=8")
-    loaded = initial_backbone(config.backbone, config.checkpoint)
-    datamodule = MILeDataModule(
-        config.data, loaded.preprocessing, UnlabeledStream(3, lambda s: s % 4 >= 2)
-    )
-    module = MILeModule(
-        loaded.module,
-        loaded.feature_dim,
-        10,
-        method=config.method,
-        mile=config.mile,
-        optim=config.optim,
-    )
     watcher = TeacherWatcher()
-    trainer = build_trainer(config.trainer, tmp_path)
-    trainer.callbacks.append(watcher)  # type: ignore[attr-defined]
-    trainer.fit(module, datamodule=datamodule)
+    run_training(tiny_config(*SEMI, "trainer.max_steps=8"), tmp_path, callbacks=[watcher])
     # 4 teacher steps (2 per cycle), each on the 8 labelled images only.
     assert watcher.teacher_training_batches == [8, 8, 8, 8]
     # Student steps 2, 3, 6, 7 are labelled by the teacher as it stood after the
@@ -220,20 +204,8 @@ def test_teacher_labels_the_weak_view_and_the_student_learns_from_the_strong_one
     config: TrainConfig = tiny_config(
         *SEMI, "mile.variant=snapshot", "mile.strong_student_view=true", "trainer.max_steps=4"
     )
-    loaded = initial_backbone(config.backbone, config.checkpoint)
-    datamodule = MILeDataModule(
-        config.data,
-        loaded.preprocessing,
-        UnlabeledStream(3, lambda step: step % 4 >= 2),
-        strong_student_view=True,
-    )
-    module = MILeModule(
-        loaded.module, loaded.feature_dim, 10, method=config.method, mile=config.mile
-    )
     watcher = ViewWatcher()
-    trainer = build_trainer(config.trainer, tmp_path)
-    trainer.callbacks.append(watcher)  # type: ignore[attr-defined]
-    trainer.fit(module, datamodule=datamodule)
+    run_training(config, tmp_path, callbacks=[watcher])
     # Steps 0, 1 (ground truth): the student sees the weak view of labelled images.
     # Steps 2, 3: the teacher labels the weak view, the student trains on the strong view.
     student_steps = watcher.student_inputs
