@@ -63,12 +63,13 @@ def strong_digit_transform(preprocessing: Preprocessing) -> Callable[[Tensor], T
     """Small shifts, rotations, scalings and erased patches of a float digit grid.
 
     Mild enough to keep every digit of the grid recognisable (a shift of at most 2 of
-    the 8 pixels of a cell), so the grid's label set stays true for the strong view.
+    the 8 pixels of a cell, an erased patch of at most 11 of a cell's 64 pixels), so
+    the grid's label set stays true for the strong view.
     """
     return v2.Compose(
         [
             v2.RandomAffine(degrees=10, translate=(0.08, 0.08), scale=(0.9, 1.1)),
-            v2.RandomErasing(p=0.5, scale=(0.02, 0.08), value=0.0),
+            v2.RandomErasing(p=0.5, scale=(0.005, 0.02), value=0.0),
             v2.Normalize(list(preprocessing.mean), list(preprocessing.std)),
         ]
     )
