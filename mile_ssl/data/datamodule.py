@@ -99,8 +99,7 @@ class MILeDataModule(L.LightningDataModule):
         self.unlabeled = unlabeled
         self.splits = SOURCES[config.name](config, preprocessing, strong_student_view)
         self.train_indices = self._labelled_indices()
-        self.train_dataset: Dataset[dict[str, torch.Tensor]] = self.splits.train
-        self.unlabeled_indices = self._unlabeled_indices()
+        self.train_dataset, self.unlabeled_indices = self._add_unlabeled()
 
     @property
     def num_classes(self) -> int:
@@ -128,8 +127,11 @@ class MILeDataModule(L.LightningDataModule):
                 "rank 0; the dataset differs between processes (check data.root on every node)"
             )
 
-    def _unlabeled_indices(self) -> list[int]:
-        """Indices into :attr:`train_dataset` of the unlabeled stream (empty without one)."""
+    def _add_unlabeled(self) -> tuple[Dataset[dict[str, torch.Tensor]], list[int]]:
+        """The training dataset and the indices of its unlabeled stream (none without one).
+
+        External unlabeled images are appended after the training images.
+        """
         config = self.config
         external = config.unlabeled_root is not None or config.unlabeled_list is not None
         if self.unlabeled is None:
@@ -138,7 +140,7 @@ class MILeDataModule(L.LightningDataModule):
                     "data.unlabeled_root / data.unlabeled_list are set, but this method uses "
                     "no unlabeled images (use method=mile_semi, distill or self_train)"
                 )
-            return []
+            return self.splits.train, []
         num_train = len(self.splits.train_labels)
         if external:
             images = UnlabeledImages(
@@ -147,8 +149,8 @@ class MILeDataModule(L.LightningDataModule):
                 self.num_classes,
                 first_index=num_train,
             )
-            self.train_dataset = ConcatDataset([self.splits.train, images])
-            return list(range(num_train, num_train + len(images)))
+            indices = list(range(num_train, num_train + len(images)))
+            return ConcatDataset([self.splits.train, images]), indices
         labelled = set(self.train_indices)
         indices = [index for index in range(num_train) if index not in labelled]
         if not indices:
@@ -157,7 +159,7 @@ class MILeDataModule(L.LightningDataModule):
                 "is labelled: set data.fraction below 1 (or a smaller data.split_file), or "
                 "data.unlabeled_root"
             )
-        return indices
+        return self.splits.train, indices
 
     def _labelled_indices(self) -> list[int]:
         split_file = self.config.split_file or self.splits.default_split_file
