@@ -365,13 +365,15 @@ class MILeModule(L.LightningModule):
         In semi-supervised batches the statistics are also split into labelled and
         unlabeled images. Precision and recall are against the ``label_set`` each item
         carries: the true label sets on the digit grids, the single label on image
-        folders; images without any known label are left out.
+        folders; images without any known label, and batches without ``label_set``,
+        are left out.
         """
         groups = {"": torch.ones(len(pseudo_labels), dtype=torch.bool)}
         if "labelled" in batch:
             groups["_labelled"] = batch["labelled"].cpu()
             groups["_unlabeled"] = ~groups["_labelled"]
-        pseudo_labels, label_sets = pseudo_labels.cpu(), batch["label_set"].cpu()
+        pseudo_labels = pseudo_labels.cpu()
+        label_sets = batch["label_set"].cpu() if "label_set" in batch else None
         stats: dict[str, float] = {}
         for suffix, rows in groups.items():
             if not rows.any():
@@ -379,6 +381,8 @@ class MILeModule(L.LightningModule):
             summary = pseudo_label_stats(pseudo_labels[rows])
             stats[f"pseudo_labels_per_image{suffix}"] = summary.mean_size
             stats[f"pseudo_empty_fraction{suffix}"] = summary.empty_fraction
+            if label_sets is None:
+                continue
             quality = pseudo_label_quality(pseudo_labels[rows], label_sets[rows])
             if quality is not None:
                 stats[f"pseudo_precision{suffix}"], stats[f"pseudo_recall{suffix}"] = quality

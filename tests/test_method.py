@@ -173,3 +173,32 @@ def test_resume_with_different_schedule_is_refused(tiny_config, tmp_path: Path) 
     )
     with pytest.raises(ValueError, match="mile"):
         run_training(config, tmp_path / "b")
+
+
+def test_training_batches_need_only_image_and_label(tmp_path: Path) -> None:
+    """Batches from a user's own loader (no label sets) train and log pseudo-label sizes."""
+    from mile_ssl.backbones import BackboneSpec, build_backbone
+    from mile_ssl.config import MethodConfig
+
+    backbone, dim = build_backbone(BackboneSpec("tiny_resnet", {"widths": [8, 16]}))
+    module = MILeModule(
+        backbone, dim, 4, method=MethodConfig("mile"), mile=MileConfig(kt=1, ks=1, rho=0.3)
+    )
+    generator = torch.Generator().manual_seed(0)
+    batches = [
+        {"image": torch.randn(8, 3, 16, 16, generator=generator), "label": torch.arange(8) % 4}
+        for _ in range(4)
+    ]
+    trainer = L.Trainer(
+        max_steps=4,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, torch.utils.data.DataLoader(batches, batch_size=None))
+    assert module.completed_steps == 4
+    assert [entry["cycle"] for entry in module.pseudo_label_history] == [0, 1]
+    assert all("pseudo_precision" not in entry for entry in module.pseudo_label_history)
