@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mile_ssl.config import DataConfig
+from mile_ssl.data.sources import class_names_without_images
 from mile_ssl.evaluate import evaluate_checkpoint, read_run_checkpoint
 from mile_ssl.export import resolve_run_checkpoint
 from mile_ssl.method import CHECKPOINT_KEY
@@ -27,24 +28,6 @@ EVAL_COLUMNS: tuple[tuple[str, str], ...] = (
     ("coverage", "coverage"),
 )
 """Columns of :func:`format_eval_result`: the ImageNet protocol's numbers."""
-
-
-def _dataset_classes(data: DataConfig) -> list[str] | None:
-    """The dataset's class names, found without indexing its images (``None`` if unknown)."""
-    if data.name == "imagenet":
-        from mile_ssl.data.imagenet import imagenet_classes
-
-        return list(imagenet_classes())
-    if data.name == "digits":
-        from mile_ssl.data.digits import CLASS_NAMES
-
-        return list(CLASS_NAMES)
-    if data.root is None:
-        return None
-    train = Path(data.root) / data.train_dir
-    if not train.is_dir():
-        return None
-    return sorted(entry.name for entry in train.iterdir() if entry.is_dir())
 
 
 def _label_sets_source(data: DataConfig) -> str | None:
@@ -85,7 +68,7 @@ def eval_command_result(
     state = read_run_checkpoint(source)[CHECKPOINT_KEY]
     metadata = state["metadata"]
     class_names = list(metadata.get("class_names") or [])
-    dataset_classes = _dataset_classes(data_config)
+    dataset_classes = class_names_without_images(data_config)
     if dataset_classes is not None and class_names and class_names != dataset_classes:
         only_model = sorted(set(class_names) - set(dataset_classes))[:5]
         only_data = sorted(set(dataset_classes) - set(class_names))[:5]

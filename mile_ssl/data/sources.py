@@ -174,13 +174,12 @@ def folder_validation(
     """
     assert config.root is not None
     if class_names is None:
-        train = Path(config.root) / config.train_dir
-        if not train.is_dir():
-            raise FileNotFoundError(
-                f"{train} does not exist and the checkpoint names no classes: cannot tell "
-                "which class each validation folder is"
-            )
-        class_names = sorted(entry.name for entry in train.iterdir() if entry.is_dir())
+        class_names = class_names_without_images(config)
+    if class_names is None:
+        raise FileNotFoundError(
+            f"{Path(config.root) / config.train_dir} does not exist and the checkpoint names "
+            "no classes: cannot tell which class each validation folder is"
+        )
     return _folder_val(config, preprocessing, class_names)
 
 
@@ -237,6 +236,24 @@ def imagenet_validation(
 ) -> Dataset[dict[str, torch.Tensor]]:
     """ImageNet's validation folder with ImageNet-ReaL label sets."""
     return _imagenet_val(config, preprocessing)
+
+
+def class_names_without_images(config: DataConfig) -> list[str] | None:
+    """The dataset's class names, found without indexing its images.
+
+    Fixed for the digit grids and ImageNet; the sub-folders of the training folder for
+    image folders (``None`` when that folder does not exist).
+    """
+    if config.name == "imagenet":
+        return list(imagenet_classes())
+    if config.name == "digits":
+        return list(CLASS_NAMES)
+    if config.root is None:
+        return None
+    train = Path(config.root) / config.train_dir
+    if not train.is_dir():
+        return None
+    return sorted(entry.name for entry in train.iterdir() if entry.is_dir())
 
 
 SOURCES = {"digits": digit_splits, "folder": folder_splits, "imagenet": imagenet_splits}
