@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +28,16 @@ TINY_OVERRIDES = [
 """A digit-grid run that takes a second: 256 grids, batch 32, an 8/16-channel ResNet."""
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for a module's tests: ResNet-50 loads and tiny forwards gain
+    nothing from more, and OpenMP spinning slows a busy CPU."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def tiny_config() -> Callable[..., TrainConfig]:
     """Compose the shipped configs with the tiny overrides plus the test's own."""
@@ -42,6 +52,16 @@ def tiny_config() -> Callable[..., TrainConfig]:
 def tiny_overrides() -> list[str]:
     """The tiny overrides as command-line arguments."""
     return list(TINY_OVERRIDES)
+
+
+def write_jpeg(path: Path, seed: int, size: tuple[int, int] = (36, 40)) -> Path:
+    """Write a real JPEG of seeded random pixels, ``size`` = (height, width)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = torch.rand(*size, 3, generator=torch.Generator().manual_seed(seed)) * 255
+    Image.fromarray(pixels.to(torch.uint8).numpy()).save(path)
+    return path
 
 
 def write_image_folder(root: Path, classes: int = 2, per_class: int = 8, size: int = 40) -> Path:

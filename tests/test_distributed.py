@@ -29,7 +29,7 @@ DDP_OVERRIDES = [
 
 
 def _ddp_run(tmp_path: Path, tiny_overrides: list[str]) -> Path:
-    result = subprocess.run(
+    _run(
         [
             MILE_SSL,
             "train",
@@ -39,14 +39,22 @@ def _ddp_run(tmp_path: Path, tiny_overrides: list[str]) -> Path:
             "trainer.precision=32-true",
             "hydra.run.dir=ddp",
         ],
-        cwd=tmp_path,
+        tmp_path,
+    )
+    return tmp_path / "ddp"
+
+
+def _run(command: list[str], cwd: Path) -> None:
+    """Run ``command`` offline in ``cwd``; fail with the end of its stderr."""
+    result = subprocess.run(
+        command,
+        cwd=cwd,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return tmp_path / "ddp"
 
 
 def test_two_process_ddp_matches_single_process(
@@ -137,15 +145,7 @@ def test_two_process_ddp_draws_disjoint_unlabeled_shards(
         "trainer=ddp_cpu",
         "trainer.precision=32-true",
     ]
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path), *overrides],
-        cwd=tmp_path,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    _run([sys.executable, str(script), str(tmp_path), *overrides], tmp_path)
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 6
     labelled_pool: set[int] = set()

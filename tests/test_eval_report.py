@@ -16,16 +16,10 @@ from mile_ssl.evaluate import module_from_checkpoint, read_run_checkpoint
 from mile_ssl.metrics import classification_report
 from mile_ssl.preprocessing import Preprocessing
 from mile_ssl.train import run_training
-from tests.conftest import TINY_OVERRIDES
+from tests.conftest import TINY_OVERRIDES, write_jpeg
 
 VAL_IMAGES = 8
 """``ILSVRC2012_val_00000001`` (no ReaL label) to ``..._00000008``; some have two labels."""
-
-
-def _jpeg(path: Path, seed: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = torch.rand(40, 44, 3, generator=torch.Generator().manual_seed(seed)) * 255
-    Image.fromarray(pixels.to(torch.uint8).numpy()).save(path)
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +33,13 @@ def imagenet_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     wnids = sorted({name.split("_")[0] for name in listed[:40]})[:2]
     for wnid in wnids:
         for index, name in enumerate([name for name in listed if name.startswith(wnid)][:3]):
-            _jpeg(root / "train" / wnid / name, index)
+            write_jpeg(root / "train" / wnid / name, index, size=(40, 44))
     classes = imagenet_classes()
     real = real_label_sets()
     for number in range(1, VAL_IMAGES + 1):
         name = f"ILSVRC2012_val_{number:08d}.JPEG"
         wnid = classes[real[name][0]] if real[name] else wnids[0]
-        _jpeg(root / "val" / wnid / name, 100 + number)
+        write_jpeg(root / "val" / wnid / name, 100 + number, size=(40, 44))
     return root
 
 
@@ -119,8 +113,8 @@ def test_class_mismatch_names_checkpoint_and_dataset(
     run_checkpoint: Path, imagenet_tree: Path, tmp_path: Path
 ) -> None:
     for wnid in ("cat", "dog"):
-        _jpeg(tmp_path / "train" / wnid / "a.jpg", 1)
-        _jpeg(tmp_path / "val" / wnid / "b.jpg", 2)
+        write_jpeg(tmp_path / "train" / wnid / "a.jpg", 1, size=(40, 44))
+        write_jpeg(tmp_path / "val" / wnid / "b.jpg", 2, size=(40, 44))
     data = compose_train_config(
         [*TINY_OVERRIDES, "data=folder", f"data.root={tmp_path}", "data.num_workers=0"]
     ).data
@@ -153,7 +147,11 @@ def test_folder_evaluation_uses_the_checkpoint_classes(tmp_path: Path) -> None:
     for split, count in (("train", 8), ("val", 3)):
         for label, wnid in enumerate(("cat", "dog")):
             for index in range(count):
-                _jpeg(tmp_path / "data" / split / wnid / f"{wnid}{index}.jpg", 10 * label + index)
+                write_jpeg(
+                    tmp_path / "data" / split / wnid / f"{wnid}{index}.jpg",
+                    10 * label + index,
+                    size=(40, 44),
+                )
     overrides = [*TINY_OVERRIDES, "data=folder", "data.image_size=32", "data.batch_size=4"]
     run = run_training(
         compose_train_config([*overrides, f"data.root={tmp_path / 'data'}", "trainer.max_steps=2"]),

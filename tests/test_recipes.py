@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import pickle
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from PIL import Image
 from torch import Tensor
 
 from mile_ssl.config import compose_train_config
@@ -27,6 +25,7 @@ from mile_ssl.data.imagenet import shipped_split
 from mile_ssl.preprocessing import IDENTITY, Preprocessing
 from mile_ssl.simclrv2_resnet import SimCLRv2ResNet
 from mile_ssl.train import initial_backbone, run_training
+from tests.conftest import write_jpeg
 
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "experiment" / "imagenet"
 SSL = ("mocov2", "simclrv2_sk0", "simclrv2_sk1", "byol", "swav")
@@ -40,22 +39,7 @@ MILE_TABLE_3 = {
 }
 
 
-@pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    """ResNet-50 loads and tiny forwards: one thread avoids OpenMP spinning on a busy CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # --------------------------------------------------------------------------- data
-
-
-def _jpeg(path: Path, seed: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = torch.rand(36, 40, 3, generator=torch.Generator().manual_seed(seed)) * 255
-    Image.fromarray(pixels.to(torch.uint8).numpy()).save(path)
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +56,9 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
         first = [name for name in one_pct if name.startswith(wnid)][:3]
         more = [name for name in ten_pct if name.startswith(wnid) and name not in set(one_pct)]
         for seed, name in enumerate([*first, *more[:2], f"{wnid}_999999.JPEG"]):
-            _jpeg(root / "train" / wnid / name, seed)
-    _jpeg(root / "val" / wnids[0] / "ILSVRC2012_val_00000002.JPEG", 10)
-    _jpeg(root / "val" / wnids[1] / "ILSVRC2012_val_00000003.JPEG", 11)
+            write_jpeg(root / "train" / wnid / name, seed)
+    write_jpeg(root / "val" / wnids[0] / "ILSVRC2012_val_00000002.JPEG", 10)
+    write_jpeg(root / "val" / wnids[1] / "ILSVRC2012_val_00000003.JPEG", 11)
     return root
 
 

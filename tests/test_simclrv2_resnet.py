@@ -1,5 +1,3 @@
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torchvision
@@ -13,14 +11,7 @@ from mile_ssl.simclrv2_resnet import (
     sk_hidden_channels,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny forwards gain nothing from threads, and a busy machine makes them crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _meta_model(**kwargs: object) -> SimCLRv2ResNet:

@@ -35,15 +35,7 @@ from mile_ssl.adapters.registry import (
 from mile_ssl.backbones import BackboneSpec, build_backbone
 from mile_ssl.preprocessing import Preprocessing
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Build the backbones on one thread: on a busy machine OpenMP's extra threads
-    spin-wait and make weight initialisation several times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _filler(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -1,7 +1,6 @@
 """DINO training checkpoints (facebookresearch/dino layout), ResNet-50 and ViT-S/16."""
 
 import argparse
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,7 @@ from mile_ssl.adapters.registry import load_backbone
 from mile_ssl.backbones import BackboneSpec
 from mile_ssl.preprocessing import Preprocessing
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Run these small forwards on one thread: on a busy machine OpenMP's extra threads
-    spin-wait and make a forward tens of times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _filler(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -1,7 +1,6 @@
 """Models built with lightly: the Sequential-backbone pattern and the benchmark modules."""
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,14 +22,7 @@ from mile_ssl.preprocessing import Preprocessing
 IMAGES = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Run these small forwards on one thread: on a busy machine OpenMP's extra threads
-    spin-wait and make a forward tens of times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trained_resnet18() -> nn.Module:

@@ -1,6 +1,5 @@
 """MoCo v1/v2/v3 files in facebookresearch/moco and moco-v3 layouts, loaded end to end."""
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +18,7 @@ from mile_ssl.preprocessing import Preprocessing
 IMAGES = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Run these small forwards on one thread: on a busy machine OpenMP's extra threads
-    spin-wait and make a ResNet-50 forward tens of times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trained(module: nn.Module, seed: int) -> nn.Module:

@@ -1,6 +1,5 @@
 """SwAV / DeepCluster-v2 files in facebookresearch/swav's layout, loaded end to end."""
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +17,7 @@ from mile_ssl.preprocessing import Preprocessing
 IMAGES = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Run these small forwards on one thread: on a busy machine OpenMP's extra threads
-    spin-wait and make a ResNet-50 forward tens of times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class MultiPrototypes(nn.Module):

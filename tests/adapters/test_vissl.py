@@ -1,6 +1,5 @@
 """VISSL checkpoints, in the training nesting and the exported ``model_state_dict`` one."""
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +14,7 @@ from mile_ssl.adapters.vissl import convert_vissl, detect_vissl
 from mile_ssl.backbones import BackboneSpec
 from mile_ssl.preprocessing import Preprocessing
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Run these small forwards on one thread: on a busy machine OpenMP's extra threads
-    spin-wait and make a ResNet-50 forward tens of times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _filler(shape: tuple[int, ...]) -> Tensor:
