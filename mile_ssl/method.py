@@ -48,8 +48,7 @@ from mile_ssl.losses import (
 from mile_ssl.metrics import classification_report
 from mile_ssl.pseudo_labels import (
     PseudoLabelStats,
-    pseudo_label_quality,
-    pseudo_label_stats,
+    pseudo_label_report,
     self_training_targets,
     threshold_pseudo_labels,
 )
@@ -320,7 +319,8 @@ class MILeModule(L.LightningModule):
         if position.starts_phase and not self.trains_teacher:
             copy_weights_(self.teacher, self.student)
         pseudo_labels = self.pseudo_label(images)
-        self._record_phase_stats(self._pseudo_label_stats(pseudo_labels, batch), position)
+        stats = pseudo_label_report(pseudo_labels, batch.get("labelled"), batch.get("label_set"))
+        self._record_phase_stats(stats, position)
         logits = self.student(student_images)
         if "labelled" in batch and self.mile.empty_pseudo_labels == "ignore":
             confident = pseudo_labels.any(dim=1)
@@ -355,38 +355,6 @@ class MILeModule(L.LightningModule):
                 loss = loss + self.distill.supervised_weight * supervised
         self._optimize(self._optimizer(0), loss)
         return loss
-
-    @staticmethod
-    def _pseudo_label_stats(
-        pseudo_labels: torch.Tensor, batch: dict[str, torch.Tensor]
-    ) -> dict[str, float]:
-        """Pseudo-label set sizes, empty share and quality, overall and per stream.
-
-        In semi-supervised batches the statistics are also split into labelled and
-        unlabeled images. Precision and recall are against the ``label_set`` each item
-        carries: the true label sets on the digit grids, the single label on image
-        folders; images without any known label, and batches without ``label_set``,
-        are left out.
-        """
-        groups = {"": torch.ones(len(pseudo_labels), dtype=torch.bool)}
-        if "labelled" in batch:
-            groups["_labelled"] = batch["labelled"].cpu()
-            groups["_unlabeled"] = ~groups["_labelled"]
-        pseudo_labels = pseudo_labels.cpu()
-        label_sets = batch["label_set"].cpu() if "label_set" in batch else None
-        stats: dict[str, float] = {}
-        for suffix, rows in groups.items():
-            if not rows.any():
-                continue
-            summary = pseudo_label_stats(pseudo_labels[rows])
-            stats[f"pseudo_labels_per_image{suffix}"] = summary.mean_size
-            stats[f"pseudo_empty_fraction{suffix}"] = summary.empty_fraction
-            if label_sets is None:
-                continue
-            quality = pseudo_label_quality(pseudo_labels[rows], label_sets[rows])
-            if quality is not None:
-                stats[f"pseudo_precision{suffix}"], stats[f"pseudo_recall{suffix}"] = quality
-        return stats
 
     def pseudo_label(self, images: torch.Tensor) -> torch.Tensor:
         """The teacher's multi-hot pseudo-labels for ``images`` (teacher in eval mode)."""

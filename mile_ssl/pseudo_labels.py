@@ -83,6 +83,49 @@ def pseudo_label_quality(
     return hits / max(float(predicted.sum()), 1.0), hits / float(truth.sum())
 
 
+def pseudo_label_report(
+    pseudo_labels: torch.Tensor,
+    labelled: torch.Tensor | None = None,
+    label_sets: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Pseudo-label set sizes, empty share and quality, overall and per stream.
+
+    With ``labelled`` (semi-supervised batches) the statistics are also split into
+    labelled (``_labelled``) and unlabeled (``_unlabeled``) images. Precision and recall
+    are against ``label_sets``: the true label sets on the digit grids, the single
+    label on image folders; images without any known label are left out, and without
+    ``label_sets`` there is no quality entry.
+
+    Args:
+        pseudo_labels: Multi-hot pseudo-labels ``(B, C)``.
+        labelled: Which images carry ground truth ``(B,)``, if the batch mixes streams.
+        label_sets: Multi-hot label sets ``(B, C)``, if known.
+
+    Returns:
+        ``pseudo_labels_per_image``, ``pseudo_empty_fraction``, ``pseudo_precision``
+        and ``pseudo_recall``, each with the group suffix.
+    """
+    groups = {"": torch.ones(len(pseudo_labels), dtype=torch.bool)}
+    if labelled is not None:
+        groups["_labelled"] = labelled.cpu()
+        groups["_unlabeled"] = ~groups["_labelled"]
+    pseudo_labels = pseudo_labels.cpu()
+    known_sets = label_sets.cpu() if label_sets is not None else None
+    report: dict[str, float] = {}
+    for suffix, rows in groups.items():
+        if not rows.any():
+            continue
+        summary = pseudo_label_stats(pseudo_labels[rows])
+        report[f"pseudo_labels_per_image{suffix}"] = summary.mean_size
+        report[f"pseudo_empty_fraction{suffix}"] = summary.empty_fraction
+        if known_sets is None:
+            continue
+        quality = pseudo_label_quality(pseudo_labels[rows], known_sets[rows])
+        if quality is not None:
+            report[f"pseudo_precision{suffix}"], report[f"pseudo_recall{suffix}"] = quality
+    return report
+
+
 def self_training_targets(
     teacher_logits: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor
 ) -> torch.Tensor:
