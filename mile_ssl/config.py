@@ -87,7 +87,9 @@ class MileConfig:
         strong_student_view: Noisy Student style: the teacher labels the usual (weak)
             training view and the student learns from a strongly augmented view of the
             same image (RandAugment for image folders; shifts, rotations and erasing
-            for digit grids). Also applies to ``distill`` and ``self_train``.
+            for digit grids). Also applies to ``distill`` and ``self_train``; softmax
+            and sigmoid train on the strong view, which makes them the baselines with
+            the same augmentation.
     """
 
     kt: int = 100

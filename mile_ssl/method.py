@@ -267,7 +267,12 @@ class MILeModule(L.LightningModule):
             # Ground truth is only ever read for labelled images.
             images, labels = images[labelled], labels[labelled]
         if position.phase is Phase.SUPERVISED:
-            logits = self.student(images)
+            # With a strong view, softmax and sigmoid train on it: the baseline that
+            # a Noisy Student style MILe run must be compared with.
+            student_images = self._student_view(batch, images)
+            if labelled is not None and STRONG_VIEW_KEY in batch:
+                student_images = student_images[labelled]
+            logits = self.student(student_images)
             if self.method.name == "softmax":
                 loss = softmax_cross_entropy(logits, labels)
             else:

@@ -253,11 +253,6 @@ def unlabeled_stream(config: TrainConfig) -> UnlabeledStream | None:
     return None
 
 
-def uses_student_view(config: TrainConfig) -> bool:
-    """Whether a student learns from targets another network computes (MILe, baselines)."""
-    return config.method.name == "mile" or config.method.name in TEACHER_METHODS
-
-
 def load_fixed_teacher(config: TrainConfig, student: LoadedBackbone) -> nn.Module | None:
     """The fine-tuned network ``distill`` / ``self_train`` learn from, or ``None``.
 
@@ -306,7 +301,7 @@ def run_training(
         config.data,
         loaded.preprocessing,
         unlabeled,
-        strong_student_view=config.mile.strong_student_view and uses_student_view(config),
+        strong_student_view=config.mile.strong_student_view,
     )
     config = resolve_epochs(config, len(datamodule.train_indices))
     module = MILeModule(

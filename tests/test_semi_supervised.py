@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import pytest
 import torch
 
 from mile_ssl.config import TrainConfig
@@ -116,7 +117,6 @@ def test_semi_supervised_resume_continues_both_streams(
 
 
 def test_semi_supervised_needs_unlabeled_images(tiny_config, tmp_path: Path) -> None:
-    import pytest
 
     config = tiny_config("method=mile_semi", "data.fraction=1.0", "trainer.max_steps=1")
     assert config.mile.semi_supervised and config.mile.unlabeled_ratio == 7
@@ -145,7 +145,6 @@ def test_self_training_keeps_ground_truth_and_takes_teacher_argmax_elsewhere() -
 def test_distill_and_self_train_learn_from_a_frozen_earlier_run(
     tiny_config, tmp_path: Path
 ) -> None:
-    import pytest
 
     teacher_run = run_training(
         tiny_config("method=softmax", "data.fraction=0.25", "trainer.max_steps=2"),
@@ -191,7 +190,8 @@ class ViewWatcher(L.Callback):
             if network.training:  # not validation
                 self.student_inputs.append(inputs[0].detach().clone())
 
-        module.teacher.register_forward_pre_hook(teacher_hook)
+        if module.teacher is not None:
+            module.teacher.register_forward_pre_hook(teacher_hook)
         module.student.register_forward_pre_hook(student_hook)
 
     def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, *args: Any) -> None:
@@ -217,6 +217,21 @@ def test_teacher_labels_the_weak_view_and_the_student_learns_from_the_strong_one
         assert torch.equal(labelled_input, batch["image"])
         assert torch.equal(student_steps[step], batch["image_strong"])
         assert not torch.equal(batch["image"], batch["image_strong"])
+
+
+@pytest.mark.parametrize("method", ["softmax", "sigmoid"])
+def test_supervised_baselines_train_on_the_strong_view_when_asked(
+    tiny_config, tmp_path: Path, method: str
+) -> None:
+    config: TrainConfig = tiny_config(
+        f"method={method}", "mile.strong_student_view=true", "trainer.max_steps=2"
+    )
+    watcher = ViewWatcher()
+    run_training(config, tmp_path, callbacks=[watcher])
+    assert len(watcher.student_inputs) == 2
+    for inputs, batch in zip(watcher.student_inputs, watcher.batches, strict=True):
+        assert torch.equal(inputs, batch["image_strong"])
+        assert not torch.equal(inputs, batch["image"])
 
 
 def _nested_unlabeled_folder(root: Path, count: int) -> list[Path]:
@@ -272,7 +287,6 @@ def test_unlabeled_root_replaces_the_complement_and_carries_no_labels(
 
 
 def test_unlabeled_list_resolves_paths_and_names_missing_files(tiny_config, tmp_path: Path) -> None:
-    import pytest
 
     paths = _nested_unlabeled_folder(tmp_path / "extra", 6)
     listing = tmp_path / "extra" / "unlabeled.txt"
