@@ -66,7 +66,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pretrain-steps", type=int, default=300)
     parser.add_argument("--workdir", type=Path, default=Path("runs/benchmark_digits"))
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (recorded in the JSON)"
+    )
     parser.add_argument(
         "--tag", default="", help="suffix of the method name in rows, e.g. [snapshot]"
     )
@@ -200,7 +202,14 @@ def main() -> None:
                         runs[name] = result
                         rows.append(row)
                         print(json.dumps(row), file=sys.stderr, flush=True)
-    payload = {"overrides": args.overrides, "rows": rows, "summary": summarise(rows)}
+    payload = {
+        "overrides": args.overrides,
+        # Results depend on it: reduction order changes with the thread count, and MILe's
+        # thresholded targets turn such rounding differences into different runs.
+        "torch_threads": torch.get_num_threads(),
+        "rows": rows,
+        "summary": summarise(rows),
+    }
     text = json.dumps(payload, indent=2)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
