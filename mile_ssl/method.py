@@ -259,20 +259,17 @@ class MILeModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """One optimiser step of the network the current phase trains."""
-        images = self._prepare(batch["image"])
-        labels = batch["label"]
         position = self.position(self.completed_steps)
         labelled = batch.get("labelled")
         if labelled is not None and position.phase in (Phase.SUPERVISED, Phase.TEACHER):
-            # Ground truth is only ever read for labelled images.
-            images, labels = images[labelled], labels[labelled]
+            # Ground truth is only ever read for labelled images (all of their views).
+            batch = {key: value[labelled] for key, value in batch.items()}
+        images = self._prepare(batch["image"])
+        labels = batch["label"]
         if position.phase is Phase.SUPERVISED:
             # With a strong view, softmax and sigmoid train on it: the baseline that
             # a Noisy Student style MILe run must be compared with.
-            student_images = self._student_view(batch, images)
-            if labelled is not None and STRONG_VIEW_KEY in batch:
-                student_images = student_images[labelled]
-            logits = self.student(student_images)
+            logits = self.student(self._student_view(batch, images))
             if self.method.name == "softmax":
                 loss = softmax_cross_entropy(logits, labels)
             else:
