@@ -117,7 +117,6 @@ def test_semi_supervised_resume_continues_both_streams(
 
 
 def test_semi_supervised_needs_unlabeled_images(tiny_config, tmp_path: Path) -> None:
-
     config = tiny_config("method=mile_semi", "data.fraction=1.0", "trainer.max_steps=1")
     assert config.mile.semi_supervised and config.mile.unlabeled_ratio == 7
     with pytest.raises(ValueError, match="data.fraction below 1"):
@@ -145,7 +144,6 @@ def test_self_training_keeps_ground_truth_and_takes_teacher_argmax_elsewhere() -
 def test_distill_and_self_train_learn_from_a_frozen_earlier_run(
     tiny_config, tmp_path: Path
 ) -> None:
-
     teacher_run = run_training(
         tiny_config("method=softmax", "data.fraction=0.25", "trainer.max_steps=2"),
         tmp_path / "teacher",
@@ -287,7 +285,6 @@ def test_unlabeled_root_replaces_the_complement_and_carries_no_labels(
 
 
 def test_unlabeled_list_resolves_paths_and_names_missing_files(tiny_config, tmp_path: Path) -> None:
-
     paths = _nested_unlabeled_folder(tmp_path / "extra", 6)
     listing = tmp_path / "extra" / "unlabeled.txt"
     listing.write_text("\n".join(str(p.relative_to(listing.parent)) for p in paths[:4]) + "\n")
