@@ -80,6 +80,11 @@ class MileConfig:
             outside the label fraction) that the teacher labels too (paper Sec. 4.4).
         unlabeled_ratio: Unlabeled images per labelled image in student batches
             (7, as in FixMatch).
+        unlabeled_weight: Semi-supervised mode: unset (default), the student loss is one
+            mean over the mixed batch, so labelled images weigh ``1 / (1 + ratio)`` of
+            it; a number ``w`` averages each stream on its own and adds them as
+            ``L_labelled + w * L_unlabeled`` (FixMatch's lambda_u). On the digit grids
+            with the strong view, ``w = 1`` trades mAP for F1 (README).
         empty_pseudo_labels: Semi-supervised mode: ``ignore`` leaves images whose
             pseudo-label set is empty out of the student loss (the teacher is not
             confident about them, and training them as all-negative pushes the student
@@ -98,6 +103,7 @@ class MileConfig:
     variant: str = "snapshot"
     semi_supervised: bool = False
     unlabeled_ratio: int = 7
+    unlabeled_weight: float | None = None
     empty_pseudo_labels: str = "ignore"
     strong_student_view: bool = False
 
@@ -107,6 +113,18 @@ class MileConfig:
         _require(0.0 < self.rho < 1.0, "mile.rho", "in (0, 1)", self.rho)
         _require_choice("mile.variant", self.variant, MILE_VARIANTS)
         _require(self.unlabeled_ratio >= 1, "mile.unlabeled_ratio", ">= 1", self.unlabeled_ratio)
+        _require(
+            self.unlabeled_weight is None or self.unlabeled_weight > 0,
+            "mile.unlabeled_weight",
+            "> 0 or null",
+            self.unlabeled_weight,
+        )
+        if self.unlabeled_weight is not None and not self.semi_supervised:
+            raise ValueError(
+                f"mile.unlabeled_weight={self.unlabeled_weight} weighs the unlabeled images "
+                "of semi-supervised MILe; set mile.semi_supervised=true (method=mile_semi) "
+                "or leave it unset"
+            )
         _require_choice("mile.empty_pseudo_labels", self.empty_pseudo_labels, EMPTY_PSEUDO_LABELS)
 
 

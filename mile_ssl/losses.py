@@ -21,10 +21,40 @@ def multi_label_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     Returns:
         Scalar loss ``-1/B sum_i sum_j [y_ij log s_ij + (1 - y_ij) log(1 - s_ij)]``.
     """
+    return _per_image_bce(logits, targets).mean()
+
+
+def _per_image_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of each image, summed over classes: shape ``(B,)``."""
     per_element = F.binary_cross_entropy_with_logits(
         logits.float(), targets.to(torch.float32), reduction="none"
     )
-    return per_element.sum(dim=1).mean()
+    return per_element.sum(dim=1)
+
+
+def semi_supervised_bce(
+    logits: torch.Tensor, targets: torch.Tensor, labelled: torch.Tensor, unlabeled_weight: float
+) -> torch.Tensor:
+    """:func:`multi_label_bce` averaged within each stream: ``L_labelled + w * L_unlabeled``.
+
+    One mean over the mixed batch would give the labelled images ``1 / (1 + ratio)`` of
+    the weight they have in supervised MILe, so the ground-truth phase would overwrite
+    what the student learnt about them. Averaging each stream on its own (FixMatch's
+    ``L_s + lambda_u * L_u``) keeps the labelled term as strong as without unlabeled
+    images. A stream with no image in the batch contributes nothing.
+
+    Args:
+        logits: Raw outputs ``(B, C)``.
+        targets: Multi-hot targets ``(B, C)``.
+        labelled: Boolean ``(B,)``, true for images of the labelled stream.
+        unlabeled_weight: ``w``, the weight of the unlabeled images' mean loss.
+    """
+    per_image = _per_image_bce(logits, targets)
+    loss = per_image.new_zeros(())
+    for rows, weight in ((labelled, 1.0), (~labelled, unlabeled_weight)):
+        if rows.any():
+            loss = loss + weight * per_image[rows].mean()
+    return loss
 
 
 def one_hot_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

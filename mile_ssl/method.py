@@ -42,6 +42,7 @@ from mile_ssl.losses import (
     distillation_loss,
     multi_label_bce,
     one_hot_bce,
+    semi_supervised_bce,
     sigmoid_head_bias,
     softmax_cross_entropy,
 )
@@ -324,11 +325,17 @@ class MILeModule(L.LightningModule):
         stats = pseudo_label_report(pseudo_labels, batch.get("labelled"), batch.get("label_set"))
         self._record_phase_stats(stats, position)
         logits = self.student(student_images)
-        if "labelled" in batch and self.mile.empty_pseudo_labels == "ignore":
+        labelled = batch.get("labelled")
+        if labelled is not None and self.mile.empty_pseudo_labels == "ignore":
             confident = pseudo_labels.any(dim=1)
+            # With no confident image at all, every image is kept (as all-negative).
             if confident.any():
                 logits, pseudo_labels = logits[confident], pseudo_labels[confident]
-        loss = multi_label_bce(logits, pseudo_labels)
+                labelled = labelled[confident]
+        if labelled is None or self.mile.unlabeled_weight is None:
+            loss = multi_label_bce(logits, pseudo_labels)
+        else:
+            loss = semi_supervised_bce(logits, pseudo_labels, labelled, self.mile.unlabeled_weight)
         self._optimize(self._optimizer(0), loss)
         return loss
 

@@ -47,6 +47,8 @@ def test_every_group_has_options() -> None:
         ("mile.rho=1.0", "mile.rho"),
         ("mile.rho=0", "mile.rho"),
         ("mile.variant=other", "mile.variant"),
+        ("mile.unlabeled_weight=0", "mile.unlabeled_weight"),
+        ("mile.unlabeled_weight=1", "mile.unlabeled_weight"),
         ("data.fraction=0", "data.fraction"),
         ("data.fraction=1.5", "data.fraction"),
         ("method.name=other", "method.name"),

@@ -4,7 +4,13 @@ import math
 
 import torch
 
-from mile_ssl.losses import multi_label_bce, one_hot_bce, sigmoid_head_bias, softmax_cross_entropy
+from mile_ssl.losses import (
+    multi_label_bce,
+    one_hot_bce,
+    semi_supervised_bce,
+    sigmoid_head_bias,
+    softmax_cross_entropy,
+)
 
 
 def test_bce_sums_over_classes_and_averages_over_batch() -> None:
@@ -38,3 +44,47 @@ def test_sigmoid_head_bias_starts_at_the_uniform_prior() -> None:
 def test_bf16_logits_give_a_float32_loss() -> None:
     logits = torch.randn(2, 3).to(torch.bfloat16)
     assert multi_label_bce(logits, torch.ones(2, 3)).dtype == torch.float32
+
+
+def _per_image_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    probabilities = torch.sigmoid(logits)
+    return -(targets * probabilities.log() + (~targets) * (1 - probabilities).log()).sum(dim=1)
+
+
+def test_semi_supervised_bce_averages_each_stream_on_its_own() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 4, generator=generator)
+    targets = torch.rand(5, 4, generator=generator) > 0.5
+    labelled = torch.tensor([True, False, False, True, False])
+    per_image = _per_image_bce(logits, targets)
+    expected = per_image[[0, 3]].mean() + 0.5 * per_image[[1, 2, 4]].mean()
+    torch.testing.assert_close(semi_supervised_bce(logits, targets, labelled, 0.5), expected)
+
+
+def test_more_unlabeled_images_do_not_dilute_the_labelled_gradient() -> None:
+    labelled_logits = torch.tensor([[2.0, -1.0, 0.5]], requires_grad=True)
+    targets = torch.tensor([[0, 1, 1]], dtype=torch.bool)
+    gradients = []
+    for ratio in (1, 7):
+        logits = torch.cat([labelled_logits, torch.zeros(ratio, 3)])
+        labelled = torch.tensor([True] + [False] * ratio)
+        all_targets = torch.cat([targets, torch.zeros(ratio, 3, dtype=torch.bool)])
+        (gradient,) = torch.autograd.grad(
+            semi_supervised_bce(logits, all_targets, labelled, 1.0), labelled_logits
+        )
+        gradients.append(gradient)
+    torch.testing.assert_close(gradients[0], gradients[1])
+    single = torch.autograd.grad(multi_label_bce(labelled_logits, targets), labelled_logits)[0]
+    torch.testing.assert_close(gradients[0], single)
+
+
+def test_semi_supervised_bce_with_one_stream_is_that_streams_mean() -> None:
+    logits = torch.randn(3, 2, generator=torch.Generator().manual_seed(1))
+    targets = torch.ones(3, 2, dtype=torch.bool)
+    none = torch.zeros(3, dtype=torch.bool)
+    torch.testing.assert_close(
+        semi_supervised_bce(logits, targets, none, 2.0), 2.0 * multi_label_bce(logits, targets)
+    )
+    torch.testing.assert_close(
+        semi_supervised_bce(logits, targets, ~none, 2.0), multi_label_bce(logits, targets)
+    )

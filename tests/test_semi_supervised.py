@@ -14,7 +14,9 @@ import torch
 from mile_ssl.config import TrainConfig
 from mile_ssl.data.datamodule import MILeDataModule, UnlabeledStream
 from mile_ssl.data.sampling import SemiSupervisedBatchSampler, StepBatchSampler
+from mile_ssl.losses import multi_label_bce
 from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.pseudo_labels import threshold_pseudo_labels
 from mile_ssl.train import run_training
 
 SEMI = (
@@ -320,3 +322,54 @@ def test_pseudo_label_history_is_written_plotted_and_survives_resume(
         tmp_path / "resumed",
     )
     assert json.loads((resumed.output_dir / "pseudo_labels.json").read_text()) == history
+
+
+class StudentLossWatcher(L.Callback):
+    """Records, per student step, the teacher's and student's logits and the step's loss."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, torch.Tensor]] = []
+        self._current: dict[str, torch.Tensor] = {}
+
+    def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
+        def keep(name: str) -> Callable[..., None]:
+            def hook(network: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
+                if network.training == (name == "student"):
+                    self._current[name] = output.detach().clone()
+
+            return hook
+
+        module.teacher.register_forward_hook(keep("teacher"))
+        module.student.register_forward_hook(keep("student"))
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, *args: Any) -> None:
+        self._current = {"labelled": batch["labelled"].clone()}
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, *args: Any) -> None:
+        if "teacher" in self._current:  # a student step: the teacher labelled the batch
+            self.steps.append({**self._current, "loss": outputs["loss"].detach().clone()})
+
+
+@pytest.mark.parametrize("unlabeled_weight", [None, 0.5])
+def test_student_loss_weighs_the_streams_as_configured(
+    tiny_config, tmp_path: Path, unlabeled_weight: float | None
+) -> None:
+    weight = [] if unlabeled_weight is None else [f"mile.unlabeled_weight={unlabeled_weight}"]
+    config: TrainConfig = tiny_config(
+        *SEMI, "mile.empty_pseudo_labels=keep", "trainer.max_steps=4", *weight
+    )
+    watcher = StudentLossWatcher()
+    run_training(config, tmp_path, callbacks=[watcher])
+    assert len(watcher.steps) == 2
+    for step in watcher.steps:
+        targets = threshold_pseudo_labels(step["teacher"], config.mile.rho)
+        labelled = step["labelled"]
+        one_mean = multi_label_bce(step["student"], targets)
+        per_stream = multi_label_bce(
+            step["student"][labelled], targets[labelled]
+        ) + 0.5 * multi_label_bce(step["student"][~labelled], targets[~labelled])
+        expected, other = (
+            (one_mean, per_stream) if unlabeled_weight is None else (per_stream, one_mean)
+        )
+        torch.testing.assert_close(step["loss"], expected)
+        assert not torch.allclose(step["loss"], other)
