@@ -13,12 +13,15 @@ from mile_ssl.losses import (
 )
 
 
+def _per_image_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    probabilities = torch.sigmoid(logits)
+    return -(targets * probabilities.log() + (~targets) * (1 - probabilities).log()).sum(dim=1)
+
+
 def test_bce_sums_over_classes_and_averages_over_batch() -> None:
     logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
     targets = torch.tensor([[1, 0, 1], [0, 0, 1]], dtype=torch.bool)
-    probabilities = torch.sigmoid(logits)
-    per_element = -(targets * probabilities.log() + (~targets) * (1 - probabilities).log())
-    expected = per_element.sum() / 2
+    expected = _per_image_bce(logits, targets).sum() / 2
     torch.testing.assert_close(multi_label_bce(logits, targets), expected)
 
 
@@ -44,11 +47,6 @@ def test_sigmoid_head_bias_starts_at_the_uniform_prior() -> None:
 def test_bf16_logits_give_a_float32_loss() -> None:
     logits = torch.randn(2, 3).to(torch.bfloat16)
     assert multi_label_bce(logits, torch.ones(2, 3)).dtype == torch.float32
-
-
-def _per_image_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    probabilities = torch.sigmoid(logits)
-    return -(targets * probabilities.log() + (~targets) * (1 - probabilities).log()).sum(dim=1)
 
 
 def test_semi_supervised_bce_averages_each_stream_on_its_own() -> None:
