@@ -23,10 +23,10 @@ VAL_IMAGES = 8
 
 
 @pytest.fixture(scope="module")
-def imagenet_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def imagenet_tree(module_tmp_path: Path) -> Path:
     """Training images of two classes (names from the 1 % list); validation images filed
     under the wnid of their first ReaL label, as in the real validation folder."""
-    root = tmp_path_factory.mktemp("imagenet")
+    root = module_tmp_path / "imagenet"
     split = shipped_split(0.01)
     assert split is not None
     listed = split.read_text().split()
@@ -55,11 +55,11 @@ def _overrides(root: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def run_checkpoint(imagenet_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def run_checkpoint(imagenet_tree: Path, module_tmp_path: Path) -> Path:
     config = compose_train_config(
         [*_overrides(imagenet_tree), "trainer.max_steps=2", "mile.kt=1", "mile.ks=1"]
     )
-    return run_training(config, tmp_path_factory.mktemp("eval_run")).last_checkpoint
+    return run_training(config, module_tmp_path / "eval_run").last_checkpoint
 
 
 def _direct_metrics(checkpoint: Path, root: Path) -> dict[str, float]:

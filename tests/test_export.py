@@ -23,9 +23,9 @@ NUM_CLASSES = 3
 
 
 @pytest.fixture(scope="module")
-def run_checkpoint(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
+def run_checkpoint(module_tmp_path: Path, one_thread: None) -> Path:
     """Two MILe steps (one teacher, one student step) of a ResNet-18 on a tiny JPEG folder."""
-    root = tmp_path_factory.mktemp("export_images")
+    root = module_tmp_path / "images"
     write_image_folder(root / "train", classes=NUM_CLASSES, per_class=4, size=36)
     write_image_folder(root / "val", classes=NUM_CLASSES, per_class=1, size=36)
     overrides = [item for item in TINY_OVERRIDES if not item.startswith("backbone.kwargs")]
@@ -43,7 +43,7 @@ def run_checkpoint(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -
             "mile.ks=1",
         ]
     )
-    return run_training(config, tmp_path_factory.mktemp("export_run")).last_checkpoint
+    return run_training(config, module_tmp_path / "run").last_checkpoint
 
 
 def test_torchvision_export_reloads_strictly_with_identical_logits(

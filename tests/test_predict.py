@@ -32,8 +32,8 @@ def _write_jpegs(root: Path, per_class: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("predict_images")
+def image_root(module_tmp_path: Path) -> Path:
+    root = module_tmp_path / "images"
     _write_jpegs(root / "train", per_class=4)
     _write_jpegs(root / "val", per_class=1)
     return root
@@ -58,13 +58,13 @@ def _train(root: Path, out: Path, method: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def mile_checkpoint(image_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _train(image_root, tmp_path_factory.mktemp("predict_mile"), "mile")
+def mile_checkpoint(image_root: Path, module_tmp_path: Path) -> Path:
+    return _train(image_root, module_tmp_path / "mile", "mile")
 
 
 @pytest.fixture(scope="module")
-def softmax_checkpoint(image_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _train(image_root, tmp_path_factory.mktemp("predict_softmax"), "softmax")
+def softmax_checkpoint(image_root: Path, module_tmp_path: Path) -> Path:
+    return _train(image_root, module_tmp_path / "softmax", "softmax")
 
 
 def _indices(entries: list[dict]) -> set[int]:

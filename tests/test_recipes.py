@@ -43,10 +43,10 @@ MILE_TABLE_3 = {
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tree(module_tmp_path: Path) -> Path:
     """Two classes; each: 3 files of the 1 % list (also in the 10 % one), 2 of the 10 %
     list only, 1 in neither; two validation images."""
-    root = tmp_path_factory.mktemp("imagenet")
+    root = module_tmp_path / "imagenet"
     one, ten = (shipped_split(fraction) for fraction in (0.01, 0.1))
     assert one is not None and ten is not None
     one_pct = one.read_text().split()
@@ -186,8 +186,9 @@ WRITERS = {
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("ssl_checkpoints")
+def checkpoints(module_tmp_path: Path) -> dict[str, Path]:
+    folder = module_tmp_path / "ssl_checkpoints"
+    folder.mkdir()
     paths = {}
     for ssl, (name, write) in WRITERS.items():
         paths[ssl] = folder / name

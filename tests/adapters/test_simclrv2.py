@@ -201,7 +201,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Reference]:
+def reference(module_tmp_path: Path) -> Callable[[str], Reference]:
     """Build, randomise and save a variant once per module, in the conversion's layout."""
     cache: dict[str, Reference] = {}
 
@@ -218,7 +218,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Refer
             resnet.eval()
             head.eval()
             ref = Reference(
-                tmp_path_factory.mktemp(name) / f"{name}.pth", resnet, head, _spec(50, width, sk)
+                module_tmp_path / f"{name}.pth", resnet, head, _spec(50, width, sk)
             )
             torch.save(ref.raw(), ref.path)
             cache[name] = ref
