@@ -217,9 +217,7 @@ def reference(module_tmp_path: Path) -> Callable[[str], Reference]:
             _randomise(resnet, head)
             resnet.eval()
             head.eval()
-            ref = Reference(
-                module_tmp_path / f"{name}.pth", resnet, head, _spec(50, width, sk)
-            )
+            ref = Reference(module_tmp_path / f"{name}.pth", resnet, head, _spec(50, width, sk))
             torch.save(ref.raw(), ref.path)
             cache[name] = ref
         return cache[name]
