@@ -12,8 +12,10 @@ Semi-supervised rows (paper Sec. 4.4): ``mile_semi`` and the baselines ``distill
 ``self_train``, whose fixed teacher is the ``--teacher-method`` run of the same seed,
 fraction and initialisation (trained first when it is not in ``--methods``):
 
-    python benchmarks/digits.py --fractions 0.1 0.01 --init scratch \
-        --methods softmax sigmoid mile mile_semi distill self_train trainer.max_steps=600
+    python benchmarks/digits.py --experiment digits_semi --init scratch \
+        --methods softmax sigmoid mile distill self_train
+    python benchmarks/digits.py --experiment digits_semi --init scratch \
+        --methods mile_semi --tag "[unlabeled_weight=1]" --no-trivial mile.unlabeled_weight=1
 """
 
 from __future__ import annotations
@@ -53,7 +55,18 @@ METRIC_KEYS = (
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fractions", type=float, nargs="+", default=[1.0])
+    parser.add_argument(
+        "--experiment",
+        default="digits",
+        help="experiment config of every run, e.g. digits_semi for the semi-supervised rows",
+    )
+    parser.add_argument(
+        "--fractions",
+        type=float,
+        nargs="+",
+        default=None,
+        help="label fractions (default: the experiment's data.fraction)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--init", nargs="+", choices=["ssl", "scratch"], default=["ssl", "scratch"])
     parser.add_argument("--methods", nargs="+", default=["softmax", "sigmoid", "mile"])
@@ -144,7 +157,7 @@ def run_method(
     init_overrides = [f"checkpoint.path={checkpoint}"] if init == "ssl" else ["checkpoint=scratch"]
     config = compose_train_config(
         [
-            "experiment=digits",
+            f"experiment={args.experiment}",
             f"method={method}",
             f"data.fraction={fraction}",
             f"seed={seed}",
@@ -167,21 +180,28 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
+    # The first method's config: the overrides may only be valid with it.
+    base = compose_train_config(
+        [
+            f"experiment={args.experiment}",
+            f"method={args.methods[0]}",
+            "checkpoint=scratch",
+            *args.overrides,
+        ]
+    )
+    fractions = args.fractions or [base.data.fraction]
     rows: list[dict[str, Any]] = []
     for seed in args.seeds:
         checkpoint = None
         for init in args.init:
             if init == "ssl" and checkpoint is None:
-                base = compose_train_config(
-                    ["experiment=digits", "checkpoint=scratch", *args.overrides]
-                )
                 spec = BackboneSpec(str(base.backbone.name), dict(base.backbone.kwargs))
                 checkpoint = args.workdir / f"ssl_seed{seed}.pt"
                 if not checkpoint.exists():
                     pretrain_digits_simclr(
                         checkpoint, spec, steps=args.pretrain_steps, seed=seed, progress_bar=False
                     )
-            for fraction in args.fractions:
+            for fraction in fractions:
                 if not args.no_trivial:
                     rows.extend(trivial_rows(seed, fraction, init))
                 runs: dict[str, RunResult] = {}

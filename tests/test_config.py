@@ -101,3 +101,21 @@ def test_wandb_logger_without_wandb_installed_says_how_to_install(tmp_path: Path
     config = compose_train_config(["checkpoint=scratch", "trainer.logger=wandb"])
     with pytest.raises(ValueError, match=r"mile-ssl\[wandb\]"):
         build_logger(config.trainer, tmp_path)
+
+
+def test_semi_supervised_digit_experiment_extends_the_digit_one() -> None:
+    digits = compose_train_config(["experiment=digits", "checkpoint=scratch"])
+    semi = compose_train_config(
+        [
+            "experiment=digits_semi",
+            "method=mile_semi",
+            "mile.unlabeled_weight=1",
+            "checkpoint=scratch",
+        ]
+    )
+    assert (semi.data.fraction, semi.mile.rho, semi.optim.lr) == (0.1, 0.1, 0.05)
+    assert semi.mile.strong_student_view and semi.mile.unlabeled_weight == 1
+    assert semi.trainer.max_steps == 600 and semi.trainer.val_every_n_steps is None
+    # Everything it does not set comes from experiment=digits.
+    assert semi.backbone == digits.backbone and semi.data.name == digits.data.name
+    assert (semi.mile.kt, semi.mile.ks, semi.optim.warmup_steps) == (100, 100, 50)

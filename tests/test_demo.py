@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from mile_ssl.adapters import load_backbone
 from mile_ssl.demo import DEMO_RUNS, run_demo
 
@@ -21,6 +23,10 @@ def test_quick_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
         assert run["checkpoint"] == str(tmp_path / "ssl_checkpoint.pt")
         fraction = 0.1 if "10 %" in demo_run.name else 1.0
         assert abs(run["labelled_images"] - fraction * 512) <= 5  # stratified per class
+        # The 10 % rows run the semi-supervised benchmark's setting.
+        config = OmegaConf.load(tmp_path / "runs" / demo_run.directory / "resolved_config.yaml")
+        assert config.mile.strong_student_view == (fraction < 1)
+        assert config.mile.unlabeled_weight == (1 if demo_run.name == "mile_semi 10 %" else None)
     # The semi-supervised row recorded its pseudo-labels on the unlabeled 90 %.
     history = json.loads((tmp_path / "runs/mile_semi_10pct/pseudo_labels.json").read_text())
     assert "pseudo_labels_per_image_unlabeled" in history[0]
