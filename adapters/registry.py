@@ -22,6 +22,7 @@ importing mile_ssl stays cheap and a broken plugin only costs a warning.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import os
 import pickle
@@ -826,14 +827,20 @@ def _resolve_spec(
                 "backbone.name (e.g. 'torchvision:resnet50') to say which backbone it holds"
             )
         return stated
-    if stated is not None and (
-        given.name != stated.name or _plain(given.kwargs) != _plain(stated.kwargs)
-    ):
+    if stated is None:
+        return given
+    given_kwargs, stated_kwargs = _plain(given.kwargs), _plain(stated.kwargs)
+    contradicted = [key for key in given_kwargs if given_kwargs[key] != stated_kwargs.get(key)]
+    if given.name != stated.name or contradicted:
+        # Naming the file's architecture without its builder details (e.g. backbone=resnet50
+        # for a file with TF "SAME" padding) is agreement; only a different value is not.
         raise CheckpointError(
-            f"backbone {given} was requested but {source} states {stated}; leave the "
-            "backbone unset to use the file's architecture"
+            f"backbone {given.name!r}{_kwargs(given)} was requested, but {source} (adapter "
+            f"{adapter!r}) holds {stated.name!r}{_kwargs(stated)}. Leave the backbone unset "
+            f"(backbone=auto, the default) to use the file's architecture, or set "
+            f"backbone.name={stated.name}{_kwargs_overrides(stated)}"
         )
-    return given
+    return stated
 
 
 def describe_mismatch(
@@ -906,3 +913,11 @@ def _check_state_dict(
 
 def _kwargs(spec: BackboneSpec) -> str:
     return f" with {spec.kwargs}" if spec.kwargs else ""
+
+
+def _kwargs_overrides(spec: BackboneSpec) -> str:
+    """The Hydra overrides that set ``spec.kwargs`` on the command line."""
+    return "".join(
+        f" +backbone.kwargs.{key}={json.dumps(_plain(value)).replace(' ', '')}"
+        for key, value in spec.kwargs.items()
+    )

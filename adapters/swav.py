@@ -26,7 +26,7 @@ from typing import Any
 
 from torch import Tensor
 
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.preprocessing import IMAGENET_MEAN, Preprocessing
 
 from .registry import (
     AdapterOptions,
@@ -46,6 +46,9 @@ from .torchvision_format import (
 )
 
 HEAD_PREFIXES = ("projection_head.", "prototypes.")
+SWAV_PREPROCESSING = Preprocessing(mean=IMAGENET_MEAN, std=(0.228, 0.224, 0.225))
+"""The normalisation of SwAV's own evaluation code (``eval_linear.py``, ``eval_semisup.py``):
+ImageNet's mean, and 0.228 rather than torchvision's 0.229 for the red channel."""
 """SwAV's projection MLP and prototype layer(s), relative to the model."""
 
 
@@ -112,7 +115,7 @@ def convert_swav(raw: Mapping[str, Any], options: AdapterOptions) -> ConvertedCh
     return ConvertedCheckpoint(
         state_dict=backbone,
         backbone=infer_resnet_spec(backbone),
-        preprocessing=Preprocessing(),
+        preprocessing=SWAV_PREPROCESSING,
         dropped=tuple(f"{prefix}{key}" for key in model if key not in backbone),
         expected_prefix=prefix or None,
     )

@@ -10,7 +10,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import hydra
@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from mile_ssl.config import register_configs, to_train_config
 from mile_ssl.solo_learn import Translation, is_solo_config, read_solo_config, translate_solo_config
+from mile_ssl.user_errors import exit_on_user_error, removed_on_user_error
 
 log = logging.getLogger("mile_ssl")
 
@@ -54,16 +55,15 @@ def _train(config: DictConfig) -> None:
     from mile_ssl.report import format_metrics_table
     from mile_ssl.train import run_training
 
-    try:
+    hydra_config = HydraConfig.get()
+    output_dir = Path(hydra_config.runtime.output_dir)
+    hydra_files = {f"{hydra_config.job.name}.log", str(hydra_config.output_subdir)}
+    with removed_on_user_error(output_dir, hydra_files), exit_on_user_error("train"):
         train_config = to_train_config(config)
-    except ValueError as error:
-        log.error("invalid configuration: %s", error)
-        raise SystemExit(2) from error
-    # Hydra already logs to the console and the run's log file; Lightning's own console
-    # handler would print every Lightning message twice.
-    logging.getLogger("lightning.pytorch").handlers.clear()
-    output_dir = HydraConfig.get().runtime.output_dir
-    result = run_training(train_config, output_dir)
+        # Hydra already logs to the console and the run's log file; Lightning's own console
+        # handler would print every Lightning message twice.
+        logging.getLogger("lightning.pytorch").handlers.clear()
+        result = run_training(train_config, output_dir)
     _print_on_rank_zero(format_metrics_table({train_config.method.name: result.metrics}))
     _print_on_rank_zero(f"run directory: {result.output_dir}")
 
@@ -166,12 +166,24 @@ def _inspect(argv: Sequence[str]) -> None:
     )
 
 
-def _split_checkpoint(args: Sequence[str]) -> tuple[Path, list[str]]:
-    """Take ``checkpoint=PATH`` out of ``args``."""
-    paths = [arg.split("=", 1)[1] for arg in args if arg.startswith("checkpoint=")]
-    if len(paths) != 1:
-        raise SystemExit("mile-ssl: give exactly one checkpoint=PATH (a run's .ckpt or folder)")
-    return Path(paths[0]), [arg for arg in args if not arg.startswith("checkpoint=")]
+def _run_parser(command: str, description: str | None, example: str) -> argparse.ArgumentParser:
+    """A parser for a command that reads a fine-tuned run given as ``checkpoint=PATH``."""
+    return argparse.ArgumentParser(
+        prog=f"mile-ssl {command}",
+        description=description,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _split_checkpoint(
+    parser: argparse.ArgumentParser, items: Sequence[str]
+) -> tuple[Path, list[str]]:
+    """Take ``checkpoint=PATH`` out of the positional ``items``."""
+    paths = [item.split("=", 1)[1] for item in items if item.startswith("checkpoint=")]
+    if len(paths) != 1 or not paths[0]:
+        parser.error("give exactly one checkpoint=PATH (a run's .ckpt file or run folder)")
+    return Path(paths[0]), [item for item in items if not item.startswith("checkpoint=")]
 
 
 def _eval(argv: Sequence[str]) -> None:
@@ -181,12 +193,21 @@ def _eval(argv: Sequence[str]) -> None:
     from mile_ssl.config import compose_train_config
     from mile_ssl.eval_report import eval_command_result, format_eval_result
 
-    checkpoint, rest = _split_checkpoint(argv)
-    as_json = "--json" in rest
-    overrides = [arg for arg in rest if arg != "--json"]
+    parser = _run_parser(
+        "eval",
+        _eval.__doc__,
+        "mile-ssl eval checkpoint=runs/DATE/TIME/checkpoints/last.ckpt "
+        "data=imagenet data.root=/data/imagenet",
+    )
+    parser.add_argument(
+        "items", nargs="+", metavar="checkpoint=PATH [DATA OVERRIDES]", help="run and data"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_intermixed_args(argv)
+    checkpoint, overrides = _split_checkpoint(parser, args.items)
     data = compose_train_config(["checkpoint=scratch", *overrides]).data
     result = eval_command_result(checkpoint, data)
-    print(json.dumps(result, indent=2, default=str) if as_json else format_eval_result(result))
+    print(json.dumps(result, indent=2, default=str) if args.json else format_eval_result(result))
 
 
 def _predict(argv: Sequence[str]) -> None:
@@ -195,17 +216,25 @@ def _predict(argv: Sequence[str]) -> None:
 
     from mile_ssl.predict import format_predictions, predict
 
-    checkpoint, rest = _split_checkpoint(argv)
-    parser = argparse.ArgumentParser(prog="mile-ssl predict", description=_predict.__doc__)
-    parser.add_argument("inputs", nargs="+", help="image files or folders")
-    parser.add_argument("--threshold", type=float, default=0.5)
-    parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--image-size", type=int, default=None)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(rest)
+    parser = _run_parser(
+        "predict",
+        _predict.__doc__,
+        "mile-ssl predict photo.jpg photos/ checkpoint=runs/DATE/TIME/checkpoints/last.ckpt",
+    )
+    parser.add_argument(
+        "items", nargs="+", metavar="IMAGE_OR_FOLDER... checkpoint=PATH", help="inputs and run"
+    )
+    parser.add_argument("--threshold", type=float, default=0.5, help="sigmoid threshold")
+    parser.add_argument("--top-k", type=int, default=5, help="classes listed per image")
+    parser.add_argument("--image-size", type=int, default=None, help="evaluation crop size")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_intermixed_args(argv)
+    checkpoint, inputs = _split_checkpoint(parser, args.items)
+    if not inputs:
+        parser.error("give at least one image file or folder")
     results = predict(
         checkpoint,
-        args.inputs,
+        inputs,
         threshold=args.threshold,
         top_k=args.top_k,
         image_size=args.image_size,
@@ -217,12 +246,19 @@ def _export(argv: Sequence[str]) -> None:
     """Write the fine-tuned student as plain weights for torchvision / timm / safetensors."""
     from mile_ssl.export import FORMATS, export_checkpoint
 
-    checkpoint, rest = _split_checkpoint(argv)
-    parser = argparse.ArgumentParser(prog="mile-ssl export", description=_export.__doc__)
-    parser.add_argument("--out", type=Path, default=Path("export"))
-    parser.add_argument("--formats", nargs="+", default=list(FORMATS))
-    parser.add_argument("--image-size", type=int, default=None)
-    args = parser.parse_args(rest)
+    parser = _run_parser(
+        "export",
+        _export.__doc__,
+        "mile-ssl export checkpoint=runs/DATE/TIME/checkpoints/last.ckpt --out exported",
+    )
+    parser.add_argument("items", nargs="+", metavar="checkpoint=PATH", help="the run")
+    parser.add_argument("--out", type=Path, default=Path("export"), help="output folder")
+    parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
+    parser.add_argument("--image-size", type=int, default=None, help="evaluation crop size")
+    args = parser.parse_intermixed_args(argv)
+    checkpoint, rest = _split_checkpoint(parser, args.items)
+    if rest:
+        parser.error(f"unexpected arguments {rest}")
     written = export_checkpoint(checkpoint, args.out, args.formats, image_size=args.image_size)
     for kind, path in written.items():
         print(f"{kind:12} {path}")
@@ -239,23 +275,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Lightning's DDP launcher restarts this program for ranks > 0 with
         # sys.argv[1:] of the "train" call, which no longer holds the command word.
         command, rest = "train", args
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if command == "train":
-        register_configs()
-        sys.argv = [sys.argv[0], *_expand_solo_recipe(rest)]
-        _train()
-    elif command == "from-solo":
-        _from_solo(rest)
-    elif command == "inspect":
-        _inspect(rest)
-    elif command == "eval":
-        _eval(rest)
-    elif command == "predict":
-        _predict(rest)
-    elif command == "export":
-        _export(rest)
-    elif command == "demo":
-        _demo(rest)
-    else:
+    if command not in COMMANDS:
         print(f"mile-ssl: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    with exit_on_user_error(command):
+        if command == "train":
+            # Hydra reports composition errors itself, with exit status 1; this lets them
+            # reach exit_on_user_error like every other user error.
+            os.environ["HYDRA_FULL_ERROR"] = "1"
+            register_configs()
+            sys.argv = [sys.argv[0], *_expand_solo_recipe(rest)]
+            _train()
+        else:
+            COMMAND_FUNCTIONS[command](rest)
+
+
+COMMAND_FUNCTIONS: dict[str, Callable[[Sequence[str]], None]] = {
+    "demo": _demo,
+    "from-solo": _from_solo,
+    "inspect": _inspect,
+    "eval": _eval,
+    "predict": _predict,
+    "export": _export,
+}

@@ -236,14 +236,16 @@ class BackboneConfig:
     """Architecture of the network that is fine-tuned.
 
     Attributes:
-        name: See :class:`mile_ssl.backbones.BackboneSpec`; ``null`` takes the name
-            stored in the checkpoint.
+        name: See :class:`mile_ssl.backbones.BackboneSpec`. ``null`` (``backbone=auto``,
+            the default) takes the architecture the checkpoint states or its adapter
+            infers; without a checkpoint (``checkpoint=scratch``) it is ``tiny_resnet``.
+            A name the checkpoint contradicts is an error.
         kwargs: Builder arguments.
         channels_last: Run convolutions in channels-last memory format (faster with
             bf16 on CPUs and GPUs).
     """
 
-    name: str | None = "tiny_resnet"
+    name: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     channels_last: bool = True
 

@@ -47,6 +47,8 @@ METRICS_FILE = "metrics.json"
 PSEUDO_LABELS_FILE = "pseudo_labels.json"
 PSEUDO_LABELS_PLOT = "pseudo_labels.png"
 RESOLVED_CONFIG_FILE = "resolved_config.yaml"
+SCRATCH_BACKBONE = "tiny_resnet"
+"""Architecture of a ``checkpoint=scratch`` run that names no backbone."""
 
 
 @dataclass
@@ -67,7 +69,9 @@ class RunResult:
 def initial_backbone(backbone: BackboneConfig, checkpoint: CheckpointConfig) -> LoadedBackbone:
     """The backbone fine-tuning starts from: loaded through an adapter, or random.
 
-    Random initialisation happens only when asked for (``checkpoint=scratch``).
+    With a checkpoint and no backbone named, the checkpoint decides the architecture.
+    Random initialisation happens only when asked for (``checkpoint=scratch``); then a
+    backbone left unset is the small ``tiny_resnet`` of the digit grids.
     """
     spec = BackboneSpec(backbone.name, dict(backbone.kwargs)) if backbone.name else None
     if checkpoint.init == "checkpoint":
@@ -83,7 +87,7 @@ def initial_backbone(backbone: BackboneConfig, checkpoint: CheckpointConfig) -> 
             projection_layers=checkpoint.projection_layers,
         )
     if spec is None:
-        raise ValueError("checkpoint=scratch needs backbone.name (no checkpoint to take it from)")
+        spec = BackboneSpec(SCRATCH_BACKBONE)
     module, feature_dim = build_backbone(spec)
     log.warning("training %s from random initialisation (checkpoint=scratch)", spec.name)
     return LoadedBackbone(

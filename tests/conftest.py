@@ -19,6 +19,7 @@ TINY_OVERRIDES = [
     "data.digits.num_train=256",
     "data.digits.num_val=64",
     "data.batch_size=32",
+    "backbone=tiny_resnet",
     "backbone.kwargs.widths=[8,16]",
     "trainer.progress_bar=false",
     "trainer.precision=32-true",

@@ -98,7 +98,9 @@ def test_swav_layouts_load(tmp_path: Path, multi_prototypes: bool, wrap: bool) -
     loaded = load_backbone(path)
     assert loaded.adapter == "swav"
     assert loaded.spec == BackboneSpec("torchvision:resnet50")
-    assert loaded.preprocessing == Preprocessing()
+    assert loaded.preprocessing == Preprocessing(
+        mean=(0.485, 0.456, 0.406), std=(0.228, 0.224, 0.225)
+    )
     heads = [
         key
         for key in state_dict

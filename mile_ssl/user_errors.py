@@ -1,0 +1,100 @@
+"""Errors a user can cause, shown as one message and exit status 2 instead of a traceback.
+
+Every module raises ordinary exceptions whose message names the file, key or value at
+fault (``ValueError`` and its subclasses such as ``CheckpointError``, ``OSError`` for
+files, Hydra's and OmegaConf's composition errors). The command line turns exactly these
+into one message; anything else is a bug in mile_ssl and keeps its traceback. Setting
+``MILE_SSL_DEBUG=1`` shows the traceback of user errors too.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+from hydra.errors import HydraException
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from omegaconf.errors import OmegaConfBaseException
+
+DEBUG_VARIABLE = "MILE_SSL_DEBUG"
+EXIT_USER_ERROR = 2
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    OSError,
+    pickle.UnpicklingError,
+    yaml.YAMLError,
+    HydraException,
+    OmegaConfBaseException,
+    MisconfigurationException,
+)
+"""Exception types that mean "the input is wrong", not "mile_ssl is wrong"."""
+
+
+def debugging() -> bool:
+    """Whether the user asked for tracebacks (``MILE_SSL_DEBUG`` set and not 0)."""
+    return os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+
+
+def describe(error: BaseException) -> str:
+    """The message of ``error``, with the OmegaConf detail Hydra keeps in its cause."""
+    message = str(error).strip() or type(error).__name__
+    cause = error.__cause__
+    if isinstance(error, HydraException) and isinstance(cause, OmegaConfBaseException):
+        detail = str(cause).strip()
+        if detail and detail not in message:
+            message = f"{message}\n{detail}"
+    return message
+
+
+@contextmanager
+def exit_on_user_error(command: str) -> Iterator[None]:
+    """Print a user error as ``mile-ssl COMMAND: error: ...`` and exit with status 2.
+
+    Args:
+        command: The subcommand, for the message's prefix.
+    """
+    try:
+        yield
+    except USER_ERRORS as error:
+        if debugging():
+            raise
+        print(
+            f"mile-ssl {command}: error: {describe(error)}\n"
+            f"(set {DEBUG_VARIABLE}=1 to see the traceback)",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_USER_ERROR) from None
+
+
+def holds_only(directory: Path, names: set[str]) -> bool:
+    """Whether ``directory`` exists and holds nothing but entries named in ``names``."""
+    return directory.is_dir() and all(child.name in names for child in directory.iterdir())
+
+
+@contextmanager
+def removed_on_user_error(directory: Path, own_files: set[str]) -> Iterator[None]:
+    """Remove ``directory`` if a user error stops the job before it wrote results.
+
+    Hydra creates a run directory (its ``.hydra`` record and the job's log) before the
+    job runs; a job that fails on bad input should leave nothing behind. The directory
+    is removed only if, when the job started, it held nothing but ``own_files``, so an
+    existing run directory (e.g. one being resumed into) is never touched.
+
+    Args:
+        directory: The run directory.
+        own_files: Names of the entries Hydra wrote for this job.
+    """
+    fresh = holds_only(directory, own_files)
+    try:
+        yield
+    except SystemExit as stop:
+        if fresh and stop.code == EXIT_USER_ERROR:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
