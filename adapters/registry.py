@@ -146,12 +146,24 @@ class Adapter:
             whether this adapter understands the file; used by ``adapter="auto"``.
         signature: What ``detect`` looks for, in words; listed when no adapter or
             several adapters recognise a file, next to what the file holds.
+        run_file: A file the format's training code writes beside its checkpoints
+            (solo-learn's ``args.json``). Found next to a checkpoint, it is evidence of
+            the format that ``detect_in_run`` weighs instead of ``detect``.
+        detect_in_run: The weaker test applied to files with ``run_file`` beside them.
     """
 
     name: str
     convert: ConvertFn
     detect: DetectFn
     signature: str = ""
+    run_file: str | None = None
+    detect_in_run: DetectFn | None = None
+
+    def recognises_run(self, raw: Mapping[str, Any], source: Path | None) -> bool:
+        """Whether ``source`` lies in a run folder of this format and ``raw`` fits it."""
+        if self.run_file is None or self.detect_in_run is None or source is None:
+            return False
+        return (source.parent / self.run_file).is_file() and self.detect_in_run(raw)
 
 
 _ADAPTERS: dict[str, Adapter] = {}
@@ -181,7 +193,12 @@ def register_reader(*suffixes: str) -> Callable[[ReaderFn], ReaderFn]:
 
 
 def register_adapter(
-    name: str, *, detect: DetectFn, signature: str = ""
+    name: str,
+    *,
+    detect: DetectFn,
+    signature: str = "",
+    run_file: str | None = None,
+    detect_in_run: DetectFn | None = None,
 ) -> Callable[[ConvertFn], ConvertFn]:
     """Register a ``convert`` function as the adapter ``name``.
 
@@ -192,6 +209,8 @@ def register_adapter(
         name: Registry name of the format.
         detect: Cheap predicate on the raw checkpoint mapping, see :class:`Adapter`.
         signature: What ``detect`` looks for, in words, for auto-detection errors.
+        run_file: See :class:`Adapter`.
+        detect_in_run: See :class:`Adapter`.
 
     Returns:
         A decorator registering its argument.
@@ -207,7 +226,14 @@ def register_adapter(
                 f"checkpoint adapter {name!r} is already registered "
                 f"(by {_ADAPTERS[name].convert.__module__}); pick another name"
             )
-        _ADAPTERS[name] = Adapter(name=name, convert=convert, detect=detect, signature=signature)
+        _ADAPTERS[name] = Adapter(
+            name=name,
+            convert=convert,
+            detect=detect,
+            signature=signature,
+            run_file=run_file,
+            detect_in_run=detect_in_run,
+        )
         return convert
 
     return decorator
@@ -291,13 +317,22 @@ def load_plugins() -> list[str]:
     return loaded
 
 
-def matching_adapters(raw: Mapping[str, Any]) -> list[str]:
+def matching_adapters(raw: Mapping[str, Any], source: Path | None = None) -> list[str]:
     """Names of the adapters whose ``detect`` accepts ``raw``, sorted.
 
     ``adapter="auto"`` needs exactly one; this is public so that a format's detection
     can be checked (and debugged) without loading anything.
+
+    Args:
+        raw: The checkpoint mapping.
+        source: The file it came from. When exactly one adapter recognises the run
+            folder around it (its ``run_file`` is there and ``detect_in_run`` accepts
+            ``raw``), that evidence decides.
     """
     load_plugins()
+    in_run = [name for name, adapter in _ADAPTERS.items() if adapter.recognises_run(raw, source)]
+    if len(in_run) == 1:
+        return in_run
     return sorted(name for name, adapter in _ADAPTERS.items() if adapter.detect(raw))
 
 
@@ -775,7 +810,7 @@ def _choose_adapter(raw: Mapping[str, Any], name: str, source: Path) -> Adapter:
     if name != "auto":
         return get_adapter(name)
     try:
-        names = matching_adapters(raw)
+        names = matching_adapters(raw, source)
     except Exception as exc:
         raise CheckpointError(
             f"auto-detecting the format of {source} failed ({type(exc).__name__}: {exc}); "

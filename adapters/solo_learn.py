@@ -116,6 +116,21 @@ def detect_solo_learn(raw: Mapping[str, Any]) -> bool:
     return CLASSIFIER_KEY in state_dict and _backbone_prefix(state_dict) is not None
 
 
+def detect_solo_learn_run(raw: Mapping[str, Any]) -> bool:
+    """Whether the state dict has solo-learn's backbone keys, checked beside ``args.json``.
+
+    In a solo-learn run folder the ``args.json`` is the evidence, so the online
+    classifier need not be there (checkpoints re-saved without it).
+    """
+    if "meta" in raw:
+        return False
+    try:
+        state_dict = unwrap(raw)
+    except ValueError:
+        return False
+    return _backbone_prefix(state_dict) is not None
+
+
 def read_run_args(checkpoint: Path) -> dict[str, Any] | None:
     """The ``args.json`` in ``checkpoint``'s folder, or ``None`` if there is none.
 
@@ -213,7 +228,9 @@ def run_spec(
     "solo_learn",
     detect=detect_solo_learn,
     signature="a Lightning 'state_dict' with 'backbone.' (or legacy 'encoder.') keys and "
-    "solo-learn's online 'classifier.weight'; no 'meta'",
+    "solo-learn's online 'classifier.weight' (or an args.json beside the file); no 'meta'",
+    run_file=ARGS_FILE,
+    detect_in_run=detect_solo_learn_run,
 )
 def convert_solo_learn(raw: Mapping[str, Any], options: AdapterOptions) -> ConvertedCheckpoint:
     """Extract the backbone of a solo-learn checkpoint, with its architecture from ``args.json``.

@@ -14,13 +14,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import hydra
-import yaml
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from mile_ssl.config import register_configs, to_train_config
-from mile_ssl.solo_learn import Translation, is_solo_config, read_solo_config, translate_solo_config
+from mile_ssl.solo_learn import Translation, expand_solo_command, find_solo_recipe
 from mile_ssl.user_errors import exit_on_user_error, removed_on_user_error
 
 log = logging.getLogger("mile_ssl")
@@ -83,36 +82,20 @@ def _demo(argv: Sequence[str]) -> None:
     run_demo(args.out, quick=args.quick)
 
 
-def _solo_recipe_path(args: Sequence[str]) -> tuple[Path | None, list[str]]:
-    """The solo-learn recipe named by ``--config-path/--config-name``, and the other args."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--config-path", "-cp")
-    parser.add_argument("--config-name", "-cn")
-    known, rest = parser.parse_known_args(list(args))
-    directory, name = known.config_path, known.config_name
-    if directory is None or name is None:
-        return None, list(args)
-    path = Path(directory) / (name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
-    if not path.is_file():
-        return None, list(args)
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict) or not is_solo_config(data):
-        return None, list(args)
-    return path, rest
-
-
 def _expand_solo_recipe(args: Sequence[str]) -> list[str]:
     """Replace a solo-learn recipe given as the primary config by the overrides it means."""
-    path, rest = _solo_recipe_path(args)
-    if path is None:
+    recipe, rest = find_solo_recipe(args)
+    if recipe is None:
         return list(args)
-    translation = translate_solo_config(read_solo_config(path), path)
-    _log_translation(path, translation)
-    return [*translation.overrides, *rest]
+    command = expand_solo_command(recipe, rest)
+    _log_translation(recipe, command.translation)
+    return command.arguments
 
 
 def _log_translation(path: Path, translation: Translation) -> None:
     log.info("solo-learn recipe %s:\n%s", path, translation.report())
+    for warning in translation.warnings:
+        log.warning("%s: %s", path, warning)
     if translation.unsupported:
         log.warning(
             "keys of %s that mile_ssl does not use: %s",
@@ -127,20 +110,35 @@ def _from_solo(argv: Sequence[str]) -> None:
 
     from mile_ssl.config import compose_train_config
 
-    parser = argparse.ArgumentParser(prog="mile-ssl from-solo", description=_from_solo.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="mile-ssl from-solo",
+        description=_from_solo.__doc__,
+        epilog="example:\n  mile-ssl from-solo scripts/linear/imagenet/byol.yaml "
+        "pretrained_feature_extractor=byol.ckpt data.train_path=/data/imagenet/train "
+        "data.val_path=/data/imagenet/val --out byol_mile.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("recipe", type=Path, help="solo-learn linear or fine-tune YAML")
+    parser.add_argument(
+        "overrides", nargs="*", help="solo-learn or mile_ssl overrides, as for mile-ssl train"
+    )
     parser.add_argument("--out", type=Path, help="where to write (default: RECIPE.mile.yaml)")
-    args = parser.parse_args(argv)
-    translation = translate_solo_config(read_solo_config(args.recipe), args.recipe)
-    config = compose_train_config(translation.overrides)
+    args = parser.parse_intermixed_args(argv)
+    command = expand_solo_command(args.recipe, args.overrides, require_checkpoint=False)
+    config = compose_train_config(command.arguments)
     out = args.out or args.recipe.with_suffix(".mile.yaml")
     body = OmegaConf.to_yaml(OmegaConf.structured(config))
+    unset = (
+        "" if config.checkpoint.path else "# checkpoint.path is unset: add checkpoint.path=FILE\n"
+    )
     out.write_text(
         f"# Translated from the solo-learn recipe {args.recipe}\n"
         "# Run: mile-ssl train --config-dir <this folder> --config-name <this file>\n"
-        "defaults:\n  - base_config\n  - _self_\n\n" + body
+        f"{unset}defaults:\n  - base_config\n  - _self_\n\n{body}"
     )
-    print(f"mapping of {args.recipe}:\n{translation.report()}")
+    print(f"mapping of {args.recipe}:\n{command.translation.report()}")
+    for warning in command.translation.warnings:
+        print(f"warning: {warning}")
     print(f"wrote {out}")
 
 

@@ -6,18 +6,27 @@ solo-learn users keep their runs in YAML files such as ``scripts/linear/imagenet
 into Hydra overrides of mile_ssl's own schema, so the run is validated and recorded like
 any other; every key is either mapped, or reported as unsupported, never dropped
 silently. A ``mile:`` section in the file sets MILe's own options.
+
+Recipes are run as solo-learn runs them: :func:`expand_solo_command` takes
+``--config-path DIR --config-name RECIPE`` and the command line after it, applies the
+overrides of solo-learn keys (``pretrained_feature_extractor=PATH``,
+``data.train_path=DIR``, ``++key=value``...) to the recipe before translating it, and
+puts mile_ssl overrides (``trainer.max_steps=2``...) last, so that what the user typed
+wins over any value the translation derives.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra.core.override_parser.types import Override, OverrideType
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +58,16 @@ class Translation:
         overrides: Hydra overrides for ``mile-ssl train``.
         mapping: ``(solo-learn key, mile_ssl setting)`` pairs, for the log.
         unsupported: ``(solo-learn key, reason)`` pairs for keys that have no effect.
+        warnings: Settings that change how the run behaves compared with solo-learn.
+        needs_checkpoint: The recipe's ``pretrained_feature_extractor`` is unset
+            (``None``, as published): the command line must give it.
     """
 
     overrides: list[str] = field(default_factory=list)
     mapping: list[tuple[str, str]] = field(default_factory=list)
     unsupported: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    needs_checkpoint: bool = False
 
     def set(self, solo_key: str, override: str) -> None:
         """Record that ``solo_key`` became ``override``."""
@@ -63,6 +77,24 @@ class Translation:
     def skip(self, solo_key: str, reason: str) -> None:
         """Record that ``solo_key`` is not used, and why."""
         self.unsupported.append((solo_key, reason))
+
+    def drop_overridden(self, keys: frozenset[str]) -> None:
+        """Remove derived overrides of ``keys``, which the user sets on the command line.
+
+        Setting ``trainer.max_steps`` also removes the ``trainer.max_epochs`` the recipe's
+        ``max_epochs`` became (it would replace the steps), and likewise for warm-up.
+        """
+        replaced = set(keys)
+        for given, derived in REPLACED_BY:
+            if given in keys:
+                replaced.add(derived)
+        self.overrides = [item for item in self.overrides if _override_key(item) not in replaced]
+        self.mapping = [
+            (solo_key, f"{value} (replaced on the command line)")
+            if _override_key(value) in replaced
+            else (solo_key, value)
+            for solo_key, value in self.mapping
+        ]
 
     def report(self) -> str:
         """The mapping and the unsupported keys as readable lines."""
@@ -79,19 +111,30 @@ def is_solo_config(data: Mapping[str, Any]) -> bool:
 
 
 def read_solo_config(path: str | Path) -> dict[str, Any]:
-    """Load a solo-learn YAML file.
+    """Load a solo-learn YAML file as Hydra would (``5e-4`` is a number, not a string).
 
     Raises:
-        ValueError: If the file is not a solo-learn recipe (naming the file).
+        FileNotFoundError: If there is no such file.
+        ValueError: If the file is not valid YAML or not a solo-learn recipe (naming it).
     """
+    from omegaconf import OmegaConf
+
     path = Path(path)
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict) or not is_solo_config(data):
+    if not path.is_file():
+        raise FileNotFoundError(f"solo-learn recipe not found: {path}")
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except (yaml.YAMLError, ValueError) as exc:
+        raise ValueError(f"cannot read solo-learn recipe {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a solo-learn recipe: it holds no mapping")
+    recipe = {str(key): value for key, value in data.items()}
+    if not is_solo_config(recipe):
         raise ValueError(
             f"{path} is not a solo-learn linear/fine-tune recipe: it has none of the keys "
             f"{list(SOLO_MARKERS)}"
         )
-    return data
+    return recipe
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -152,11 +195,12 @@ def translate_solo_config(solo: Mapping[str, Any], source: str | Path) -> Transl
 
     checkpoint = take("pretrained_feature_extractor")
     if checkpoint in (None, "None", "none", ""):
-        raise ValueError(
-            f"{source}: 'pretrained_feature_extractor' must name the pretrained checkpoint "
-            "that mile_ssl fine-tunes"
+        translation.needs_checkpoint = True
+        checkpoint = None
+    else:
+        translation.set(
+            "pretrained_feature_extractor", f"checkpoint.path={_value(str(checkpoint))}"
         )
-    translation.set("pretrained_feature_extractor", f"checkpoint.path={_value(str(checkpoint))}")
     method = take("pretrain_method")
     if method is not None:
         translation.mapping.append(
@@ -166,13 +210,12 @@ def translate_solo_config(solo: Mapping[str, Any], source: str | Path) -> Transl
     dataset = str(take("data.dataset") or "custom")
     backbone = take("backbone.name")
     backbone_kwargs = take("backbone.kwargs") or {}
-    args_json = Path(str(checkpoint)).parent / "args.json"
-    translation.overrides.append("backbone=from_checkpoint")
-    if args_json.exists() or Path(str(checkpoint)).is_dir():
+    run_args = _run_args(checkpoint)
+    if run_args is not None:
+        _check_run_backbone(run_args, backbone, source)
         translation.mapping.append(("backbone.name", "taken from the run's args.json"))
     elif backbone is not None:
-        family = "torchvision" if str(backbone).startswith(("resnet", "wide_resnet")) else "timm"
-        translation.set("backbone.name", f"backbone.name={family}:{backbone}")
+        translation.set("backbone.name", f"backbone.name={_backbone_spec_name(str(backbone))}")
         for key, value in dict(backbone_kwargs).items():
             translation.set(f"backbone.kwargs.{key}", f"+backbone.kwargs.{key}={_value(value)}")
     handled.add("backbone.kwargs")
@@ -196,6 +239,10 @@ def translate_solo_config(solo: Mapping[str, Any], source: str | Path) -> Transl
     data_format = take("data.format")
     if data_format not in (None, "image_folder"):
         translation.skip("data.format", f"{data_format!r} is read as image folders by torchvision")
+        translation.warnings.append(
+            f"data.format: {data_format} is not available in mile_ssl; the images are read "
+            "as image folders with torchvision and PIL instead (same files, same labels)"
+        )
     workers = take("data.num_workers")
     if workers is not None:
         translation.set("data.num_workers", f"data.num_workers={workers}")
@@ -242,6 +289,9 @@ def translate_solo_config(solo: Mapping[str, Any], source: str | Path) -> Transl
     if warmup is not None and scheduler == "warmup_cosine":
         translation.set("scheduler.warmup_epochs", f"optim.warmup_epochs={warmup}")
 
+    seed = take("seed")
+    if seed is not None:
+        translation.set("seed", f"seed={seed}")
     max_epochs = take("max_epochs")
     if max_epochs is not None:
         translation.set("max_epochs", f"trainer.max_epochs={max_epochs}")
@@ -286,3 +336,178 @@ def translate_solo_config(solo: Mapping[str, Any], source: str | Path) -> Transl
             continue
         translation.skip(key, IGNORED.get(top, "not supported by mile_ssl"))
     return translation
+
+
+REPLACED_BY = (
+    ("trainer.max_steps", "trainer.max_epochs"),
+    ("optim.warmup_steps", "optim.warmup_epochs"),
+)
+"""(mile_ssl key given on the command line, derived key it makes obsolete)."""
+
+MILE_ROOTS = frozenset({"method", "mile", "distill", "optim", "trainer", "experiment", "hydra"})
+"""Top-level keys only mile_ssl has: overrides under them are never solo-learn's."""
+
+
+def _override_key(override: str) -> str:
+    """The dotted key of a Hydra override string (``+a.b=1`` -> ``a.b``)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _backbone_spec_name(name: str) -> str:
+    """solo-learn's backbone name as a mile_ssl ``backbone.name``."""
+    if ":" in name:
+        return name
+    family = "torchvision" if name.startswith(("resnet", "wide_resnet")) else "timm"
+    return f"{family}:{name}"
+
+
+def _run_args(checkpoint: Any) -> dict[str, Any] | None:
+    """The ``args.json`` of the run that wrote ``checkpoint`` (a file or its folder)."""
+    from mile_ssl.adapters.solo_learn import ARGS_FILE, read_run_args
+
+    if checkpoint is None:
+        return None
+    path = Path(str(checkpoint))
+    return read_run_args(path / ARGS_FILE if path.is_dir() else path)
+
+
+def _check_run_backbone(run_args: Mapping[str, Any], backbone: Any, source: str | Path) -> None:
+    """Refuse a recipe whose ``backbone.name`` is not the pretrained run's backbone.
+
+    solo-learn would load such a pair with ``strict=False`` and fine-tune mostly random
+    weights; here it is an error that says which name to use.
+    """
+    from mile_ssl.adapters.solo_learn import backbone_name
+
+    trained = backbone_name(run_args)
+    if backbone is not None and trained is not None and str(backbone) != trained:
+        raise ValueError(
+            f"{source}: backbone.name={backbone} but the pretrained run's args.json says "
+            f"{trained!r}; pass backbone.name={trained} on the command line"
+        )
+
+
+@dataclass
+class SoloCommand:
+    """``mile-ssl train --config-path DIR --config-name RECIPE [OVERRIDES]`` taken apart.
+
+    Attributes:
+        recipe: The recipe file.
+        translation: The recipe, with the solo-learn overrides applied, as mile_ssl
+            overrides (derived values the command line replaces removed).
+        arguments: The arguments for ``mile-ssl train``: the translation's overrides,
+            then the command line's mile_ssl overrides and flags, which win.
+    """
+
+    recipe: Path
+    translation: Translation
+    arguments: list[str]
+
+
+def find_solo_recipe(args: Sequence[str]) -> tuple[Path | None, list[str]]:
+    """The solo-learn recipe named by ``--config-path/--config-name``, and the other args.
+
+    Returns:
+        ``(None, args)`` when the arguments name no solo-learn recipe (a mile_ssl config
+        directory is left to Hydra).
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--config-path", "-cp")
+    parser.add_argument("--config-name", "-cn")
+    known, rest = parser.parse_known_args(list(args))
+    directory, name = known.config_path, known.config_name
+    if directory is None or name is None:
+        return None, list(args)
+    path = Path(directory) / (name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
+    if not path.is_file():
+        return None, list(args)
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict) or not is_solo_config(data):
+        return None, list(args)
+    return path, rest
+
+
+def _is_solo_override(override: Override, recipe: Mapping[str, Any]) -> bool:
+    """Whether a command-line override addresses the recipe (solo-learn's keys).
+
+    As in solo-learn: a key of the recipe, or a new key added with ``+``/``++``. A
+    group choice (``data=folder``) and keys only mile_ssl has are mile_ssl overrides.
+    """
+    key = override.key_or_group
+    if key.split(".")[0] in MILE_ROOTS:
+        return False
+    if override.type in (OverrideType.ADD, OverrideType.FORCE_ADD):
+        return True
+    node: Any = recipe
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return not isinstance(node, Mapping) or override.type is OverrideType.DEL
+
+
+def _apply(recipe: dict[str, Any], override: Override) -> None:
+    """Set (or delete) one dotted key of the recipe, as Hydra would."""
+    *parents, leaf = override.key_or_group.split(".")
+    node = recipe
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    if override.type is OverrideType.DEL:
+        node.pop(leaf, None)
+    else:
+        node[leaf] = override.value()
+
+
+def expand_solo_command(
+    recipe: Path, args: Sequence[str], require_checkpoint: bool = True
+) -> SoloCommand:
+    """Translate a recipe with the command line given after it, as solo-learn reads both.
+
+    Args:
+        recipe: The recipe named by ``--config-path/--config-name``.
+        args: The rest of the command line: solo-learn overrides
+            (``pretrained_feature_extractor=PATH``, ``max_epochs=2``, ``++seed=1``),
+            mile_ssl overrides (``trainer.max_steps=2``, ``data.image_size=64``) and
+            Hydra flags (``-m``, ``--cfg job``), in any order.
+        require_checkpoint: Fail when neither the recipe nor the command line names
+            the pretrained checkpoint (training needs it; a translated config file can
+            leave it for later).
+
+    Raises:
+        ValueError: Naming the recipe and key: a sweep over a solo-learn key, or a
+            recipe whose checkpoint is still ``None`` and no command-line value for it.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    solo = read_solo_config(recipe)
+    parser = OverridesParser.create()
+    mile_args: list[str] = []
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            mile_args.append(arg)
+            continue
+        override = parser.parse_overrides([arg])[0]
+        if not _is_solo_override(override, solo):
+            mile_args.append(arg)
+        elif override.is_sweep_override():
+            raise ValueError(
+                f"{arg}: sweeping a solo-learn key of {recipe} is not supported; sweep the "
+                "mile_ssl key it maps to (mile-ssl from-solo shows the mapping)"
+            )
+        else:
+            _apply(solo, override)
+    translation = translate_solo_config(solo, recipe)
+    given = frozenset(
+        _override_key(arg) for arg in mile_args if "=" in arg and not arg.startswith("-")
+    )
+    translation.drop_overridden(given)
+    missing = translation.needs_checkpoint and not given & {"checkpoint.path", "checkpoint"}
+    if require_checkpoint and missing:
+        raise ValueError(
+            f"{recipe}: pretrained_feature_extractor is None; pass the pretrained checkpoint "
+            "on the command line, as with solo-learn: pretrained_feature_extractor=PATH"
+        )
+    return SoloCommand(recipe, translation, [*translation.overrides, *mile_args])

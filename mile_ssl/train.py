@@ -16,6 +16,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from omegaconf import OmegaConf
@@ -198,9 +199,9 @@ def build_trainer(
     )
 
 
-def world_size(config: TrainerConfig) -> int:
-    """Number of processes the Trainer settings start (devices x nodes, as Lightning sees it)."""
-    probe = L.Trainer(
+def _probe_trainer(config: TrainerConfig) -> L.Trainer:
+    """A Trainer that only resolves the accelerator, devices and strategy settings."""
+    return L.Trainer(
         accelerator=config.accelerator,
         devices=config.devices,
         num_nodes=config.num_nodes,
@@ -210,7 +211,36 @@ def world_size(config: TrainerConfig) -> int:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    return probe.world_size
+
+
+def world_size(config: TrainerConfig) -> int:
+    """Number of processes the Trainer settings start (devices x nodes, as Lightning sees it)."""
+    return _probe_trainer(config).world_size
+
+
+def resolve_sync_batchnorm(config: TrainerConfig) -> TrainerConfig:
+    """Check ``trainer.sync_batchnorm`` against the hardware before any data is read.
+
+    torch's SyncBatchNorm runs on GPUs only. With one process there is nothing to
+    synchronise, so on a CPU it is switched off (solo-learn recipes set it for GPUs);
+    several CPU processes cannot honour it, which is an error naming the key.
+
+    Raises:
+        ValueError: For ``sync_batchnorm`` with several processes on CPUs.
+    """
+    if not config.sync_batchnorm:
+        return config
+    probe = _probe_trainer(config)
+    if not isinstance(probe.accelerator, CPUAccelerator):
+        return config
+    if probe.world_size > 1:
+        raise ValueError(
+            "trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm does not run on "
+            f"CPUs) and this run starts {probe.world_size} CPU processes; set "
+            "trainer.sync_batchnorm=false (sync_batchnorm=False in a solo-learn recipe)"
+        )
+    log.info("trainer.sync_batchnorm ignored: one CPU process has nothing to synchronise")
+    return replace(config, sync_batchnorm=False)
 
 
 def resolve_epochs(config: TrainConfig, labelled_images: int) -> TrainConfig:
@@ -297,6 +327,7 @@ def run_training(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    config = replace(config, trainer=resolve_sync_batchnorm(config.trainer))
     L.seed_everything(config.seed, workers=True, verbose=False)
     loaded = initial_backbone(config.backbone, config.checkpoint)
     unlabeled = unlabeled_stream(config)

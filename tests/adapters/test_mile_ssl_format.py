@@ -155,9 +155,12 @@ def test_unknown_version_is_refused(saved: tuple[Path, nn.Module], tmp_path: Pat
 
 def test_mismatching_backbone_argument_is_refused(saved: tuple[Path, nn.Module]) -> None:
     path, _ = saved
-    with pytest.raises(CheckpointError, match="states BackboneSpec") as info:
+    with pytest.raises(CheckpointError, match="was requested") as info:
         load_backbone(path, backbone=BackboneSpec("tiny_resnet", {"widths": [8, 32]}))
     assert str(path) in str(info.value)
+    # The message says which values to set instead.
+    assert "backbone=auto" in str(info.value)
+    assert "+backbone.kwargs.widths=[8,16]" in str(info.value)
     with pytest.raises(CheckpointError, match="was requested"):
         load_backbone(path, backbone=BackboneSpec("torchvision:resnet18"))
 
@@ -165,7 +168,16 @@ def test_mismatching_backbone_argument_is_refused(saved: tuple[Path, nn.Module])
 def test_matching_backbone_argument_is_accepted(saved: tuple[Path, nn.Module]) -> None:
     path, _ = saved
     given = BackboneSpec("tiny_resnet", {"widths": (8, 16), "blocks_per_stage": 2})
-    assert load_backbone(path, backbone=given).spec == given
+    spec = load_backbone(path, backbone=given).spec
+    assert spec.name == given.name and spec.kwargs == {"widths": [8, 16], "blocks_per_stage": 2}
+
+
+def test_naming_the_architecture_without_its_details_takes_the_files(
+    saved: tuple[Path, nn.Module],
+) -> None:
+    path, _ = saved
+    spec = load_backbone(path, backbone=BackboneSpec("tiny_resnet", {"widths": [8, 16]})).spec
+    assert spec.kwargs == {"widths": [8, 16], "blocks_per_stage": 2}
 
 
 def test_malformed_field_is_named(saved: tuple[Path, nn.Module], tmp_path: Path) -> None:
