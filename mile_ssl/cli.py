@@ -73,9 +73,15 @@ def _print_on_rank_zero(text: str) -> None:
 
 
 def _demo(argv: Sequence[str]) -> None:
+    """Pretrain on the embedded digit grids with lightly, fine-tune, print the comparison."""
     from mile_ssl.demo import run_demo
 
-    parser = argparse.ArgumentParser(prog="mile-ssl demo", description=_demo.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="mile-ssl demo",
+        description=_demo.__doc__,
+        epilog="example:\n  mile-ssl demo --out demo_output",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", default="demo_output", help="output directory")
     parser.add_argument("--quick", action="store_true", help="a few steps only (smoke test)")
     args = parser.parse_args(argv)
@@ -149,7 +155,13 @@ def _inspect(argv: Sequence[str]) -> None:
     from mile_ssl.adapters.inspect import describe_checkpoint, format_description
     from mile_ssl.backbones import BackboneSpec
 
-    parser = argparse.ArgumentParser(prog="mile-ssl inspect", description=_inspect.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="mile-ssl inspect",
+        description=_inspect.__doc__,
+        epilog="examples:\n  mile-ssl inspect moco_v2_800ep_pretrain.pth.tar\n"
+        "  mile-ssl inspect trained_models/byol/RUN_ID --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("path", type=Path, help="checkpoint file or solo-learn run folder")
     parser.add_argument("--adapter", default="auto", help="adapter name (default: detect)")
     parser.add_argument("--backbone", help="architecture, when the file does not state it")

@@ -85,7 +85,8 @@ def removed_on_user_error(directory: Path, own_files: set[str]) -> Iterator[None
     Hydra creates a run directory (its ``.hydra`` record and the job's log) before the
     job runs; a job that fails on bad input should leave nothing behind. The directory
     is removed only if, when the job started, it held nothing but ``own_files``, so an
-    existing run directory (e.g. one being resumed into) is never touched.
+    existing run directory (e.g. one being resumed into) is never touched; so are the
+    date folders above it, under the working directory, that it leaves empty.
 
     Args:
         directory: The run directory.
@@ -97,4 +98,17 @@ def removed_on_user_error(directory: Path, own_files: set[str]) -> Iterator[None
     except SystemExit as stop:
         if fresh and stop.code == EXIT_USER_ERROR:
             shutil.rmtree(directory, ignore_errors=True)
+            _remove_empty_parents(directory)
         raise
+
+
+def _remove_empty_parents(directory: Path) -> None:
+    """Remove the emptied date folders above a run directory, up to the working directory."""
+    working = Path.cwd().resolve()
+    for parent in directory.resolve().parents:
+        if parent == working or working not in parent.parents:
+            return
+        try:
+            parent.rmdir()
+        except OSError:  # not empty
+            return

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,9 @@ import torch
 from mile_ssl.config import TrainConfig, compose_train_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+MILE_SSL = str(Path(sys.executable).with_name("mile-ssl"))
+"""The installed console script, run as a user runs it."""
 
 TINY_OVERRIDES = [
     "checkpoint=scratch",
@@ -101,3 +106,19 @@ def image_folder(tmp_path: Path) -> Path:
     write_image_folder(tmp_path / "images" / "train", per_class=8)
     write_image_folder(tmp_path / "images" / "val", per_class=3)
     return tmp_path / "images"
+
+
+def run_cli(
+    args: Sequence[str], cwd: Path, timeout: float = 300, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``mile-ssl ARGS`` in ``cwd`` offline, with ``env`` added to the environment."""
+    environment = {key: value for key, value in os.environ.items() if key != "MILE_SSL_DEBUG"}
+    environment |= {"HF_HUB_OFFLINE": "1", **env}
+    return subprocess.run(
+        [MILE_SSL, *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

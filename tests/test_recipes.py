@@ -9,23 +9,17 @@ with a small scratch ResNet-18 on a tiny tree holding files of the 1 % / 10 % li
 from __future__ import annotations
 
 import json
-import pickle
-import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-import torch
-import torchvision
-from torch import Tensor
 
 from mile_ssl.config import compose_train_config
 from mile_ssl.data.imagenet import shipped_split
 from mile_ssl.preprocessing import IDENTITY, Preprocessing
-from mile_ssl.simclrv2_resnet import SimCLRv2ResNet
 from mile_ssl.train import initial_backbone, run_training
 from tests.conftest import write_jpeg
+from tests.layouts import Writer, byol, moco, simclrv2, swav
 
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "experiment" / "imagenet"
 SSL = ("mocov2", "simclrv2_sk0", "simclrv2_sk1", "byol", "swav")
@@ -65,123 +59,12 @@ def tree(module_tmp_path: Path) -> Path:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _filler(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype = torch.float32) -> Tensor:
-    """A tensor of the right shape stored as one element: files stay tiny."""
-    return torch.zeros((), dtype=dtype).expand(shape)
-
-
-def _shapes(model: torch.nn.Module) -> dict[str, Tensor]:
-    return {key: _filler(value.shape, value.dtype) for key, value in model.state_dict().items()}
-
-
-def _resnet50_meta() -> torch.nn.Module:
-    with torch.device("meta"):
-        return torchvision.models.resnet50()
-
-
-def _without_fc(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {key: value for key, value in state.items() if not key.startswith("fc.")}
-
-
-def _mocov2(path: Path) -> None:
-    encoder = _without_fc(_shapes(_resnet50_meta()))
-    mlp = {
-        "fc.0.weight": _filler((2048, 2048)),
-        "fc.0.bias": _filler((2048,)),
-        "fc.2.weight": _filler((128, 2048)),
-        "fc.2.bias": _filler((128,)),
-    }
-    state_dict = {f"module.encoder_q.{k}": v for k, v in {**encoder, **mlp}.items()}
-    state_dict |= {f"module.encoder_k.{k}": v for k, v in {**encoder, **mlp}.items()}
-    state_dict["module.queue"] = _filler((128, 65536))
-    state_dict["module.queue_ptr"] = torch.zeros(1, dtype=torch.long)
-    torch.save({"epoch": 800, "arch": "resnet50", "state_dict": state_dict}, path)
-
-
-def _swav(path: Path) -> None:
-    state_dict = {f"module.{k}": v for k, v in _without_fc(_shapes(_resnet50_meta())).items()}
-    state_dict |= {
-        "module.projection_head.0.weight": _filler((2048, 2048)),
-        "module.projection_head.0.bias": _filler((2048,)),
-        "module.projection_head.1.weight": _filler((2048,)),
-        "module.projection_head.1.bias": _filler((2048,)),
-        "module.projection_head.1.running_mean": _filler((2048,)),
-        "module.projection_head.1.running_var": _filler((2048,)),
-        "module.projection_head.1.num_batches_tracked": torch.zeros((), dtype=torch.long),
-        "module.projection_head.3.weight": _filler((128, 2048)),
-        "module.projection_head.3.bias": _filler((128,)),
-        "module.prototypes.weight": _filler((3000, 128)),
-    }
-    torch.save(state_dict, path)
-
-
-def _simclrv2(path: Path, selective_kernel: bool) -> None:
-    with torch.device("meta"):
-        model = SimCLRv2ResNet(depth=50, selective_kernel=selective_kernel, projection_layers=3)
-    state = _shapes(model)
-    resnet = {key: value for key, value in state.items() if not key.startswith("head.")}
-    resnet |= {"fc.weight": _filler((1000, 2048)), "fc.bias": _filler((1000,))}
-    head = {key[len("head.") :]: value for key, value in state.items() if key.startswith("head.")}
-    torch.save({"resnet": resnet, "head": head}, path)
-
-
-def _haiku(name: str) -> str:
-    """torchvision ResNet module name -> BYOL's Haiku module name."""
-    if name in ("conv1", "bn1"):
-        return {"conv1": "initial_conv", "bn1": "initial_batchnorm"}[name]
-    found = re.fullmatch(r"layer(\d)\.(\d+)\.(conv|bn|downsample\.)(\d)", name)
-    assert found is not None, name
-    group, block, kind, index = found.groups()
-    prefix = f"block_group_{int(group) - 1}/~/block_{block}/~/"
-    if kind == "downsample.":
-        return prefix + ("shortcut_conv" if index == "0" else "shortcut_batchnorm")
-    return prefix + f"{'conv' if kind == 'conv' else 'batchnorm'}_{int(index) - 1}"
-
-
-def _byol(path: Path) -> None:
-    """A pickle of BYOL's layout: Haiku names, HWIO kernels, numpy arrays, EMA states."""
-    params: dict[str, dict[str, np.ndarray]] = {}
-    state: dict[str, dict[str, Any]] = {}
-    for module_name, module in _resnet50_meta().named_modules():
-        if not isinstance(module, torch.nn.Conv2d | torch.nn.BatchNorm2d):
-            continue
-        haiku = f"res_net50/~/{_haiku(module_name)}"
-        if isinstance(module, torch.nn.Conv2d):
-            out_c, in_c, height, width = module.weight.shape
-            params[haiku] = {"w": np.zeros((height, width, in_c, out_c), np.float32)}
-        else:
-            channels = module.num_features
-            params[haiku] = {
-                "scale": np.ones((1, 1, 1, channels), np.float32),
-                "offset": np.zeros((1, 1, 1, channels), np.float32),
-            }
-            for statistic in ("mean_ema", "var_ema"):
-                state[f"{haiku}/~/{statistic}"] = {
-                    "average": np.ones((1, 1, 1, channels), np.float32),
-                    "hidden": np.ones((1, 1, 1, channels), np.float32),
-                    "counter": np.array(1000, np.int32),
-                }
-    params["projector/linear"] = {"w": np.zeros((2048, 16), np.float32)}
-    experiment_state = {
-        "online_params": params,
-        "online_state": state,
-        "target_params": {},
-        "target_state": {},
-        "opt_state": (),
-    }
-    with path.open("wb") as handle:
-        pickle.dump(
-            {"step": 5000, "rng": np.zeros(2, np.uint32), "experiment_state": experiment_state},
-            handle,
-        )
-
-
-WRITERS = {
-    "mocov2": ("moco_v2_800ep_pretrain.pth.tar", _mocov2),
-    "simclrv2_sk0": ("r50_1x_sk0.pth", lambda path: _simclrv2(path, False)),
-    "simclrv2_sk1": ("r50_1x_sk1.pth", lambda path: _simclrv2(path, True)),
-    "byol": ("pretrain_res50x1.pkl", _byol),
-    "swav": ("swav_800ep_pretrain.pth.tar", _swav),
+WRITERS: dict[str, Writer] = {
+    "mocov2": moco(2),
+    "simclrv2_sk0": simclrv2(1, selective_kernel=False),
+    "simclrv2_sk1": simclrv2(1, selective_kernel=True),
+    "byol": byol,
+    "swav": swav(multi=False),
 }
 
 
@@ -189,11 +72,7 @@ WRITERS = {
 def checkpoints(module_tmp_path: Path) -> dict[str, Path]:
     folder = module_tmp_path / "ssl_checkpoints"
     folder.mkdir()
-    paths = {}
-    for ssl, (name, write) in WRITERS.items():
-        paths[ssl] = folder / name
-        write(paths[ssl])
-    return paths
+    return {ssl: write(folder) for ssl, write in WRITERS.items()}
 
 
 # --------------------------------------------------------------------------- expectations

@@ -113,6 +113,11 @@ class LabeledImageFolder(Dataset[dict[str, Tensor]]):
             raise FileNotFoundError(f"image folder {self.root} does not exist")
         found = sorted(entry.name for entry in self.root.iterdir() if entry.is_dir())
         self.classes = list(classes) if classes is not None else found
+        if labels is None and not self.classes:
+            raise ValueError(
+                f"image folder {self.root} has no class sub-folders: expected "
+                f"{self.root}/<class>/<image> (one folder per class)"
+            )
         if labels is not None:
             self.samples = _flat_samples(self.root, labels)
         else:
