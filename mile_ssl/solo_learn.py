@@ -214,6 +214,10 @@ def translate_solo_config(solo: Mapping[str, Any], source: str | Path) -> Transl
     if run_args is not None:
         _check_run_backbone(run_args, backbone, source)
         translation.mapping.append(("backbone.name", "taken from the run's args.json"))
+        for key in dict(backbone_kwargs):
+            translation.skip(
+                f"backbone.kwargs.{key}", "the architecture comes from the run's args.json"
+            )
     elif backbone is not None:
         translation.set("backbone.name", f"backbone.name={_backbone_spec_name(str(backbone))}")
         for key, value in dict(backbone_kwargs).items():
@@ -353,12 +357,19 @@ def _override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+SOLO_VITS = {
+    f"vit_{size}": f"vit_{size}_patch16_224" for size in ("tiny", "small", "base", "large")
+}
+"""solo-learn's ViT names and the timm models they build (``solo/backbones/vit``)."""
+
+
 def _backbone_spec_name(name: str) -> str:
     """solo-learn's backbone name as a mile_ssl ``backbone.name``."""
     if ":" in name:
         return name
-    family = "torchvision" if name.startswith(("resnet", "wide_resnet")) else "timm"
-    return f"{family}:{name}"
+    if name.startswith(("resnet", "wide_resnet")):
+        return f"torchvision:{name}"
+    return f"timm:{SOLO_VITS.get(name, name)}"
 
 
 def _run_args(checkpoint: Any) -> dict[str, Any] | None:

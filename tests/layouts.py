@@ -118,26 +118,52 @@ def swav(multi: bool) -> Writer:
     return write
 
 
-def _solo_state(backbone: Mapping[str, Tensor], prefix: str = "backbone.") -> dict[str, Tensor]:
+def _solo_state(
+    backbone: Mapping[str, Tensor], prefix: str, classifier: bool, feature_dim: int
+) -> dict[str, Tensor]:
     state = _prefixed(prefix, backbone) | _heads("projector.", PROJECTOR)
     state |= _prefixed("momentum_backbone.", backbone) | _heads(
         "predictor.", {"0.weight": (256, 256)}
     )
-    return state | _heads("classifier.", {"weight": (10, 512), "bias": (10,)})
+    if not classifier:
+        return state
+    return state | _heads("classifier.", {"weight": (10, feature_dim), "bias": (10,)})
 
 
-def solo_learn(prefix: str, args: dict[str, Any], folder: bool) -> Writer:
+def solo_learn_run(
+    tmp: Path,
+    backbone: Mapping[str, Tensor],
+    args: dict[str, Any],
+    prefix: str = "backbone.",
+    classifier: bool = True,
+    feature_dim: int = 512,
+) -> Path:
+    """A solo-learn run folder: ``trained_models/<method>/<id>/`` with args.json and a .ckpt.
+
+    Returns:
+        The checkpoint file.
+    """
+    method = str(args.get("method", "byol"))
+    run = tmp / "trained_models" / method / "offline-ab12cd34"
+    run.mkdir(parents=True)
+    (run / "args.json").write_text(json.dumps(args))
+    raw = {"epoch": 399, "global_step": 1, "pytorch-lightning_version": "2.0.2"}
+    state = _solo_state(backbone, prefix, classifier, feature_dim)
+    return _save(raw | {"state_dict": state}, run / f"{method}-offline-ab12cd34-ep=399.ckpt")
+
+
+def solo_learn(prefix: str, args: dict[str, Any], folder: bool, classifier: bool = True) -> Writer:
     def write(tmp: Path) -> Path:
-        run = tmp / "trained_models" / "byol" / "abcd1234"
-        run.mkdir(parents=True)
-        (run / "args.json").write_text(json.dumps(args))
-        raw = {"epoch": 999, "global_step": 1, "pytorch-lightning_version": "2.0.2"}
         cifar = args.get("data", {}).get("dataset") == "cifar10"
-        state = _solo_state(R18_CIFAR if cifar else R18, prefix)
-        path = _save(raw | {"state_dict": state}, run / "byol-abcd1234-ep=999.ckpt")
-        return run if folder else path
+        path = solo_learn_run(tmp, R18_CIFAR if cifar else R18, args, prefix, classifier)
+        return path.parent if folder else path
 
     return write
+
+
+def vit_shapes(name: str, img_size: int) -> dict[str, Tensor]:
+    """A timm ViT's headless state dict as fillers, for ``img_size`` inputs."""
+    return _shapes_of(lambda: timm.create_model(name, num_classes=0, img_size=img_size))
 
 
 SOLO_ARGS = {
@@ -315,6 +341,10 @@ LAYOUTS: dict[str, tuple[str, Writer]] = {
     "deepclusterv2-training": ("swav", swav(multi=True)),
     "solo-learn-ckpt": ("solo_learn", solo_learn("backbone.", SOLO_ARGS, folder=False)),
     "solo-learn-run-folder": ("solo_learn", solo_learn("backbone.", SOLO_ARGS, folder=True)),
+    "solo-learn-run-without-classifier": (
+        "solo_learn",
+        solo_learn("backbone.", SOLO_ARGS, folder=False, classifier=False),
+    ),
     "solo-learn-legacy-encoder": (
         "solo_learn",
         solo_learn("encoder.", SOLO_LEGACY_ARGS, folder=False),

@@ -40,7 +40,7 @@ def test_auto_detects_exactly_one_adapter_and_describes(
 ) -> None:
     path = LAYOUTS[layout][1](tmp_path)
     file = resolve_checkpoint_path(path)
-    assert matching_adapters(read_checkpoint(file)) == [expected]
+    assert matching_adapters(read_checkpoint(file), file) == [expected]
 
     description = describe_checkpoint(path)
     assert description["format"] == expected
