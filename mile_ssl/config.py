@@ -8,6 +8,7 @@ Code past the CLI receives these typed objects, never raw ``DictConfig``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -416,5 +417,32 @@ def compose_train_config(overrides: list[str] | None = None) -> TrainConfig:
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_module("mile_ssl.configs", version_base="1.3"):
-        composed = compose("config", overrides=list(overrides or []))
+        composed = compose("config", overrides=quote_paths_with_equals(overrides or []))
     return to_train_config(composed)
+
+
+def quote_paths_with_equals(overrides: Sequence[str]) -> list[str]:
+    """Quote override values that hold ``=``, which Hydra's grammar refuses unquoted.
+
+    Checkpoint names often contain ``=`` (solo-learn's ``byol-<id>-ep=399.ckpt``,
+    Lightning's ``epoch=99-step=1.ckpt``); ``checkpoint.path=run/epoch=99.ckpt`` is
+    meant as one path, so it is passed to Hydra as ``checkpoint.path='run/epoch=99.ckpt'``.
+    Overrides Hydra parses as they are, and flags, are left alone.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    quoted = []
+    for override in overrides:
+        key, separator, value = override.partition("=")
+        if override.startswith("-") or "=" not in value or value[:1] in ("'", '"'):
+            quoted.append(override)
+            continue
+        try:
+            parser.parse_overrides([override])
+        except OverrideParseException:
+            escaped = value.replace("'", "\\'")
+            override = f"{key}{separator}'{escaped}'"
+        quoted.append(override)
+    return quoted

@@ -159,3 +159,31 @@ def test_eval_predict_export_on_a_trained_run(
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert (tmp_path / "exported" / "model.json").exists()
     assert (tmp_path / "exported" / "model.safetensors").exists()
+
+
+def test_train_from_a_lightning_checkpoint_name_with_equals_signs(
+    tmp_path: Path, image_folder: Path
+) -> None:
+    from tests.layouts import lightly_benchmark
+
+    checkpoint = lightly_benchmark(tmp_path)  # epoch=99-step=1.ckpt, as Lightning names it
+    result = _run(
+        [
+            "train",
+            f"checkpoint.path={checkpoint}",
+            "data=folder",
+            f"data.root={image_folder}",
+            "data.image_size=32",
+            "data.num_workers=0",
+            "data.batch_size=8",
+            "trainer.max_steps=1",
+            "trainer.accelerator=cpu",
+            "trainer.precision=32-true",
+            "trainer.progress_bar=false",
+            "hydra.run.dir=run",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["checkpoint"] == str(checkpoint) and metrics["adapter"] == "lightly"

@@ -119,3 +119,11 @@ def test_semi_supervised_digit_experiment_extends_the_digit_one() -> None:
     # Everything it does not set comes from experiment=digits.
     assert semi.backbone == digits.backbone and semi.data.name == digits.data.name
     assert (semi.mile.kt, semi.mile.ks, semi.optim.warmup_steps) == (100, 100, 50)
+
+
+def test_paths_with_equals_signs_are_one_value() -> None:
+    path = "trained_models/byol/offline-ab12/byol-offline-ab12-ep=399.ckpt"
+    config = compose_train_config([f"checkpoint.path={path}", "data.fraction=0.5"])
+    assert config.checkpoint.path == path and config.data.fraction == 0.5
+    quoted = compose_train_config([f"checkpoint.path='{path}'"])
+    assert quoted.checkpoint.path == path
