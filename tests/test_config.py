@@ -73,7 +73,7 @@ def test_wrong_type_fails_naming_the_key() -> None:
 
 def test_default_variant_is_the_benchmark_winner() -> None:
     # benchmarks/digits.py: the snapshot variant has the higher 3-seed mAP and top-1,
-    # from scratch and from the SSL checkpoint, and never collapsed (README).
+    # from scratch and from the SSL checkpoint, and never collapsed (benchmarks/README.md).
     variant = compose_train_config(["checkpoint=scratch"]).mile.variant
     assert variant in MILE_VARIANTS and variant == "snapshot"
 
