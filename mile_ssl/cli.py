@@ -18,7 +18,11 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
-from mile_ssl.config import quote_paths_with_equals, register_configs, to_train_config
+from mile_ssl.config import (
+    normalise_overrides,
+    register_configs,
+    to_train_config,
+)
 from mile_ssl.solo_learn import Translation, expand_solo_command, find_solo_recipe
 from mile_ssl.user_errors import exit_on_user_error, removed_on_user_error
 
@@ -295,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             # reach exit_on_user_error like every other user error.
             os.environ["HYDRA_FULL_ERROR"] = "1"
             register_configs()
-            sys.argv = [sys.argv[0], *_expand_solo_recipe(quote_paths_with_equals(rest))]
+            sys.argv = [sys.argv[0], *normalise_overrides(_expand_solo_recipe(rest))]
             _train()
         else:
             COMMAND_FUNCTIONS[command](rest)

@@ -417,8 +417,33 @@ def compose_train_config(overrides: list[str] | None = None) -> TrainConfig:
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_module("mile_ssl.configs", version_base="1.3"):
-        composed = compose("config", overrides=quote_paths_with_equals(overrides or []))
+        composed = compose("config", overrides=normalise_overrides(overrides or []))
     return to_train_config(composed)
+
+
+STEPS_OVER_EPOCHS = (
+    ("trainer.max_steps", "trainer.max_epochs"),
+    ("optim.warmup_steps", "optim.warmup_epochs"),
+)
+"""(key, key it would be replaced by): a preset's epochs must not override typed steps."""
+
+
+def normalise_overrides(overrides: Sequence[str]) -> list[str]:
+    """Command-line overrides as the user meant them.
+
+    Values holding ``=`` are quoted (:func:`quote_paths_with_equals`), and steps given on
+    the command line win over epochs a preset or recipe sets: ``trainer.max_steps=2``
+    with ``experiment=imagenet/mocov2_1pct`` (which sets ``trainer.max_epochs``) trains
+    two steps, because ``trainer.max_epochs=null`` is added unless the user sets it too.
+    """
+    quoted = quote_paths_with_equals(overrides)
+    keys = {override.partition("=")[0].lstrip("+~") for override in quoted}
+    added = [
+        f"{epochs}=null"
+        for steps, epochs in STEPS_OVER_EPOCHS
+        if steps in keys and epochs not in keys
+    ]
+    return [*quoted, *added]
 
 
 def quote_paths_with_equals(overrides: Sequence[str]) -> list[str]:

@@ -493,10 +493,12 @@ def expand_solo_command(
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from mile_ssl.config import quote_paths_with_equals
+
     solo = read_solo_config(recipe)
     parser = OverridesParser.create()
     mile_args: list[str] = []
-    for arg in args:
+    for arg in quote_paths_with_equals(args):
         if arg.startswith("-") or "=" not in arg:
             mile_args.append(arg)
             continue

@@ -122,3 +122,26 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def write_imagenet_tree(root: Path) -> Path:
+    """A tiny ImageNet in the ImageFolder layout, with real wnids and file names.
+
+    Two classes; each: 3 files of the 1 % list (also in the 10 % one), 2 of the 10 % list
+    only, 1 in neither; one validation image each, named as ImageNet's.
+    """
+    from mile_ssl.data.imagenet import shipped_split
+
+    one, ten = (shipped_split(fraction) for fraction in (0.01, 0.1))
+    assert one is not None and ten is not None
+    one_pct = one.read_text().split()
+    ten_pct = ten.read_text().split()
+    wnids = sorted({name.split("_")[0] for name in one_pct[:40]})[:2]
+    for wnid in wnids:
+        first = [name for name in one_pct if name.startswith(wnid)][:3]
+        more = [name for name in ten_pct if name.startswith(wnid) and name not in set(one_pct)]
+        for seed, name in enumerate([*first, *more[:2], f"{wnid}_999999.JPEG"]):
+            write_jpeg(root / "train" / wnid / name, seed)
+    write_jpeg(root / "val" / wnids[0] / "ILSVRC2012_val_00000002.JPEG", 10)
+    write_jpeg(root / "val" / wnids[1] / "ILSVRC2012_val_00000003.JPEG", 11)
+    return root

@@ -137,19 +137,21 @@ def solo_learn_run(
     prefix: str = "backbone.",
     classifier: bool = True,
     feature_dim: int = 512,
+    run_id: str = "offline-ab12cd34",
+    epoch: int = 399,
 ) -> Path:
     """A solo-learn run folder: ``trained_models/<method>/<id>/`` with args.json and a .ckpt.
 
     Returns:
-        The checkpoint file.
+        The checkpoint file, ``<method>-<id>-ep=<epoch>.ckpt``.
     """
     method = str(args.get("method", "byol"))
-    run = tmp / "trained_models" / method / "offline-ab12cd34"
+    run = tmp / "trained_models" / method / run_id
     run.mkdir(parents=True)
     (run / "args.json").write_text(json.dumps(args))
-    raw = {"epoch": 399, "global_step": 1, "pytorch-lightning_version": "2.0.2"}
+    raw = {"epoch": epoch, "global_step": 1, "pytorch-lightning_version": "2.0.2"}
     state = _solo_state(backbone, prefix, classifier, feature_dim)
-    return _save(raw | {"state_dict": state}, run / f"{method}-offline-ab12cd34-ep=399.ckpt")
+    return _save(raw | {"state_dict": state}, run / f"{method}-{run_id}-ep={epoch}.ckpt")
 
 
 def solo_learn(prefix: str, args: dict[str, Any], folder: bool, classifier: bool = True) -> Writer:

@@ -127,3 +127,13 @@ def test_paths_with_equals_signs_are_one_value() -> None:
     assert config.checkpoint.path == path and config.data.fraction == 0.5
     quoted = compose_train_config([f"checkpoint.path='{path}'"])
     assert quoted.checkpoint.path == path
+
+
+def test_steps_on_the_command_line_win_over_a_presets_epochs() -> None:
+    recipe = ["experiment=imagenet/mocov2_1pct", "data.root=/data/imagenet"]
+    assert compose_train_config(recipe).trainer.max_epochs == 60
+    config = compose_train_config([*recipe, "trainer.max_steps=2", "optim.warmup_steps=1"])
+    assert config.trainer.max_steps == 2 and config.trainer.max_epochs is None
+    assert config.optim.warmup_steps == 1 and config.optim.warmup_epochs is None
+    both = compose_train_config([*recipe, "trainer.max_steps=2", "trainer.max_epochs=3"])
+    assert both.trainer.max_epochs == 3

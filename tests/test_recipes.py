@@ -15,10 +15,9 @@ from typing import Any
 import pytest
 
 from mile_ssl.config import compose_train_config
-from mile_ssl.data.imagenet import shipped_split
 from mile_ssl.preprocessing import IDENTITY, Preprocessing
 from mile_ssl.train import initial_backbone, run_training
-from tests.conftest import write_jpeg
+from tests.conftest import write_imagenet_tree
 from tests.layouts import Writer, byol, moco, simclrv2, swav
 
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "experiment" / "imagenet"
@@ -38,22 +37,7 @@ MILE_TABLE_3 = {
 
 @pytest.fixture(scope="module")
 def tree(module_tmp_path: Path) -> Path:
-    """Two classes; each: 3 files of the 1 % list (also in the 10 % one), 2 of the 10 %
-    list only, 1 in neither; two validation images."""
-    root = module_tmp_path / "imagenet"
-    one, ten = (shipped_split(fraction) for fraction in (0.01, 0.1))
-    assert one is not None and ten is not None
-    one_pct = one.read_text().split()
-    ten_pct = ten.read_text().split()
-    wnids = sorted({name.split("_")[0] for name in one_pct[:40]})[:2]
-    for wnid in wnids:
-        first = [name for name in one_pct if name.startswith(wnid)][:3]
-        more = [name for name in ten_pct if name.startswith(wnid) and name not in set(one_pct)]
-        for seed, name in enumerate([*first, *more[:2], f"{wnid}_999999.JPEG"]):
-            write_jpeg(root / "train" / wnid / name, seed)
-    write_jpeg(root / "val" / wnids[0] / "ILSVRC2012_val_00000002.JPEG", 10)
-    write_jpeg(root / "val" / wnids[1] / "ILSVRC2012_val_00000003.JPEG", 11)
-    return root
+    return write_imagenet_tree(module_tmp_path / "imagenet")
 
 
 # --------------------------------------------------------------------------- checkpoints
