@@ -101,19 +101,28 @@ def _backbone_prefix(state_dict: Mapping[str, Tensor]) -> str | None:
     return next((prefix for prefix in BACKBONE_PREFIXES if has_prefix(state_dict, prefix)), None)
 
 
+def _solo_state_dict(raw: Mapping[str, Any]) -> Mapping[str, Tensor] | None:
+    """The state dict of a file with solo-learn's backbone keys, else ``None``.
+
+    mmselfsup files (a top-level ``meta``) also use ``backbone.`` and are excluded.
+    """
+    if "meta" in raw:
+        return None
+    try:
+        state_dict = unwrap(raw)
+    except ValueError:
+        return None
+    return state_dict if _backbone_prefix(state_dict) is not None else None
+
+
 def detect_solo_learn(raw: Mapping[str, Any]) -> bool:
     """Whether the state dict has ``backbone.`` (or ``encoder.``) keys and ``classifier``.
 
     The online ``classifier`` tells solo-learn apart from lightly (whose probe is
-    ``online_classifier``) and mmselfsup files (which carry a top-level ``meta``).
+    ``online_classifier``).
     """
-    if "meta" in raw:
-        return False
-    try:
-        state_dict = unwrap(raw)
-    except ValueError:
-        return False
-    return CLASSIFIER_KEY in state_dict and _backbone_prefix(state_dict) is not None
+    state_dict = _solo_state_dict(raw)
+    return state_dict is not None and CLASSIFIER_KEY in state_dict
 
 
 def detect_solo_learn_run(raw: Mapping[str, Any]) -> bool:
@@ -122,13 +131,7 @@ def detect_solo_learn_run(raw: Mapping[str, Any]) -> bool:
     In a solo-learn run folder the ``args.json`` is the evidence, so the online
     classifier need not be there (checkpoints re-saved without it).
     """
-    if "meta" in raw:
-        return False
-    try:
-        state_dict = unwrap(raw)
-    except ValueError:
-        return False
-    return _backbone_prefix(state_dict) is not None
+    return _solo_state_dict(raw) is not None
 
 
 def read_run_args(checkpoint: Path) -> dict[str, Any] | None:

@@ -219,6 +219,12 @@ def _eval(argv: Sequence[str]) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_intermixed_args(argv)
     checkpoint, overrides = _split_checkpoint(parser, args.items)
+    foreign = [item for item in overrides if not item.lstrip("+~").startswith(("data.", "data="))]
+    if foreign:
+        parser.error(
+            f"{foreign}: eval takes the method, backbone and preprocessing from the run's "
+            "checkpoint; only data overrides (data=..., data.KEY=...) apply"
+        )
     data = compose_train_config(["checkpoint=scratch", *overrides]).data
     result = eval_command_result(checkpoint, data)
     print(json.dumps(result, indent=2, default=str) if args.json else format_eval_result(result))
