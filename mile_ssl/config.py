@@ -27,6 +27,7 @@ INITS = ("checkpoint", "scratch")
 DATASETS = ("digits", "folder", "imagenet")
 SPLITS = ("simclr", "stratified")
 LOGGERS = ("csv", "tensorboard", "wandb")
+PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 
 
 def _require(condition: bool, key: str, expected: str, value: Any) -> None:
@@ -200,6 +201,11 @@ class DataConfig:
         unlabeled_list: Semi-supervised mode: a file listing the unlabeled images, one
             path per line, relative to ``unlabeled_root`` if set, else to the list's
             folder.
+        allow_empty_classes: Leave class folders without images out of the classes
+            (otherwise they are an error naming them).
+        max_bad_fraction: Share of training images that may fail to decode (each is
+            replaced by a readable image of its class and listed in the run's
+            ``bad_images.txt``) before the run stops.
         digits: Digit-grid settings.
     """
 
@@ -220,6 +226,8 @@ class DataConfig:
     image_size: int = 224
     unlabeled_root: str | None = None
     unlabeled_list: str | None = None
+    allow_empty_classes: bool = False
+    max_bad_fraction: float = 0.001
     digits: DigitsConfig = field(default_factory=DigitsConfig)
 
     def __post_init__(self) -> None:
@@ -227,6 +235,19 @@ class DataConfig:
         _require(0.0 < self.fraction <= 1.0, "data.fraction", "in (0, 1]", self.fraction)
         _require(self.batch_size >= 1, "data.batch_size", ">= 1", self.batch_size)
         _require(self.num_workers >= 0, "data.num_workers", ">= 0", self.num_workers)
+        _require(self.image_size >= 8, "data.image_size", ">= 8 pixels", self.image_size)
+        _require(
+            self.eval_batch_size is None or self.eval_batch_size >= 1,
+            "data.eval_batch_size",
+            ">= 1 or null",
+            self.eval_batch_size,
+        )
+        _require(
+            0.0 <= self.max_bad_fraction < 1.0,
+            "data.max_bad_fraction",
+            "in [0, 1)",
+            self.max_bad_fraction,
+        )
         _require_choice("data.split", self.split, SPLITS)
         if self.name in ("folder", "imagenet"):
             _require(self.root is not None, "data.root", f"set for data={self.name}", self.root)
@@ -312,6 +333,14 @@ class OptimConfig:
         )
         _require(self.head_lr is None or self.head_lr > 0, "optim.head_lr", "> 0", self.head_lr)
         _require(self.warmup_steps >= 0, "optim.warmup_steps", ">= 0", self.warmup_steps)
+        _require(0.0 <= self.momentum < 1.0, "optim.momentum", "in [0, 1)", self.momentum)
+        _require(self.weight_decay >= 0, "optim.weight_decay", ">= 0", self.weight_decay)
+        _require(
+            not self.nesterov or self.momentum > 0,
+            "optim.nesterov",
+            "false when optim.momentum is 0 (Nesterov needs momentum)",
+            self.nesterov,
+        )
 
 
 @dataclass
@@ -366,6 +395,7 @@ class TrainerConfig:
             self.max_epochs,
         )
         _require_choice("trainer.logger", self.logger, LOGGERS)
+        _require_choice("trainer.precision", str(self.precision), PRECISIONS)
         for key in ("val_every_n_steps", "checkpoint_every_n_steps"):
             value = getattr(self, key)
             _require(value is None or value >= 1, f"trainer.{key}", ">= 1 or null", value)
@@ -384,6 +414,24 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.trainer.max_epochs is None and self.optim.warmup_epochs is None:
+            check_warmup(self.optim.warmup_steps, self.trainer.max_steps)
+
+
+def check_warmup(warmup_steps: int, max_steps: int) -> None:
+    """Refuse a warm-up that does not end before the run does.
+
+    Raises:
+        ValueError: Naming both keys.
+    """
+    if warmup_steps > max_steps:
+        raise ValueError(
+            f"config key 'optim.warmup_steps' ({warmup_steps}) must be shorter than the run "
+            f"('trainer.max_steps' = {max_steps}): the learning rate would never reach "
+            "optim.lr; lower optim.warmup_steps"
+        )
 
 
 def register_configs() -> None:

@@ -70,6 +70,7 @@ def run_demo(output_dir: str | Path, *, quick: bool = False) -> dict[str, dict[s
     quick_overrides = (
         [
             "trainer.max_steps=4",
+            "optim.warmup_steps=1",
             "mile.kt=1",
             "mile.ks=1",
             "data.digits.num_train=512",

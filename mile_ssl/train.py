@@ -30,6 +30,7 @@ from mile_ssl.config import (
     CheckpointConfig,
     TrainConfig,
     TrainerConfig,
+    check_warmup,
 )
 from mile_ssl.data.datamodule import MILeDataModule, UnlabeledStream
 from mile_ssl.evaluate import module_from_checkpoint, read_run_checkpoint
@@ -260,6 +261,7 @@ def resolve_epochs(config: TrainConfig, labelled_images: int) -> TrainConfig:
         )
     if optim.warmup_epochs is not None:
         optim = replace(optim, warmup_steps=math.ceil(optim.warmup_epochs * steps_per_epoch))
+    check_warmup(optim.warmup_steps, trainer.max_steps)
     log.info(
         "%d labelled images / global batch %d = %d steps per epoch: max_steps=%d, warmup_steps=%d",
         labelled_images,

@@ -4,7 +4,7 @@ The commands are read from README.md, so the README cannot drift from the code: 
 command runs here as soon as it is written there. The stand-ins have the names the
 README uses (``ssl.pt``, ``byol.pkl``, ``r50_1x_sk1.pth``, ``/data/imagenet``...) and the
 upstream layouts. ``mile-ssl train`` gets small-run overrides appended, which win as any
-later override does: two steps, small images and batches, one unlabeled image per
+later override does: two steps without warm-up, small images and batches, one unlabeled image per
 labelled one, the CPU, and ``data.allow_missing=true`` (a stand-in ImageNet cannot hold
 the files of the 1 % list). Commands that need hardware this machine lacks (8 GPUs,
 several nodes, SLURM) are composed with ``--cfg job`` instead of run:
@@ -39,6 +39,7 @@ NOT_COMMANDS = ("make", "source")
 
 SMALL_TRAIN = [
     "trainer.max_steps=2",
+    "optim.warmup_steps=0",
     "data.batch_size=2",
     "data.allow_missing=true",
     "mile.unlabeled_ratio=1",
