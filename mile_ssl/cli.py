@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +28,9 @@ from mile_ssl.solo_learn import Translation, expand_solo_command, find_solo_reci
 from mile_ssl.user_errors import exit_on_user_error, removed_on_user_error
 
 log = logging.getLogger("mile_ssl")
+
+EXIT_INTERRUPTED = 130
+"""Exit status of a run stopped by Ctrl-C (128 + SIGINT, as shells report it)."""
 
 COMMANDS = ("train", "demo", "from-solo", "inspect", "eval", "predict", "export")
 
@@ -55,6 +59,7 @@ commands:
 
 @hydra.main(config_path="pkg://mile_ssl.configs", config_name="config", version_base="1.3")
 def _train(config: DictConfig) -> None:
+    from mile_ssl.interrupt import RunInterruptedError
     from mile_ssl.report import format_metrics_table
     from mile_ssl.train import run_training
 
@@ -66,7 +71,19 @@ def _train(config: DictConfig) -> None:
         # Hydra already logs to the console and the run's log file; Lightning's own console
         # handler would print every Lightning message twice.
         logging.getLogger("lightning.pytorch").handlers.clear()
-        result = run_training(train_config, output_dir)
+        try:
+            result = run_training(train_config, output_dir)
+        except RunInterruptedError as stop:
+            overrides = [
+                item
+                for item in hydra_config.overrides.task
+                if not item.startswith("trainer.resume_from=")
+            ]
+            _print_on_rank_zero(
+                f"mile-ssl train: {stop}. Resume with:\n  mile-ssl train "
+                f"{shlex.join([*overrides, f'trainer.resume_from={stop.checkpoint}'])}"
+            )
+            raise SystemExit(EXIT_INTERRUPTED) from None
     _print_on_rank_zero(format_metrics_table({train_config.method.name: result.metrics}))
     _print_on_rank_zero(f"run directory: {result.output_dir}")
 

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 
+from mile_ssl.adapters.registry import read_checkpoint
 from mile_ssl.backbones import BackboneSpec, build_backbone
 from mile_ssl.config import DataConfig, MethodConfig, MileConfig, OptimConfig
 from mile_ssl.data.datamodule import data_loader
@@ -20,9 +20,11 @@ def read_run_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a Lightning checkpoint written by a mile_ssl run (tensors only, no code).
 
     Raises:
-        ValueError: If the file was not written by :class:`MILeModule`.
+        FileNotFoundError: If there is no such file.
+        ValueError: If the file is unreadable, truncated or corrupt (naming it), or was
+            not written by :class:`MILeModule`.
     """
-    checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(Path(path))
     if CHECKPOINT_KEY not in checkpoint or "metadata" not in checkpoint[CHECKPOINT_KEY]:
         raise ValueError(f"{path} is not a checkpoint of a mile_ssl fine-tuning run")
     return checkpoint

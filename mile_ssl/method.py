@@ -60,6 +60,10 @@ log = logging.getLogger(__name__)
 CHECKPOINT_KEY = "mile_ssl"
 
 
+class DivergenceError(FloatingPointError):
+    """The loss or the weights stopped being finite: training cannot go on."""
+
+
 class Classifier(nn.Module):
     """A backbone followed by a new linear head over its pooled features.
 
@@ -204,25 +208,26 @@ class MILeModule(L.LightningModule):
             return images.contiguous(memory_format=torch.channels_last)
         return images
 
-    def _param_groups(self, network: Classifier) -> list[dict[str, Any]]:
+    def _group_settings(self) -> list[dict[str, Any]]:
+        """SGD settings of the backbone and head parameter groups, from ``self.optim``."""
         head_lr = self.optim.head_lr if self.optim.head_lr is not None else self.optim.lr
+        shared = {
+            "momentum": self.optim.momentum,
+            "nesterov": self.optim.nesterov and self.optim.momentum > 0,
+            "weight_decay": self.optim.weight_decay,
+        }
         return [
-            {
-                "params": list(network.backbone.parameters()),
-                "lr": self.optim.lr,
-                "initial_lr": self.optim.lr,
-            },
-            {"params": list(network.head.parameters()), "lr": head_lr, "initial_lr": head_lr},
+            {"lr": self.optim.lr, "initial_lr": self.optim.lr, **shared},
+            {"lr": head_lr, "initial_lr": head_lr, **shared},
         ]
 
     def _make_optimizer(self, network: Classifier) -> Optimizer:
-        return SGD(
-            self._param_groups(network),
-            lr=self.optim.lr,
-            momentum=self.optim.momentum,
-            nesterov=self.optim.nesterov and self.optim.momentum > 0,
-            weight_decay=self.optim.weight_decay,
-        )
+        parameters = (list(network.backbone.parameters()), list(network.head.parameters()))
+        groups = [
+            {"params": params, **settings}
+            for params, settings in zip(parameters, self._group_settings(), strict=True)
+        ]
+        return SGD(groups, lr=self.optim.lr)
 
     def configure_optimizers(self) -> list[Optimizer]:
         """Student optimiser first; the teacher's second when the teacher trains."""
@@ -246,17 +251,40 @@ class MILeModule(L.LightningModule):
         factor = warmup_cosine(self.completed_steps, self._total_steps(), self.optim.warmup_steps)
         for group in optimizer.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
+        if not torch.isfinite(loss):
+            # Before the update: the weights, and every checkpoint, stay those of the
+            # last good step.
+            network = "teacher" if optimizer is not self._optimizer(0) else "student"
+            raise DivergenceError(
+                f"training diverged at step {self.completed_steps + 1} "
+                f"({self.position(self.completed_steps).phase.value} phase, {network} "
+                f"network): the loss is {float(loss)} at learning rate "
+                f"{optimizer.optimizer.param_groups[0]['lr']:.4g} (optim.lr={self.optim.lr}). "
+                "Nothing from this step was saved; lower optim.lr (or raise "
+                "optim.warmup_steps) and start again or resume from the last checkpoint"
+            )
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         optimizer.step()
 
     def on_train_start(self) -> None:
-        """Check that our step counter and Lightning's agree (one optimiser step per batch)."""
+        """Check the step counters agree, and apply this run's optimiser settings.
+
+        A resumed run restores the optimiser state saved with the checkpoint, settings
+        included; the settings of this run's config replace them, so a resume with a new
+        ``optim.lr`` trains at that rate (``mile_ssl.resume`` logs the change).
+        """
         if self.completed_steps != self.trainer.global_step:
             raise RuntimeError(
                 f"step counter {self.completed_steps} disagrees with Lightning's global_step "
                 f"{self.trainer.global_step}; was the checkpoint written by another program?"
             )
+        optimizers = self.optimizers()
+        for optimizer in optimizers if isinstance(optimizers, list) else [optimizers]:
+            for group, settings in zip(
+                optimizer.optimizer.param_groups, self._group_settings(), strict=True
+            ):
+                group.update(settings)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """One optimiser step of the network the current phase trains."""
@@ -448,16 +476,39 @@ class MILeModule(L.LightningModule):
             threshold=self.method.eval_threshold,
         )
         report["num_samples"] = float(len(unique_indices))
+        labels = outputs["label"][outputs["label"] >= 0]
+        if len(labels):
+            # Top-1 of always predicting the most frequent class: what "learned nothing"
+            # scores, which the result table flags.
+            report["chance_top1"] = float(labels.bincount().max()) / len(labels)
         self.validation_metrics = report
         for name, value in report.items():
             # Every rank holds the same value; syncing averages identical numbers.
             self.log(f"val/{name}", value, sync_dist=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the step counter and the settings the schedule depends on."""
+        """Store the step counter and the settings the schedule depends on.
+
+        Raises:
+            DivergenceError: If a weight or BatchNorm statistic is not finite: such a
+                state must not be saved over the last good checkpoint.
+        """
+        broken = [
+            name
+            for name, tensor in checkpoint["state_dict"].items()
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+        ]
+        if broken:
+            raise DivergenceError(
+                f"training diverged by step {self.completed_steps}: {len(broken)} weights or "
+                f"BatchNorm statistics are not finite (first: {broken[:3]}); the checkpoint "
+                "was not written. Lower optim.lr and start again or resume from the last "
+                "checkpoint"
+            )
         checkpoint[CHECKPOINT_KEY] = {
             "version": 1,
             "completed_steps": self.completed_steps,
+            "max_steps": self.trainer.max_steps if self._trainer is not None else None,
             "num_classes": self.num_classes,
             "method": asdict(self.method),
             "mile": asdict(self.mile),

@@ -21,7 +21,12 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
 def format_metrics_table(
     rows: Mapping[str, Mapping[str, float]], columns: Sequence[tuple[str, str]] = TABLE_COLUMNS
 ) -> str:
-    """A fixed-width table, one row per run; fractions shown in percent."""
+    """A fixed-width table, one row per run; fractions shown in percent.
+
+    A run whose top-1 is no better than always predicting the most frequent validation
+    class (``chance_top1``, within one point) is flagged: it learned nothing, which a
+    diverging learning rate often causes without a single NaN.
+    """
     name_width = max([len("run"), *(len(name) for name in rows)])
     header = "run".ljust(name_width) + "".join(f"{title:>10}" for _, title in columns)
     lines = [header, "-" * len(header)]
@@ -35,8 +40,18 @@ def format_metrics_table(
                 cells.append(f"{value:>10.2f}")
             else:
                 cells.append(f"{100 * value:>10.1f}")
-        lines.append(name.ljust(name_width) + "".join(cells))
+        lines.append(name.ljust(name_width) + "".join(cells) + _chance_flag(metrics))
     return "\n".join(lines)
+
+
+CHANCE_MARGIN = 0.01
+
+
+def _chance_flag(metrics: Mapping[str, float]) -> str:
+    chance, top1 = metrics.get("chance_top1"), metrics.get("top1")
+    if chance is None or top1 is None or top1 > chance + CHANCE_MARGIN:
+        return ""
+    return f"  <- chance level (most frequent class: {100 * chance:.1f}); check optim.lr"
 
 
 def write_json(path: str | Path, payload: object) -> Path:

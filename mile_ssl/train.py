@@ -6,7 +6,6 @@ call it with composed configs, so every route trains the same way.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import warnings
@@ -18,12 +17,13 @@ import lightning as L
 import torch
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.loggers import Logger
 from omegaconf import OmegaConf
 from torch import nn
 
 from mile_ssl.adapters import LoadedBackbone, load_backbone
 from mile_ssl.backbones import BackboneSpec, build_backbone
+from mile_ssl.checkpoint_io import AtomicCheckpointIO
 from mile_ssl.config import (
     TEACHER_METHODS,
     BackboneConfig,
@@ -34,9 +34,12 @@ from mile_ssl.config import (
 )
 from mile_ssl.data.datamodule import MILeDataModule, UnlabeledStream
 from mile_ssl.evaluate import module_from_checkpoint, read_run_checkpoint
+from mile_ssl.interrupt import GracefulInterrupt
+from mile_ssl.loggers import build_logger
 from mile_ssl.method import MILeModule
 from mile_ssl.preprocessing import Preprocessing
 from mile_ssl.report import plot_pseudo_label_history, write_json
+from mile_ssl.resume import carry_tensorboard_events, read_resume_point
 from mile_ssl.schedule import Phase, mile_position
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,7 @@ METRICS_FILE = "metrics.json"
 PSEUDO_LABELS_FILE = "pseudo_labels.json"
 PSEUDO_LABELS_PLOT = "pseudo_labels.png"
 RESOLVED_CONFIG_FILE = "resolved_config.yaml"
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 SCRATCH_BACKBONE = "tiny_resnet"
 """Architecture of a ``checkpoint=scratch`` run that names no backbone."""
 
@@ -126,39 +130,12 @@ def resolve_strategy(strategy: str, module: MILeModule) -> str:
     return strategy
 
 
-def build_logger(config: TrainerConfig, output_dir: Path) -> Logger:
-    """The run's logger (CSV, TensorBoard or W&B).
-
-    W&B runs are identified by their run directory, so resuming from a directory's
-    checkpoint continues its W&B run instead of starting a new one.
-    """
-    if config.logger == "tensorboard":
-        return TensorBoardLogger(output_dir, name="logs", version="")
-    if config.logger == "wandb":
-        try:
-            import wandb  # noqa: F401
-            from lightning.pytorch.loggers import WandbLogger
-        except ImportError as error:
-            raise ValueError(
-                "trainer.logger=wandb needs Weights & Biases: pip install 'mile-ssl[wandb]'"
-            ) from error
-        run_dir = Path(config.resume_from).parent.parent if config.resume_from else output_dir
-        run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
-        return WandbLogger(
-            project=config.wandb_project,
-            name=run_dir.name,
-            id=run_id,
-            resume="allow",
-            save_dir=str(output_dir),
-        )
-    return CSVLogger(output_dir, name="logs", version="")
-
-
 def build_trainer(
     config: TrainerConfig,
     output_dir: Path,
     strategy: str | None = None,
     callbacks: Sequence[L.Callback] = (),
+    logger: Logger | None = None,
 ) -> L.Trainer:
     """A Lightning Trainer writing checkpoints and logs under ``output_dir``.
 
@@ -166,9 +143,10 @@ def build_trainer(
         config: Trainer settings.
         output_dir: Run directory.
         strategy: Replaces ``config.strategy`` (see :func:`resolve_strategy`).
-        callbacks: Lightning callbacks to add to the checkpointing one.
+        callbacks: Lightning callbacks to add to the checkpointing and Ctrl-C ones.
+        logger: The run's logger (default: :func:`build_logger`'s).
     """
-    logger = build_logger(config, output_dir)
+    logger = logger or build_logger(config, output_dir)
     checkpoint = ModelCheckpoint(
         dirpath=output_dir / "checkpoints",
         save_last=config.checkpoint_every_n_steps is not None,
@@ -190,7 +168,12 @@ def build_trainer(
         num_sanity_val_steps=0,
         log_every_n_steps=config.log_every_n_steps,
         logger=logger,
-        callbacks=[checkpoint, *callbacks],
+        callbacks=[
+            checkpoint,
+            GracefulInterrupt(output_dir / "checkpoints" / "last.ckpt"),
+            *callbacks,
+        ],
+        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=config.progress_bar,
         enable_model_summary=False,
         deterministic=config.deterministic,
@@ -341,6 +324,12 @@ def run_training(
         strong_student_view=config.mile.strong_student_view,
     )
     config = resolve_epochs(config, len(datamodule.train_indices))
+    # Checked before anything is written: a failed resume leaves the run folder as it was.
+    resume = (
+        read_resume_point(config, datamodule.labelled_digest)
+        if config.trainer.resume_from
+        else None
+    )
     module = MILeModule(
         loaded.module,
         loaded.feature_dim,
@@ -355,11 +344,19 @@ def run_training(
             "backbone": {"name": loaded.spec.name, "kwargs": dict(loaded.spec.kwargs)},
             "preprocessing": loaded.preprocessing.to_dict(),
             "class_names": list(datamodule.class_names),
+            "labelled_sha256": datamodule.labelled_digest,
         },
     )
+    logger = build_logger(config.trainer, output_dir, resume.previous_rows if resume else ())
     trainer = build_trainer(
-        config.trainer, output_dir, resolve_strategy(config.trainer.strategy, module), callbacks
+        config.trainer,
+        output_dir,
+        resolve_strategy(config.trainer.strategy, module),
+        callbacks,
+        logger,
     )
+    if resume is not None and config.trainer.logger == "tensorboard" and trainer.is_global_zero:
+        carry_tensorboard_events(resume.previous_logs, output_dir / "logs")
     if trainer.is_global_zero:
         # The config as trained, epochs resolved to steps; written before training so
         # that an interrupted run still records it.
@@ -367,7 +364,7 @@ def run_training(
             OmegaConf.to_yaml(OmegaConf.structured(config))
         )
     trainer.fit(module, datamodule=datamodule, ckpt_path=config.trainer.resume_from)
-    last_checkpoint = output_dir / "checkpoints" / "last.ckpt"
+    last_checkpoint = output_dir / LAST_CHECKPOINT
     trainer.save_checkpoint(last_checkpoint, weights_only=False)
     metrics = dict(module.validation_metrics)
     if trainer.is_global_zero:

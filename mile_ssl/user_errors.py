@@ -27,6 +27,7 @@ EXIT_USER_ERROR = 2
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
+    FloatingPointError,
     OSError,
     pickle.UnpicklingError,
     yaml.YAMLError,
@@ -34,7 +35,11 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     OmegaConfBaseException,
     MisconfigurationException,
 )
-"""Exception types that mean "the input is wrong", not "mile_ssl is wrong"."""
+"""Exception types that mean "the input is wrong", not "mile_ssl is wrong".
+
+``FloatingPointError`` is a run that diverged (``mile_ssl.method.DivergenceError``): the
+learning rate the user chose is at fault, and the message says which step and rate.
+"""
 
 
 def debugging() -> bool:

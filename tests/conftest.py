@@ -30,7 +30,7 @@ TINY_OVERRIDES = [
     "trainer.precision=32-true",
     "trainer.accelerator=cpu",
     "trainer.log_every_n_steps=1",
-    "optim.warmup_steps=2",
+    "optim.warmup_steps=1",
 ]
 """A digit-grid run that takes a second: 256 grids, batch 32, an 8/16-channel ResNet."""
 
