@@ -312,6 +312,7 @@ class MILeModule(L.LightningModule):
             loss = self._student_step(images, self._student_view(batch, images), position, batch)
         self.completed_steps += 1
         self.log(f"train/{position.phase.value}_loss", loss.detach(), prog_bar=True)
+        self.log("train/lr", self._optimizer(0).optimizer.param_groups[0]["lr"])
         self.log("train/cycle", float(position.cycle))
         return loss.detach()
 
@@ -499,11 +500,15 @@ class MILeModule(L.LightningModule):
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
         ]
         if broken:
+            step = max(self.completed_steps - 1, 0)
             raise DivergenceError(
-                f"training diverged by step {self.completed_steps}: {len(broken)} weights or "
-                f"BatchNorm statistics are not finite (first: {broken[:3]}); the checkpoint "
-                "was not written. Lower optim.lr and start again or resume from the last "
-                "checkpoint"
+                f"training diverged by step {self.completed_steps} "
+                f"({self.position(step).phase.value} phase, learning rate "
+                f"{self._optimizer(0).optimizer.param_groups[0]['lr']:.4g}, optim.lr="
+                f"{self.optim.lr}): {len(broken)} weights or BatchNorm statistics are not "
+                f"finite (first: {broken[:3]}); this checkpoint was not written and the "
+                "earlier ones are intact. Lower optim.lr and start again or resume from the "
+                "last checkpoint"
             )
         checkpoint[CHECKPOINT_KEY] = {
             "version": 1,

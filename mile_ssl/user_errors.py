@@ -85,12 +85,13 @@ def holds_only(directory: Path, names: set[str]) -> bool:
 
 @contextmanager
 def removed_on_user_error(directory: Path, own_files: set[str]) -> Iterator[None]:
-    """Remove ``directory`` if a user error stops the job before it wrote results.
+    """Remove ``directory`` if a user error stops the job before it wrote anything.
 
     Hydra creates a run directory (its ``.hydra`` record and the job's log) before the
     job runs; a job that fails on bad input should leave nothing behind. The directory
-    is removed only if, when the job started, it held nothing but ``own_files``, so an
-    existing run directory (e.g. one being resumed into) is never touched; so are the
+    is removed only if it held nothing but ``own_files`` when the job started and still
+    does, so an existing run directory (e.g. one being resumed into) and the checkpoints
+    of a run that failed midway are never touched; so are the
     date folders above it, under the working directory, that it leaves empty.
 
     Args:
@@ -101,7 +102,7 @@ def removed_on_user_error(directory: Path, own_files: set[str]) -> Iterator[None
     try:
         yield
     except SystemExit as stop:
-        if fresh and stop.code == EXIT_USER_ERROR:
+        if fresh and stop.code == EXIT_USER_ERROR and holds_only(directory, own_files):
             shutil.rmtree(directory, ignore_errors=True)
             _remove_empty_parents(directory)
         raise
