@@ -13,6 +13,7 @@ several nodes, SLURM) are composed with ``--cfg job`` instead of run:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -173,3 +174,35 @@ def test_readme_command_runs(index: int, sandbox: Path) -> None:
     )
     assert result.returncode == 0, f"{shlex.join(words)}\n{result.stderr[-4000:]}"
     assert "Traceback" not in result.stderr
+
+
+def _config_keys(node: type, prefix: str) -> set[str]:
+    keys = set()
+    for item in dataclasses.fields(node):
+        default = item.default_factory() if callable(item.default_factory) else item.default
+        if dataclasses.is_dataclass(default):
+            keys |= _config_keys(type(default), f"{prefix}{item.name}.")
+        else:
+            keys.add(f"{prefix}{item.name}")
+    return keys
+
+
+def _reference_table_keys() -> set[str]:
+    keys = set()
+    for line in README.read_text().splitlines():
+        first_cell = line.split("|")[1] if line.startswith("|") else ""
+        names = re.findall(r"`([\w.]+)`", first_cell)
+        if not names or not names[0].startswith(("mile.", "data.")):
+            continue
+        parent = names[0].rsplit(".", 1)[0]
+        keys |= {name if "." in name else f"{parent}.{name}" for name in names}
+    return keys
+
+
+def test_reference_table_holds_every_mile_and_data_key() -> None:
+    from mile_ssl.config import DataConfig, MileConfig
+
+    documented = _reference_table_keys()
+    existing = _config_keys(MileConfig, "mile.") | _config_keys(DataConfig, "data.")
+    assert documented - existing == set(), "README names keys that do not exist"
+    assert existing - documented == set(), "README's reference table misses keys"
