@@ -24,7 +24,8 @@ from mile_ssl.config import (
     register_configs,
     to_train_config,
 )
-from mile_ssl.solo_learn import Translation, expand_solo_command, find_solo_recipe
+from mile_ssl.solo_command import expand_solo_command, find_solo_recipe
+from mile_ssl.solo_learn import Translation
 from mile_ssl.user_errors import exit_on_user_error, removed_on_user_error
 
 log = logging.getLogger("mile_ssl")

@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from mile_ssl.config import compose_train_config
-from mile_ssl.solo_learn import expand_solo_command, read_solo_config, translate_solo_config
+from mile_ssl.solo_command import expand_solo_command
+from mile_ssl.solo_learn import read_solo_config, translate_solo_config
 from tests.conftest import run_cli, write_image_folder
 from tests.layouts import R18, R50, solo_learn_run, vit_shapes
 
