@@ -33,7 +33,16 @@ log = logging.getLogger("mile_ssl")
 EXIT_INTERRUPTED = 130
 """Exit status of a run stopped by Ctrl-C (128 + SIGINT, as shells report it)."""
 
-COMMANDS = ("train", "demo", "from-solo", "inspect", "eval", "predict", "export")
+COMMANDS = (
+    "train",
+    "demo",
+    "from-solo",
+    "inspect",
+    "eval",
+    "predict",
+    "export",
+    "checkpoints",
+)
 
 USAGE = """usage: mile-ssl COMMAND [ARGS]
 
@@ -43,8 +52,10 @@ commands:
                       mile-ssl train --help shows the config groups
   train --config-path DIR --config-name RECIPE.yaml [OVERRIDES]
                       fine-tune from a solo-learn linear/fine-tune recipe
-  from-solo RECIPE.yaml [--out FILE]
+  from-solo RECIPE.yaml [OVERRIDES] [--out FILE]
                       translate a solo-learn recipe, print the mapping, write the config
+  checkpoints [--download NAME]
+                      the public SSL checkpoints known by name (checkpoint.name=NAME)
   inspect PATH [--adapter NAME] [--backbone NAME] [--json]
                       what a checkpoint holds and how mile_ssl would load it
   eval checkpoint=RUN.ckpt [DATA OVERRIDES] [--json]
@@ -302,6 +313,47 @@ def _export(argv: Sequence[str]) -> None:
         print(f"{kind:12} {path}")
 
 
+def _checkpoints(argv: Sequence[str]) -> None:
+    """List the public SSL checkpoints known by name, or download one."""
+    import json
+    from dataclasses import asdict
+
+    from mile_ssl.public_checkpoints import (
+        cached_path,
+        public_checkpoints,
+        resolve_public_checkpoint,
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="mile-ssl checkpoints",
+        description=_checkpoints.__doc__,
+        epilog="examples:\n  mile-ssl checkpoints\n  mile-ssl checkpoints --download "
+        "mocov2_800ep\n  mile-ssl train checkpoint.name=mocov2_800ep "
+        "experiment=imagenet/mocov2_1pct data.root=/data/imagenet",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--download", metavar="NAME", help="fetch (or check) NAME into the cache")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_args(argv)
+    if args.download:
+        print(resolve_public_checkpoint(args.download))
+        return
+    entries = public_checkpoints()
+    if args.json:
+        print(json.dumps([asdict(entry) for entry in entries.values()], indent=2))
+        return
+    print(f"{'name':24}{'method':16}{'arch':24}{'epochs':>7}{'linear top-1':>14}  cached")
+    for entry in entries.values():
+        cached = "yes" if cached_path(entry).is_file() else "no"
+        if not entry.urls and cached == "no":
+            cached = "no (convert: see --json notes)"
+        top1 = f"{entry.linear_top1:.1f}" if entry.linear_top1 is not None else "-"
+        print(
+            f"{entry.name:24}{entry.method:16}{entry.architecture:24}{entry.epochs:>7}"
+            f"{top1:>14}  {cached}"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Dispatch ``mile-ssl COMMAND``."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -330,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 COMMAND_FUNCTIONS: dict[str, Callable[[Sequence[str]], None]] = {
+    "checkpoints": _checkpoints,
     "demo": _demo,
     "from-solo": _from_solo,
     "inspect": _inspect,

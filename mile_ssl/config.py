@@ -280,6 +280,8 @@ class CheckpointConfig:
         init: ``checkpoint`` loads ``path`` (the default: fine-tuning never silently
             starts from random weights); ``scratch`` trains from random weights.
         path: Checkpoint file.
+        name: A public checkpoint by name (``mile-ssl checkpoints`` lists them), found in
+            the cache or downloaded and checked; replaces ``path``.
         adapter: Adapter that reads ``path``; ``auto`` detects it from the file.
         projection_layers: Projection-head layers to keep on top of the backbone
             (SimCLR-v2 fine-tunes from the first); 0 keeps none.
@@ -287,11 +289,17 @@ class CheckpointConfig:
 
     init: str = "checkpoint"
     path: str | None = None
+    name: str | None = None
     adapter: str = "auto"
     projection_layers: int = 0
 
     def __post_init__(self) -> None:
         _require_choice("checkpoint.init", self.init, INITS)
+        if self.path is not None and self.name is not None:
+            raise ValueError(
+                f"config keys 'checkpoint.path' ({self.path}) and 'checkpoint.name' "
+                f"({self.name}) both name the checkpoint; set one of them"
+            )
         _require(
             self.projection_layers >= 0,
             "checkpoint.projection_layers",

@@ -38,6 +38,7 @@ from mile_ssl.interrupt import GracefulInterrupt
 from mile_ssl.loggers import build_logger
 from mile_ssl.method import MILeModule
 from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.public_checkpoints import get_public_checkpoint, resolve_public_checkpoint
 from mile_ssl.report import plot_pseudo_label_history, write_json
 from mile_ssl.resume import carry_tensorboard_events, read_resume_point
 from mile_ssl.schedule import Phase, mile_position
@@ -81,14 +82,22 @@ def initial_backbone(backbone: BackboneConfig, checkpoint: CheckpointConfig) -> 
     """
     spec = BackboneSpec(backbone.name, dict(backbone.kwargs)) if backbone.name else None
     if checkpoint.init == "checkpoint":
-        if checkpoint.path is None:
+        path, adapter = checkpoint.path, checkpoint.adapter
+        if checkpoint.name is not None:
+            public = get_public_checkpoint(checkpoint.name)
+            path = str(resolve_public_checkpoint(checkpoint.name))
+            adapter = public.adapter if adapter == "auto" else adapter
+            # The registry knows the architecture of files that do not state it.
+            spec = spec or BackboneSpec(public.architecture)
+        if path is None:
             raise ValueError(
-                "config key 'checkpoint.path' must name a checkpoint file; to train from "
-                "random weights select checkpoint=scratch"
+                "config key 'checkpoint.path' must name a checkpoint file (or "
+                "'checkpoint.name' a public checkpoint: mile-ssl checkpoints lists them); to "
+                "train from random weights select checkpoint=scratch"
             )
         return load_backbone(
-            checkpoint.path,
-            adapter=checkpoint.adapter,
+            path,
+            adapter=adapter,
             backbone=spec,
             projection_layers=checkpoint.projection_layers,
         )

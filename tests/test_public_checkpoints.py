@@ -1,0 +1,224 @@
+"""Named public checkpoints: download, resume, hash checks, cache, offline message.
+
+Files are served by a local HTTP server on 127.0.0.1 that honours ``Range`` requests and
+can cut a transfer short, as a flaky connection does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from mile_ssl import public_checkpoints as hub
+from mile_ssl.backbones import BackboneSpec
+from mile_ssl.config import compose_train_config
+from mile_ssl.public_checkpoints import (
+    public_checkpoints,
+    register_checkpoints,
+    resolve_public_checkpoint,
+)
+from mile_ssl.train import initial_backbone
+from tests.layouts import R50, Writer, byol, dino, moco, mocov3, simclrv2, swav
+
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
+DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+class _Server:
+    """Serves PAYLOAD at /file.pth; ``cut_after`` bytes end the next full transfer early."""
+
+    def __init__(self, payload: bytes = PAYLOAD) -> None:
+        self.payload = payload
+        self.cut_after: int | None = None
+        self.requests: list[str | None] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                owner.requests.append(self.headers.get("Range"))
+                start = 0
+                if self.headers.get("Range"):
+                    start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-"))
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(owner.payload) - 1}")
+                else:
+                    self.send_response(200)
+                body = owner.payload[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if owner.cut_after is not None:
+                    self.wfile.write(body[: owner.cut_after])
+                    owner.cut_after = None
+                    self.wfile.flush()
+                    self.connection.close()
+                    return
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/file.pth"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[_Server]:
+    served = _Server()
+    yield served
+    served.stop()
+
+
+@pytest.fixture
+def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The shipped registry plus this test's entries, and a cache of its own."""
+    public_checkpoints()
+    saved = dict(hub._REGISTRY.entries)
+    monkeypatch.setenv("MILE_SSL_CACHE", str(tmp_path / "cache"))
+    yield
+    hub._REGISTRY.entries.clear()
+    hub._REGISTRY.entries.update(saved)
+
+
+def _entry(name: str, url: str, sha256: str | None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "method": "test",
+        "architecture": "torchvision:resnet18",
+        "epochs": 1,
+        "file_name": f"{name}.pth",
+        "adapter": "torchvision",
+        "urls": [url],
+        "sha256": sha256,
+    }
+
+
+def test_download_checks_the_published_hash_and_reuses_the_cache(
+    server: _Server, registry: None, tmp_path: Path
+) -> None:
+    register_checkpoints([_entry("published", server.url, DIGEST)])
+    path = resolve_public_checkpoint("published")
+    assert path == tmp_path / "cache" / "published.pth" and path.read_bytes() == PAYLOAD
+    assert sorted(p.name for p in path.parent.iterdir()) == ["published.pth"]
+    server.stop()  # no network from here on
+    assert resolve_public_checkpoint("published") == path
+
+
+def test_interrupted_download_resumes(server: _Server, registry: None) -> None:
+    register_checkpoints([_entry("flaky", server.url, DIGEST)])
+    server.cut_after = 300_000
+    with pytest.raises(ValueError, match="cannot download flaky") as info:
+        resolve_public_checkpoint("flaky")
+    assert "put it at" in str(info.value)
+    partial = hub.cached_path(hub.get_public_checkpoint("flaky")).with_suffix(".pth.part")
+    assert partial.stat().st_size == 300_000
+    path = resolve_public_checkpoint("flaky")
+    assert path.read_bytes() == PAYLOAD
+    assert server.requests[-1] == "bytes=300000-"
+    assert not partial.exists()
+
+
+def test_hash_mismatch_is_refused_and_not_kept(server: _Server, registry: None) -> None:
+    register_checkpoints([_entry("tampered", server.url, "0" * 64)])
+    with pytest.raises(ValueError, match="expected SHA-256 0000") as info:
+        resolve_public_checkpoint("tampered")
+    assert "not kept" in str(info.value)
+    folder = hub.cache_dir()
+    assert not (folder / "tampered.pth").exists() and not (folder / "tampered.pth.part").exists()
+
+
+def test_unpublished_hash_is_recorded_then_checked(server: _Server, registry: None) -> None:
+    register_checkpoints([_entry("unhashed", server.url, None)])
+    path = resolve_public_checkpoint("unhashed")
+    recorded = path.with_name("unhashed.pth.sha256")
+    assert recorded.read_text().split()[0] == DIGEST
+    path.write_bytes(PAYLOAD[:-1] + b"x")  # the cached file changes on disk
+    with pytest.raises(ValueError, match="does not match the SHA-256"):
+        resolve_public_checkpoint("unhashed")
+
+
+def test_offline_names_the_url_and_the_place_for_the_file(registry: None) -> None:
+    register_checkpoints([_entry("offline", "http://127.0.0.1:9/file.pth", None)])
+    with pytest.raises(ValueError) as info:
+        resolve_public_checkpoint("offline")
+    message = str(info.value)
+    assert "http://127.0.0.1:9/file.pth" in message
+    assert str(hub.cache_dir() / "offline.pth") in message
+
+
+def test_unknown_name_lists_the_known_ones(registry: None) -> None:
+    with pytest.raises(ValueError, match="mocov2_800ep"):
+        resolve_public_checkpoint("mocov9")
+
+
+def _plain_resnet50(folder: Path) -> Path:
+    """A bare torchvision ResNet-50 state dict without its classifier (Barlow Twins, VICReg)."""
+    path = folder / "resnet50.pth"
+    torch.save(R50, path)
+    return path
+
+
+LAYOUT_OF: dict[str, Writer] = {
+    "mocov1": moco(1),
+    "mocov2": moco(2),
+    "mocov3": mocov3,
+    "swav": swav(multi=False),
+    "deepclusterv2": swav(multi=True),
+    "selav2": swav(multi=True),
+    "dino": dino(vit=False),
+    "byol": byol,
+    "barlowtwins": _plain_resnet50,
+    "vicreg": _plain_resnet50,
+    "simclrv2": simclrv2(1, selective_kernel=False),
+}
+"""The upstream layout of each registry entry, by the start of its name."""
+
+
+@pytest.mark.parametrize("name", sorted(public_checkpoints()))
+def test_every_entry_loads_a_file_in_its_layout(name: str, tmp_path: Path) -> None:
+    entry = public_checkpoints()[name]
+    writer = LAYOUT_OF[name.split("_")[0]]
+    if name.startswith("simclrv2"):
+        writer = simclrv2(1, selective_kernel=name.endswith("sk1"))
+    path = writer(tmp_path)
+    config = compose_train_config(
+        [f"checkpoint.path={path}", f"checkpoint.adapter={entry.adapter}"]
+    )
+    spec = BackboneSpec(entry.architecture)
+    loaded = initial_backbone(replace(config.backbone, name=spec.name), config.checkpoint)
+    assert loaded.adapter == entry.adapter and loaded.spec.name == entry.architecture
+    assert entry.urls or entry.notes, "an entry without a download says how to get the file"
+    assert entry.linear_top1 is not None and entry.source and entry.license
+
+
+def test_checkpoint_name_trains_from_the_downloaded_file(registry: None, tmp_path: Path) -> None:
+    server = _Server(moco(2)(tmp_path).read_bytes())
+    try:
+        entry = _entry("local_moco", server.url, None)
+        register_checkpoints(
+            [entry | {"adapter": "mocov2", "architecture": "torchvision:resnet50"}]
+        )
+        config = compose_train_config(["checkpoint.name=local_moco"])
+        loaded = initial_backbone(config.backbone, config.checkpoint)
+    finally:
+        server.stop()
+    assert loaded.adapter == "mocov2" and loaded.spec.name == "torchvision:resnet50"
+    assert loaded.source == hub.cache_dir() / "local_moco.pth"
+
+
+def test_path_and_name_together_are_refused() -> None:
+    with pytest.raises(ValueError, match="checkpoint.path.*checkpoint.name"):
+        compose_train_config(["checkpoint.path=a.pt", "checkpoint.name=mocov2_800ep"])
