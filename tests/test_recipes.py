@@ -9,6 +9,7 @@ with a small scratch ResNet-18 on a tiny tree holding files of the 1 % / 10 % li
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -224,3 +225,17 @@ def test_recipe_trains_two_steps(name: str, tree: Path, tmp_path: Path, one_thre
     assert payload["labelled_images"] == {"1pct": 6, "10pct": 10, "100pct": 12}[fraction]
     assert result.metrics["num_samples"] == 2
     assert 0.0 <= result.metrics["real_acc"] <= 1.0
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda path: path.stem)
+def test_recipe_header_names_its_public_checkpoint(path: Path) -> None:
+    from mile_ssl.public_checkpoints import public_checkpoints
+
+    found = re.search(
+        r"# Run: mile-ssl train checkpoint\.name=(\w+) experiment=imagenet/(\w+)", path.read_text()
+    )
+    assert found is not None, "the header gives the one-command run"
+    name, experiment = found.groups()
+    assert experiment == path.stem
+    config = compose_train_config([f"experiment=imagenet/{path.stem}", "data.root=/data/imagenet"])
+    assert public_checkpoints()[name].adapter == config.checkpoint.adapter
