@@ -348,8 +348,9 @@ def _checkpoints(argv: Sequence[str]) -> None:
         if not entry.urls and cached == "no":
             cached = "no (convert: see --json notes)"
         top1 = f"{entry.linear_top1:.1f}" if entry.linear_top1 is not None else "-"
+        epochs = str(entry.epochs) if entry.epochs is not None else "-"
         print(
-            f"{entry.name:24}{entry.method:16}{entry.architecture:24}{entry.epochs:>7}"
+            f"{entry.name:24}{entry.method:16}{entry.architecture:24}{epochs:>7}"
             f"{top1:>14}  {cached}"
         )
 

@@ -95,7 +95,7 @@ def test_readme_holds_the_commands_of_every_use() -> None:
         for words in COMMANDS
         if ".venv/bin/mile-ssl" in words
     }
-    assert {"train", "from-solo", "eval", "predict", "export"} <= subcommands
+    assert {"train", "from-solo", "eval", "predict", "export", "checkpoints"} <= subcommands
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +118,9 @@ def sandbox(module_tmp_path: Path) -> Path:
         ROOT / "tests" / "fixtures" / "solo_learn" / "linear" / "imagenet",
         work / "scripts" / "linear" / "imagenet",
     )
+    cache = module_tmp_path / "cache"  # $MILE_SSL_CACHE: the public checkpoints named
+    cache.mkdir()
+    moco(2)(cache).rename(cache / "moco_v2_800ep_pretrain.pth.tar")
     write_jpeg(work / "photo.jpg", 1)
     write_jpeg(work / "more_photos" / "a.jpg", 2)
     (work / "examples").symlink_to(ROOT / "examples")
@@ -167,6 +170,7 @@ def _runnable(words: list[str], index: int) -> list[str]:
 def test_readme_command_runs(index: int, sandbox: Path) -> None:
     words = _runnable(_localised(COMMANDS[index], sandbox.parent / "data"), index)
     environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    environment["MILE_SSL_CACHE"] = str(sandbox.parent / "cache")
     environment |= {"NODE_RANK": "0", "MASTER_ADDR": "127.0.0.1", "SLURM_JOB_ID": "7"}
     words = [os.path.expandvars(word) if "$" in word else word for word in words]
     result = subprocess.run(
