@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 DEBUG_VARIABLE = "MILE_SSL_DEBUG"
 EXIT_USER_ERROR = 2
+EXIT_BROKEN_PIPE = 141
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
@@ -67,6 +68,11 @@ def exit_on_user_error(command: str) -> Iterator[None]:
     """
     try:
         yield
+    except BrokenPipeError:
+        # The reader went away (``mile-ssl checkpoints | head``): stop quietly, as a
+        # shell tool killed by SIGPIPE does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(EXIT_BROKEN_PIPE) from None
     except USER_ERRORS as error:
         if debugging():
             raise
