@@ -222,3 +222,26 @@ def test_checkpoint_name_trains_from_the_downloaded_file(registry: None, tmp_pat
 def test_path_and_name_together_are_refused() -> None:
     with pytest.raises(ValueError, match="checkpoint.path.*checkpoint.name"):
         compose_train_config(["checkpoint.path=a.pt", "checkpoint.name=mocov2_800ep"])
+
+
+def test_plugins_add_entries_through_their_entry_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, registry: None
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "ssl_zoo_plugin.py").write_text(
+        "def entries():\n"
+        "    return [{'name': 'zoo_r50', 'method': 'Zoo', 'architecture': 'torchvision:resnet50',"
+        " 'epochs': 10, 'file_name': 'zoo.pth', 'adapter': 'torchvision',"
+        " 'urls': ['https://example.org/zoo.pth']}]\n"
+    )
+    info = site / "ssl_zoo_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ssl-zoo-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[mile_ssl.checkpoints]\nzoo = ssl_zoo_plugin:entries\n")
+    monkeypatch.syspath_prepend(str(site))
+    hub._REGISTRY.entries.clear()
+    hub._REGISTRY.loaded = False
+    entries = public_checkpoints()
+    assert entries["zoo_r50"].urls == ("https://example.org/zoo.pth",)
+    assert "mocov2_800ep" in entries
