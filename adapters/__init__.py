@@ -5,31 +5,16 @@ Load a checkpoint with :func:`load_backbone`; add a format with
 :func:`register_adapter`.
 """
 
+from .conversion import AdapterOptions, ConvertedCheckpoint, refuse_projection_layers
+from .diagnostics import describe_mismatch
+from .errors import CheckpointError, CheckpointMismatchError
+from .loading import LoadedBackbone, load_backbone
 from .mile_ssl_format import FORMAT as MILE_SSL_FORMAT
 from .mile_ssl_format import VERSION as MILE_SSL_FORMAT_VERSION
 from .mile_ssl_format import convert_mile_ssl, detect_mile_ssl, save_backbone_checkpoint
-from .registry import (
-    DEFAULT_CONTAINER_KEYS,
-    Adapter,
-    AdapterOptions,
-    CheckpointError,
-    CheckpointMismatchError,
-    ConvertedCheckpoint,
-    LoadedBackbone,
-    available_adapters,
-    describe_mismatch,
-    drop,
-    get_adapter,
-    load_backbone,
-    read_checkpoint,
-    refuse_projection_layers,
-    register_adapter,
-    register_reader,
-    select,
-    strip_prefix,
-    unregister_adapter,
-    unwrap,
-)
+from .reading import read_checkpoint, register_reader
+from .registry import Adapter, available_adapters, get_adapter, register_adapter, unregister_adapter
+from .state_dicts import DEFAULT_CONTAINER_KEYS, drop, select, strip_prefix, unwrap
 from .torchvision_format import convert_torchvision, detect_torchvision
 
 __all__ = [

@@ -33,27 +33,15 @@ the safe reader refuses; re-save the file without it (``{"teacher": ..., "studen
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
-from torch import Tensor
-
-from mile_ssl.backbones import BackboneSpec
 from mile_ssl.preprocessing import Preprocessing
 
-from .registry import (
-    AdapterOptions,
-    ConvertedCheckpoint,
-    drop,
-    has_prefix,
-    refuse_projection_layers,
-    register_adapter,
-    select,
-    strip_prefix,
-    unwrap,
-)
-from .torchvision_format import CLASSIFIER_PREFIX, infer_resnet_spec
+from .architectures import CLASSIFIER_PREFIX, VIT_HEAD_PREFIX, infer_resnet_spec, infer_vit_spec
+from .conversion import AdapterOptions, ConvertedCheckpoint, refuse_projection_layers
+from .registry import register_adapter
+from .state_dicts import drop, first_prefix, select, strip_prefix, unwrap
 
 TEACHER_KEY = "teacher"
 STUDENT_KEY = "student"
@@ -61,77 +49,11 @@ STUDENT_KEY = "student"
 BACKBONE_PREFIXES = ("module.backbone.", "backbone.")
 """``MultiCropWrapper``'s backbone, with and without the DDP ``module.`` prefix."""
 
-VIT_HEAD_PREFIX = "head."
-"""A ViT's classifier; DINO replaces it by an identity, other files may keep it."""
-
-VIT_PRETRAIN_SIZE = 224
-"""Resolution the timm ``*_224`` ViTs are built for, and DINO's training resolution."""
-
-_VIT_SIZES: dict[tuple[int, int], str] = {
-    (192, 12): "tiny",
-    (384, 12): "small",
-    (768, 12): "base",
-    (1024, 24): "large",
-    (1280, 32): "huge",
-}
-"""(embedding width, number of blocks) -> timm size name (``vit_<size>_patch<P>_224``)."""
-
-
-def infer_vit_spec(
-    state_dict: Mapping[str, Tensor], *, num_heads: int | None = None
-) -> BackboneSpec | None:
-    """Name the timm ViT whose ``state_dict()`` ``state_dict`` is, from its shapes.
-
-    Width and depth give the size (tiny/small/base/large/huge), the patch embedding's
-    kernel the patch size, and ``pos_embed`` the grid, hence the image size (passed as
-    ``img_size`` when it is not 224). The number of attention heads cannot be read from
-    the weights: timm's default for the size is used unless ``num_heads`` is given
-    (MoCo-v3 and solo-learn's MoCo-v3/MAE ViT-S use 12 heads where timm uses 6; the
-    weights would load and compute something else).
-
-    Args:
-        state_dict: Backbone tensors with timm names, no prefix.
-        num_heads: Attention heads, when the source states a non-default count.
-
-    Returns:
-        The spec, or ``None`` if the tensors are not a ViT of a size timm names.
-    """
-    proj = state_dict.get("patch_embed.proj.weight")
-    pos_embed = state_dict.get("pos_embed")
-    if proj is None or pos_embed is None or "cls_token" not in state_dict:
-        return None
-    if proj.dim() != 4 or proj.shape[2] != proj.shape[3] or pos_embed.dim() != 3:
-        return None
-    width, patch = int(proj.shape[0]), int(proj.shape[2])
-    depth = len({key.split(".")[1] for key in state_dict if key.startswith("blocks.")})
-    size = _VIT_SIZES.get((width, depth))
-    if size is None:
-        return None
-    name = f"vit_{size}_patch{patch}_{VIT_PRETRAIN_SIZE}"
-    import timm
-
-    if not timm.is_model(name):
-        return None
-    tokens = int(pos_embed.shape[1]) - 1
-    grid = math.isqrt(tokens)
-    if grid * grid != tokens:
-        return None
-    kwargs: dict[str, Any] = {}
-    if grid * patch != VIT_PRETRAIN_SIZE:
-        kwargs["img_size"] = grid * patch
-    if num_heads is not None:
-        kwargs["num_heads"] = num_heads
-    return BackboneSpec(f"timm:{name}", kwargs)
-
-
-def _backbone_prefix(state_dict: Mapping[str, Tensor]) -> str | None:
-    return next((prefix for prefix in BACKBONE_PREFIXES if has_prefix(state_dict, prefix)), None)
-
 
 def detect_dino(raw: Mapping[str, Any]) -> bool:
     """Whether ``raw`` has a ``teacher`` or ``student`` mapping with ``backbone.`` keys."""
     return any(
-        isinstance(raw.get(key), Mapping) and _backbone_prefix(raw[key]) is not None
+        isinstance(raw.get(key), Mapping) and first_prefix(raw[key], BACKBONE_PREFIXES) is not None
         for key in (TEACHER_KEY, STUDENT_KEY)
     )
 
@@ -161,7 +83,7 @@ def convert_dino(raw: Mapping[str, Any], options: AdapterOptions) -> ConvertedCh
     refuse_projection_layers(options, "dino")
     container = TEACHER_KEY if isinstance(raw.get(TEACHER_KEY), Mapping) else STUDENT_KEY
     network = unwrap(raw, keys=(container,))
-    prefix = _backbone_prefix(network)
+    prefix = first_prefix(network, BACKBONE_PREFIXES)
     if prefix is None:
         raise ValueError(
             f"DINO {container!r} holds no keys under {list(BACKBONE_PREFIXES)} (first keys: "

@@ -4,7 +4,7 @@ Before fine-tuning from a downloaded checkpoint, a user wants to know which form
 was read as, which architecture it becomes, which parts of the file were used and
 which were dropped (heads, momentum encoders, queues), and which input normalisation
 the weights expect. :func:`describe_checkpoint` answers by loading the file exactly as
-training would (through :func:`~mile_ssl.adapters.registry.load_backbone`, strict), so
+training would (through :func:`~mile_ssl.adapters.loading.load_backbone`, strict), so
 a description is also proof that the file loads; :func:`format_description` renders it
 for a terminal. The description is plain data, ready for JSON.
 """
@@ -17,7 +17,8 @@ from typing import Any
 
 from mile_ssl.backbones import BackboneSpec
 
-from .registry import group_keys, load_backbone
+from .diagnostics import group_keys
+from .loading import load_backbone
 
 
 def describe_checkpoint(
@@ -38,7 +39,7 @@ def describe_checkpoint(
         loaded backbone), ``tensors`` (entries of its state dict), ``source_prefix``
         (where in the file the backbone was taken from, or ``None``), ``kept`` and
         ``dropped`` (key group -> number of keys, see
-        :func:`~mile_ssl.adapters.registry.group_keys`) and ``preprocessing``
+        :func:`~mile_ssl.adapters.diagnostics.group_keys`) and ``preprocessing``
         (``{"mean", "std"}``).
 
     Raises:

@@ -30,18 +30,10 @@ from torch import Tensor
 
 from mile_ssl.preprocessing import Preprocessing
 
-from .registry import (
-    AdapterOptions,
-    ConvertedCheckpoint,
-    drop,
-    has_prefix,
-    refuse_projection_layers,
-    register_adapter,
-    select,
-    strip_prefix,
-    unwrap,
-)
-from .torchvision_format import CLASSIFIER_PREFIX, infer_resnet_spec
+from .architectures import CLASSIFIER_PREFIX, infer_resnet_spec
+from .conversion import AdapterOptions, ConvertedCheckpoint, refuse_projection_layers
+from .registry import register_adapter
+from .state_dicts import drop, has_prefix, select, strip_prefix, unwrap
 
 BACKBONE_PREFIX = "backbone."
 """Attribute lightly's benchmarks and examples give the backbone."""

@@ -31,13 +31,9 @@ from torch import Tensor, nn
 from mile_ssl.backbones import BackboneSpec, build_backbone
 from mile_ssl.preprocessing import Preprocessing
 
-from .registry import (
-    AdapterOptions,
-    ConvertedCheckpoint,
-    describe_mismatch,
-    refuse_projection_layers,
-    register_adapter,
-)
+from .conversion import AdapterOptions, ConvertedCheckpoint, refuse_projection_layers
+from .diagnostics import describe_mismatch
+from .registry import register_adapter
 
 FORMAT = "mile_ssl.backbone"
 """Value of the ``format`` key identifying these files."""

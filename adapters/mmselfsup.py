@@ -24,18 +24,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mile_ssl.preprocessing import Preprocessing
-
-from .registry import (
-    AdapterOptions,
-    ConvertedCheckpoint,
-    extract,
-    has_prefix,
-    refuse_projection_layers,
-    register_adapter,
-    unwrap,
-)
-from .torchvision_format import CLASSIFIER_PREFIX, infer_resnet_spec
+from .prefixed import register_prefixed_adapter
+from .state_dicts import has_prefix
 
 META_KEY = "meta"
 """Top-level metadata every mmcv / mmengine checkpoint carries."""
@@ -54,38 +44,13 @@ def detect_mmselfsup(raw: Mapping[str, Any]) -> bool:
     )
 
 
-@register_adapter(
+convert_mmselfsup = register_prefixed_adapter(
     "mmselfsup",
     detect=detect_mmselfsup,
     signature="top-level 'meta' and a 'state_dict' with 'backbone.' keys (mmselfsup, mmpretrain)",
+    prefixes=(BACKBONE_PREFIX,),
+    container="state_dict",
 )
-def convert_mmselfsup(raw: Mapping[str, Any], options: AdapterOptions) -> ConvertedCheckpoint:
-    """Extract the backbone of an mmselfsup / mmpretrain checkpoint.
-
-    Args:
-        raw: The checkpoint mapping.
-        options: Conversion options; necks and heads are not kept.
-
-    Returns:
-        The backbone tensors (torchvision names for OpenMMLab ResNets), the
-        architecture inferred from their shapes, ImageNet preprocessing, and the neck,
-        heads and target network as ``dropped``.
-
-    Raises:
-        ValueError: If there are no ``backbone.`` keys.
-    """
-    refuse_projection_layers(options, "mmselfsup")
-    state_dict = unwrap(raw, keys=("state_dict",))
-    if not has_prefix(state_dict, BACKBONE_PREFIX):
-        raise ValueError(
-            f"no keys under {BACKBONE_PREFIX!r} in 'state_dict' (first keys: "
-            f"{list(state_dict)[:5]})"
-        )
-    kept, dropped = extract(state_dict, BACKBONE_PREFIX, CLASSIFIER_PREFIX)
-    return ConvertedCheckpoint(
-        state_dict=kept,
-        backbone=infer_resnet_spec(kept),
-        preprocessing=Preprocessing(),
-        dropped=dropped,
-        expected_prefix=BACKBONE_PREFIX,
-    )
+"""The backbone under ``backbone.`` (torchvision names for OpenMMLab ResNets), the
+architecture inferred from its shapes, ImageNet preprocessing, and the neck, heads and
+target network as ``dropped``."""

@@ -31,19 +31,10 @@ from typing import Any
 from torch import Tensor
 
 from mile_ssl.backbones import BackboneSpec
-from mile_ssl.preprocessing import Preprocessing
 
-from .dino import VIT_HEAD_PREFIX, infer_vit_spec
-from .registry import (
-    AdapterOptions,
-    ConvertedCheckpoint,
-    extract,
-    has_prefix,
-    refuse_projection_layers,
-    register_adapter,
-    unwrap,
-)
-from .torchvision_format import CLASSIFIER_PREFIX, infer_resnet_spec, torchvision_arch_spec
+from .architectures import CLASSIFIER_PREFIX, VIT_HEAD_PREFIX, infer_vit_spec
+from .prefixed import find_backbone_prefix, register_prefixed_adapter, resnet_from_arch
+from .state_dicts import has_prefix, unwrap
 
 QUERY_ENCODER_PREFIXES = ("module.encoder_q.", "encoder_q.")
 """MoCo v1/v2's query encoder, with and without the DDP prefix."""
@@ -65,20 +56,6 @@ def _state_dict(raw: Mapping[str, Any]) -> dict[str, Tensor] | None:
         return None
 
 
-def _prefix_with(
-    state_dict: Mapping[str, Tensor], prefixes: tuple[str, ...], *markers: str
-) -> str | None:
-    """The first of ``prefixes`` under which one of ``markers`` is a key."""
-    return next(
-        (
-            prefix
-            for prefix in prefixes
-            if any(f"{prefix}{marker}" in state_dict for marker in markers)
-        ),
-        None,
-    )
-
-
 def detect_mocov2(raw: Mapping[str, Any]) -> bool:
     """Whether the state dict holds a ResNet directly under ``[module.]encoder_q.``.
 
@@ -88,7 +65,7 @@ def detect_mocov2(raw: Mapping[str, Any]) -> bool:
     state_dict = _state_dict(raw)
     return (
         state_dict is not None
-        and _prefix_with(state_dict, QUERY_ENCODER_PREFIXES, "conv1.weight") is not None
+        and find_backbone_prefix(state_dict, QUERY_ENCODER_PREFIXES, direct_resnet=True) is not None
     )
 
 
@@ -102,45 +79,21 @@ def detect_mocov3(raw: Mapping[str, Any]) -> bool:
     )
 
 
-@register_adapter(
+convert_mocov2 = register_prefixed_adapter(
     "mocov2",
     detect=detect_mocov2,
     signature="'state_dict' with a ResNet under 'module.encoder_q.' (MoCo v1/v2)",
+    prefixes=QUERY_ENCODER_PREFIXES,
+    direct_resnet=True,
+    architecture=resnet_from_arch,
 )
-def convert_mocov2(raw: Mapping[str, Any], options: AdapterOptions) -> ConvertedCheckpoint:
-    """Extract the query encoder of a MoCo v1/v2 checkpoint.
-
-    Args:
-        raw: The checkpoint mapping.
-        options: Conversion options; the MLP head is not kept.
-
-    Returns:
-        The query encoder without ``fc``; the architecture from ``arch`` (a
-        torchvision name in these files), else from the shapes; ImageNet preprocessing;
-        the head, key encoder and queue as ``dropped``.
-
-    Raises:
-        ValueError: If no ResNet is found under ``encoder_q.``.
-    """
-    refuse_projection_layers(options, "mocov2")
-    state_dict = unwrap(raw)
-    prefix = _prefix_with(state_dict, QUERY_ENCODER_PREFIXES, "conv1.weight")
-    if prefix is None:
-        raise ValueError(
-            f"no ResNet under {list(QUERY_ENCODER_PREFIXES)} (expected e.g. "
-            f"'module.encoder_q.conv1.weight'; first keys: {list(state_dict)[:5]})"
-        )
-    kept, dropped = extract(state_dict, prefix, CLASSIFIER_PREFIX)
-    return ConvertedCheckpoint(
-        state_dict=kept,
-        backbone=torchvision_arch_spec(raw.get("arch")) or infer_resnet_spec(kept),
-        preprocessing=Preprocessing(),
-        dropped=dropped,
-        expected_prefix=prefix,
-    )
+"""The query encoder without ``fc``; the architecture from ``arch`` (a torchvision name in
+these files), else from the shapes; ImageNet preprocessing; the head, key encoder and
+queue as ``dropped``."""
 
 
-def _mocov3_spec(arch: object, encoder: Mapping[str, Tensor]) -> BackboneSpec | None:
+def _mocov3_spec(raw: Mapping[str, Any], encoder: Mapping[str, Tensor]) -> BackboneSpec | None:
+    arch = raw.get("arch")
     if isinstance(arch, str) and arch.startswith("vit_conv"):
         raise ValueError(
             f"MoCo-v3 arch {arch!r} (a ViT with a convolutional stem) has no timm "
@@ -148,42 +101,22 @@ def _mocov3_spec(arch: object, encoder: Mapping[str, Tensor]) -> BackboneSpec | 
         )
     if "cls_token" in encoder:
         return infer_vit_spec(encoder, num_heads=MOCOV3_VIT_HEADS)
-    return torchvision_arch_spec(arch) or infer_resnet_spec(encoder)
+    return resnet_from_arch(raw, encoder)
 
 
-@register_adapter(
+def _mocov3_heads(state_dict: Mapping[str, Tensor], prefix: str) -> tuple[str, ...]:
+    """The projection head of the base encoder: ``head`` of a ViT, ``fc`` of a ResNet."""
+    return (VIT_HEAD_PREFIX,) if f"{prefix}cls_token" in state_dict else (CLASSIFIER_PREFIX,)
+
+
+convert_mocov3 = register_prefixed_adapter(
     "mocov3",
     detect=detect_mocov3,
     signature="'state_dict' with 'module.base_encoder.' and 'module.momentum_encoder.' keys",
+    prefixes=BASE_ENCODER_PREFIXES,
+    heads=_mocov3_heads,
+    architecture=_mocov3_spec,
 )
-def convert_mocov3(raw: Mapping[str, Any], options: AdapterOptions) -> ConvertedCheckpoint:
-    """Extract the base encoder of a MoCo v3 checkpoint (ResNet or ViT).
-
-    Args:
-        raw: The checkpoint mapping.
-        options: Conversion options; the projection MLP is not kept.
-
-    Returns:
-        The base encoder without its projection head (``fc`` for ResNets, ``head`` for
-        ViTs); the architecture from ``arch`` and the shapes; ImageNet preprocessing;
-        heads, momentum encoder and predictor as ``dropped``.
-
-    Raises:
-        ValueError: If the base encoder is missing or ``arch`` is a ``vit_conv_*``.
-    """
-    refuse_projection_layers(options, "mocov3")
-    state_dict = unwrap(raw)
-    prefix = next((p for p in BASE_ENCODER_PREFIXES if has_prefix(state_dict, p)), None)
-    if prefix is None:
-        raise ValueError(
-            f"no keys under {list(BASE_ENCODER_PREFIXES)} (first keys: {list(state_dict)[:5]})"
-        )
-    vit = f"{prefix}cls_token" in state_dict
-    kept, dropped = extract(state_dict, prefix, VIT_HEAD_PREFIX if vit else CLASSIFIER_PREFIX)
-    return ConvertedCheckpoint(
-        state_dict=kept,
-        backbone=_mocov3_spec(raw.get("arch"), kept),
-        preprocessing=Preprocessing(),
-        dropped=dropped,
-        expected_prefix=prefix,
-    )
+"""The base encoder (ResNet or ViT) without its projection head; the architecture from
+``arch`` and the shapes (``vit_conv_*`` is refused); ImageNet preprocessing; heads,
+momentum encoder and predictor as ``dropped``."""

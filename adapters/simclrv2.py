@@ -37,13 +37,9 @@ from mile_ssl.simclrv2_resnet import (
     WIDTH_MULTIPLIERS,
 )
 
-from .registry import (
-    AdapterOptions,
-    ConvertedCheckpoint,
-    drop,
-    register_adapter,
-    select,
-)
+from .conversion import AdapterOptions, ConvertedCheckpoint
+from .registry import register_adapter
+from .state_dicts import drop, select
 
 BACKBONE_KEY = "resnet"
 """Top-level key of the backbone's state dict in the converted files."""

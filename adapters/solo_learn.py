@@ -50,17 +50,11 @@ from torch import Tensor
 from mile_ssl.backbones import BackboneSpec
 from mile_ssl.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
-from .dino import VIT_HEAD_PREFIX, infer_vit_spec
-from .registry import (
-    AdapterOptions,
-    ConvertedCheckpoint,
-    extract,
-    has_prefix,
-    refuse_projection_layers,
-    register_adapter,
-    unwrap,
-)
-from .torchvision_format import CLASSIFIER_PREFIX
+from .architectures import CLASSIFIER_PREFIX, VIT_HEAD_PREFIX, infer_vit_spec
+from .conversion import AdapterOptions, ConvertedCheckpoint, refuse_projection_layers
+from .prefixed import backbone_prefix
+from .registry import register_adapter
+from .state_dicts import extract, first_prefix, unwrap
 
 ARGS_FILE = "args.json"
 """The run configuration solo-learn's ``Checkpointer`` writes beside the checkpoints."""
@@ -97,10 +91,6 @@ NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 """solo-learn's per-dataset input statistics, which take precedence over the config's."""
 
 
-def _backbone_prefix(state_dict: Mapping[str, Tensor]) -> str | None:
-    return next((prefix for prefix in BACKBONE_PREFIXES if has_prefix(state_dict, prefix)), None)
-
-
 def _solo_state_dict(raw: Mapping[str, Any]) -> Mapping[str, Tensor] | None:
     """The state dict of a file with solo-learn's backbone keys, else ``None``.
 
@@ -112,7 +102,7 @@ def _solo_state_dict(raw: Mapping[str, Any]) -> Mapping[str, Tensor] | None:
         state_dict = unwrap(raw)
     except ValueError:
         return None
-    return state_dict if _backbone_prefix(state_dict) is not None else None
+    return state_dict if first_prefix(state_dict, BACKBONE_PREFIXES) is not None else None
 
 
 def detect_solo_learn(raw: Mapping[str, Any]) -> bool:
@@ -254,11 +244,7 @@ def convert_solo_learn(raw: Mapping[str, Any], options: AdapterOptions) -> Conve
     """
     refuse_projection_layers(options, "solo_learn")
     state_dict = unwrap(raw)
-    prefix = _backbone_prefix(state_dict)
-    if prefix is None:
-        raise ValueError(
-            f"no keys under {list(BACKBONE_PREFIXES)} (first keys: {list(state_dict)[:5]})"
-        )
+    prefix = backbone_prefix(state_dict, BACKBONE_PREFIXES)
     backbone, dropped = extract(state_dict, prefix, CLASSIFIER_PREFIX, VIT_HEAD_PREFIX)
     spec, preprocessing = _run_architecture(backbone, options)
     return ConvertedCheckpoint(

@@ -28,22 +28,10 @@ from torch import Tensor
 
 from mile_ssl.preprocessing import IMAGENET_MEAN, Preprocessing
 
-from .registry import (
-    AdapterOptions,
-    ConvertedCheckpoint,
-    drop,
-    has_prefix,
-    refuse_projection_layers,
-    register_adapter,
-    strip_prefix,
-    unwrap,
-)
-from .torchvision_format import (
-    DATA_PARALLEL_PREFIX,
-    STANDARD_STEM_WIDTH,
-    infer_resnet_spec,
-    resnet_stem_width,
-)
+from .architectures import STANDARD_STEM_WIDTH, infer_resnet_spec, resnet_stem_width
+from .conversion import AdapterOptions, ConvertedCheckpoint, refuse_projection_layers
+from .registry import register_adapter
+from .state_dicts import DATA_PARALLEL_PREFIX, drop, has_prefix, strip_prefix, unwrap
 
 HEAD_PREFIXES = ("projection_head.", "prototypes.")
 SWAV_PREPROCESSING = Preprocessing(mean=IMAGENET_MEAN, std=(0.228, 0.224, 0.225))

@@ -25,16 +25,10 @@ from torch import Tensor
 
 from mile_ssl.preprocessing import Preprocessing
 
-from .registry import (
-    AdapterOptions,
-    ConvertedCheckpoint,
-    extract,
-    has_prefix,
-    refuse_projection_layers,
-    register_adapter,
-    unwrap,
-)
-from .torchvision_format import CLASSIFIER_PREFIX, infer_resnet_spec
+from .architectures import CLASSIFIER_PREFIX, infer_resnet_spec
+from .conversion import AdapterOptions, ConvertedCheckpoint, refuse_projection_layers
+from .registry import register_adapter
+from .state_dicts import extract, has_prefix, unwrap
 
 CLASSY_PATH = ("classy_state_dict", "base_model", "model")
 """Where training checkpoints keep ``{"trunk", "heads"}``."""

@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning as L
 
-from mile_ssl.adapters.registry import read_checkpoint
+from mile_ssl.adapters.reading import read_checkpoint
 from mile_ssl.backbones import BackboneSpec, build_backbone
 from mile_ssl.config import DataConfig, MethodConfig, MileConfig, OptimConfig
 from mile_ssl.data.datamodule import data_loader

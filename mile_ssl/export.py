@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mile_ssl.adapters.registry import resolve_checkpoint_path
+from mile_ssl.adapters.reading import resolve_checkpoint_path
 from mile_ssl.backbones import TORCHVISION_BUILD_OPTIONS, BackboneSpec, build_backbone
 from mile_ssl.config import MULTI_LABEL_METHODS
 from mile_ssl.evaluate import read_run_checkpoint

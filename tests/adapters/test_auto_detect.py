@@ -18,15 +18,10 @@ from mile_ssl.adapters import (
     ConvertedCheckpoint,
 )
 from mile_ssl.adapters.inspect import describe_checkpoint, format_description
-from mile_ssl.adapters.registry import (
-    load_backbone,
-    matching_adapters,
-    read_checkpoint,
-    register_adapter,
-    resolve_checkpoint_path,
-    unregister_adapter,
-    unwrap,
-)
+from mile_ssl.adapters.loading import load_backbone
+from mile_ssl.adapters.reading import read_checkpoint, resolve_checkpoint_path
+from mile_ssl.adapters.registry import matching_adapters, register_adapter, unregister_adapter
+from mile_ssl.adapters.state_dicts import unwrap
 from tests.layouts import LAYOUTS, moco, solo_learn
 
 pytestmark = pytest.mark.usefixtures("one_thread")

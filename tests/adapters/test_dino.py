@@ -9,8 +9,8 @@ import torchvision
 from torch import Tensor, nn
 
 from mile_ssl.adapters import AdapterOptions, CheckpointError
-from mile_ssl.adapters.dino import convert_dino, detect_dino, infer_vit_spec
-from mile_ssl.adapters.registry import load_backbone
+from mile_ssl.adapters.dino import convert_dino, detect_dino
+from mile_ssl.adapters.loading import load_backbone
 from mile_ssl.backbones import BackboneSpec
 from mile_ssl.preprocessing import Preprocessing
 
@@ -172,24 +172,6 @@ def test_vit_small_teacher_loads_into_timm(tmp_path: Path) -> None:
     images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         torch.testing.assert_close(loaded.module.eval()(images), vit(images))
-
-
-def test_vit_spec_follows_patch_and_grid() -> None:
-    def vit_shapes(dim: int, patch: int, grid: int, depth: int = 12) -> dict[str, Tensor]:
-        tensors = {
-            "cls_token": _filler((1, 1, dim)),
-            "pos_embed": _filler((1, grid * grid + 1, dim)),
-            "patch_embed.proj.weight": _filler((dim, 3, patch, patch)),
-        }
-        return tensors | {f"blocks.{i}.norm1.weight": _filler((dim,)) for i in range(depth)}
-
-    assert infer_vit_spec(vit_shapes(384, 8, 28)) == BackboneSpec("timm:vit_small_patch8_224")
-    assert infer_vit_spec(vit_shapes(768, 16, 14)) == BackboneSpec("timm:vit_base_patch16_224")
-    assert infer_vit_spec(vit_shapes(384, 16, 2)) == BackboneSpec(
-        "timm:vit_small_patch16_224", {"img_size": 32}
-    )
-    assert infer_vit_spec(vit_shapes(384, 16, 14, depth=11)) is None
-    assert infer_vit_spec({"conv1.weight": _filler((64, 3, 7, 7))}) is None
 
 
 def test_student_is_used_without_teacher_and_detection() -> None:

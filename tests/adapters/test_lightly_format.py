@@ -15,7 +15,7 @@ from mile_ssl.adapters.lightly_format import (
     detect_lightly,
     sequential_to_torchvision,
 )
-from mile_ssl.adapters.registry import load_backbone
+from mile_ssl.adapters.loading import load_backbone
 from mile_ssl.backbones import BackboneSpec
 from mile_ssl.preprocessing import Preprocessing
 

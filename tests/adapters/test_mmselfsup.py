@@ -8,8 +8,9 @@ import torchvision
 from torch import Tensor, nn
 
 from mile_ssl.adapters import AdapterOptions
+from mile_ssl.adapters.loading import load_backbone
 from mile_ssl.adapters.mmselfsup import convert_mmselfsup, detect_mmselfsup
-from mile_ssl.adapters.registry import load_backbone, matching_adapters
+from mile_ssl.adapters.registry import matching_adapters
 from mile_ssl.backbones import BackboneSpec
 from mile_ssl.preprocessing import Preprocessing
 

@@ -10,8 +10,9 @@ import torchvision
 from torch import Tensor, nn
 
 from mile_ssl.adapters import AdapterOptions, CheckpointError, CheckpointMismatchError
+from mile_ssl.adapters.loading import load_backbone
 from mile_ssl.adapters.moco import convert_mocov2, convert_mocov3, detect_mocov2, detect_mocov3
-from mile_ssl.adapters.registry import load_backbone, matching_adapters
+from mile_ssl.adapters.registry import matching_adapters
 from mile_ssl.backbones import BackboneSpec
 from mile_ssl.preprocessing import Preprocessing
 

@@ -1,22 +1,20 @@
-import argparse
+"""The adapter registry: registering, looking up and auto-detecting checkpoint formats."""
+
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from mile_ssl.adapters import (
     AdapterOptions,
     CheckpointError,
-    CheckpointMismatchError,
     ConvertedCheckpoint,
     available_adapters,
     drop,
     get_adapter,
     load_backbone,
-    read_checkpoint,
     register_adapter,
     select,
     strip_prefix,
@@ -134,120 +132,9 @@ def test_custom_adapter_loads_end_to_end(tmp_path: Path, registered: list[str]) 
         assert torch.equal(value, weights[key]), key
 
 
-def test_missing_architecture_asks_for_backbone_name(tmp_path: Path) -> None:
-    path = tmp_path / "resnet.pt"
-    torch.save({"conv1.weight": torch.zeros(1), "layer1.0.conv1.weight": torch.zeros(1)}, path)
-    with pytest.raises(CheckpointError, match="set backbone.name") as info:
-        load_backbone(path)
-    assert str(path) in str(info.value)
-
-
 def test_forced_adapter_that_cannot_convert_names_file(tmp_path: Path) -> None:
     path = tmp_path / "plain.pt"
     torch.save(_tiny_state_dict(), path)
     with pytest.raises(CheckpointError, match="adapter 'mile_ssl' cannot convert") as info:
         load_backbone(path, adapter="mile_ssl")
     assert str(path) in str(info.value)
-
-
-def test_legacy_file_loads_into_matching_architecture(tmp_path: Path) -> None:
-    spec = BackboneSpec("tiny_resnet", {"widths": [4, 8]})
-    weights = _tiny_state_dict()
-    legacy = {k: v for k, v in weights.items() if not k.endswith("num_batches_tracked")}
-    path = tmp_path / "legacy.pt"
-    torch.save(legacy, path)
-    loaded = load_backbone(path, adapter="torchvision", backbone=spec)
-    for key, value in legacy.items():
-        assert torch.equal(loaded.module.state_dict()[key], value)
-
-
-def test_safetensors_file_loads(tmp_path: Path) -> None:
-    spec = BackboneSpec("tiny_resnet", {"widths": [4, 8]})
-    weights = _tiny_state_dict()
-    path = tmp_path / "weights.safetensors"
-    save_file({k: v.contiguous() for k, v in weights.items()}, path)
-    assert set(read_checkpoint(path)) == set(weights)
-    loaded = load_backbone(path, adapter="torchvision", backbone=spec)
-    for key, value in loaded.module.state_dict().items():
-        assert torch.equal(value, weights[key]), key
-
-
-def test_read_checkpoint_missing_file_names_path(tmp_path: Path) -> None:
-    path = tmp_path / "absent.pt"
-    with pytest.raises(FileNotFoundError, match="absent.pt") as info:
-        read_checkpoint(path)
-    assert str(path) in str(info.value)
-
-
-def test_read_checkpoint_refuses_pickled_objects(tmp_path: Path) -> None:
-    path = tmp_path / "unsafe.pt"
-    torch.save({"state_dict": _tiny_state_dict(), "args": argparse.Namespace(lr=0.1)}, path)
-    with pytest.raises(CheckpointError, match="arbitrary pickled") as info:
-        read_checkpoint(path)
-    message = str(info.value)
-    assert str(path) in message
-    assert "refused for safety" in message
-    assert "argparse.Namespace" in message
-
-
-def test_read_checkpoint_refuses_non_mapping(tmp_path: Path) -> None:
-    path = tmp_path / "list.pt"
-    torch.save([torch.zeros(1)], path)
-    with pytest.raises(CheckpointError, match="holds a list, expected a mapping") as info:
-        read_checkpoint(path)
-    assert str(path) in str(info.value)
-
-
-def test_read_checkpoint_refuses_garbage(tmp_path: Path) -> None:
-    for name, content in [("notes.pt", b"not a checkpoint"), ("cut.pt", b"PK\x03\x04")]:
-        path = tmp_path / name
-        path.write_bytes(content)
-        with pytest.raises(CheckpointError, match="cannot read") as info:
-            read_checkpoint(path)
-        assert str(path) in str(info.value)
-
-    broken = tmp_path / "broken.safetensors"
-    broken.write_bytes(b"\x00" * 4)
-    with pytest.raises(CheckpointError, match="safetensors") as info:
-        read_checkpoint(broken)
-    assert str(broken) in str(info.value)
-
-
-def test_unwrap_finds_nested_state_dict() -> None:
-    tensors = {"a.weight": torch.zeros(1)}
-    assert unwrap(tensors) == tensors
-    assert unwrap({"epoch": 3, "state_dict": tensors}) == tensors
-    assert unwrap({"model": {"module": tensors}, "optimizer": {}}) == tensors
-    assert unwrap({"teacher": tensors}, keys=("teacher",)) == tensors
-    with pytest.raises(ValueError, match="no state dict found at \\['model'\\]"):
-        unwrap({"model": {"epoch": 1}})
-    with pytest.raises(ValueError, match="no state dict found at the top level"):
-        unwrap({"epoch": 1})
-
-
-def test_strip_prefix_only_at_start() -> None:
-    t = torch.zeros(1)
-    stripped = strip_prefix(
-        {"module.encoder.module.x": t, "head.module.y": t, "module.z": t}, "module."
-    )
-    assert list(stripped) == ["encoder.module.x", "head.module.y", "z"]
-    with pytest.raises(ValueError, match="collide on 'x'"):
-        strip_prefix({"module.x": t, "x": t}, "module.")
-
-
-def test_select_and_drop_are_complements() -> None:
-    t = torch.zeros(1)
-    state = {"fc.weight": t, "fc2.weight": t, "conv.fc.weight": t}
-    assert list(select(state, "fc.")) == ["fc.weight"]
-    assert list(drop(state, "fc.")) == ["fc2.weight", "conv.fc.weight"]
-
-
-def test_converted_checkpoint_rejects_non_tensors() -> None:
-    with pytest.raises(TypeError, match="offending keys: \\['epoch'\\]"):
-        not_tensors: dict[str, Any] = {"epoch": 3}
-        ConvertedCheckpoint(state_dict=not_tensors)
-
-
-def test_mismatch_error_is_a_value_error() -> None:
-    assert issubclass(CheckpointMismatchError, ValueError)
-    assert issubclass(CheckpointError, ValueError)

@@ -11,7 +11,8 @@ import torchvision
 from torch import Tensor, nn
 
 from mile_ssl.adapters import AdapterOptions, CheckpointError
-from mile_ssl.adapters.registry import load_backbone, matching_adapters
+from mile_ssl.adapters.loading import load_backbone
+from mile_ssl.adapters.registry import matching_adapters
 from mile_ssl.adapters.solo_learn import (
     convert_solo_learn,
     detect_solo_learn,

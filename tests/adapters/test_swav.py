@@ -9,7 +9,8 @@ from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
 from mile_ssl.adapters import AdapterOptions, CheckpointError
-from mile_ssl.adapters.registry import load_backbone, matching_adapters
+from mile_ssl.adapters.loading import load_backbone
+from mile_ssl.adapters.registry import matching_adapters
 from mile_ssl.adapters.swav import convert_swav, detect_swav
 from mile_ssl.backbones import BackboneSpec
 from mile_ssl.preprocessing import Preprocessing

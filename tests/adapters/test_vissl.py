@@ -9,7 +9,8 @@ import torchvision
 from torch import Tensor, nn
 
 from mile_ssl.adapters import AdapterOptions, CheckpointError
-from mile_ssl.adapters.registry import load_backbone, matching_adapters
+from mile_ssl.adapters.loading import load_backbone
+from mile_ssl.adapters.registry import matching_adapters
 from mile_ssl.adapters.vissl import convert_vissl, detect_vissl
 from mile_ssl.backbones import BackboneSpec
 from mile_ssl.preprocessing import Preprocessing

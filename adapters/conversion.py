@@ -1,0 +1,94 @@
+"""What an adapter receives and returns: the contract between a format and the loader.
+
+An adapter is a pure ``convert`` function from the raw checkpoint mapping and
+:class:`AdapterOptions` to a :class:`ConvertedCheckpoint`, plus a cheap ``detect``
+predicate. Keeping these types apart from the registry and the loader lets a format
+(built in or a plugin) be written and tested against them alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from mile_ssl.backbones import BackboneSpec
+from mile_ssl.preprocessing import Preprocessing
+
+from .errors import SHOWN
+
+
+@dataclass(frozen=True)
+class ConvertedCheckpoint:
+    """What an adapter extracts from a raw checkpoint.
+
+    Attributes:
+        state_dict: Backbone tensors only, named like the target backbone's own
+            ``state_dict()`` so that they can be loaded strictly.
+        backbone: The architecture, when the file states it; ``None`` means the user
+            must name it.
+        preprocessing: The input normalisation the weights were trained with, when the
+            format knows it; ``None`` means ImageNet statistics.
+        dropped: Keys intentionally discarded (classifier, projection heads, momentum
+            encoder, ...), reported so that a user can check nothing useful was lost.
+        expected_prefix: Where the adapter took the backbone from in the file (e.g.
+            ``"module.encoder_q."``); named in mismatch errors, so that a user sees
+            which part of the file was compared with the backbone. ``None`` when the
+            keys were used as they are.
+    """
+
+    state_dict: dict[str, Tensor]
+    backbone: BackboneSpec | None = None
+    preprocessing: Preprocessing | None = None
+    dropped: tuple[str, ...] = ()
+    expected_prefix: str | None = None
+
+    def __post_init__(self) -> None:
+        bad = [
+            key
+            for key, value in self.state_dict.items()
+            if not isinstance(key, str) or not isinstance(value, Tensor)
+        ]
+        if bad:
+            raise TypeError(
+                f"a converted state dict maps str keys to tensors; offending keys: {bad[:SHOWN]}"
+            )
+
+
+@dataclass(frozen=True)
+class AdapterOptions:
+    """What a conversion may depend on besides the file's contents.
+
+    Attributes:
+        source: The checkpoint file, for formats that keep metadata beside it (e.g.
+            solo-learn's ``args.json``); ``None`` when converting an in-memory object.
+        projection_layers: Number of projection-head layers to keep on top of the
+            pooled features (SimCLR-v2 fine-tunes from the first one). Adapters of
+            formats without such a head refuse a non-zero value.
+        backbone: The architecture the user asked for, if any. Formats that keep the
+            architecture outside the weights (solo-learn's ``args.json``) use it when
+            that metadata is missing, instead of failing.
+    """
+
+    source: Path | None = None
+    projection_layers: int = 0
+    backbone: BackboneSpec | None = None
+
+
+ConvertFn = Callable[[Mapping[str, Any], AdapterOptions], ConvertedCheckpoint]
+"""An adapter's conversion: raw checkpoint mapping and options to backbone tensors."""
+
+DetectFn = Callable[[Mapping[str, Any]], bool]
+"""An adapter's cheap test on the raw mapping, used by ``adapter="auto"``."""
+
+
+def refuse_projection_layers(options: AdapterOptions, adapter: str) -> None:
+    """Fail when a projection head is requested from a format that has none to offer."""
+    if options.projection_layers:
+        raise ValueError(
+            f"checkpoint.projection_layers={options.projection_layers} is not supported by "
+            f"the {adapter!r} adapter (its checkpoints carry no projection head to keep)"
+        )

@@ -1,0 +1,193 @@
+"""Loading a checkpoint into a backbone: read, convert, resolve the architecture, load strictly.
+
+:func:`load_backbone` strings the steps together: :func:`~.reading.read_checkpoint`,
+the adapter the registry picks (:func:`~.registry.choose_adapter`), the architecture
+agreed between the user and the file, and a strict load. Every key must be accounted
+for, because a silently missing layer leaves random weights in a "pretrained" model and
+ruins the fine-tuning run without any visible error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from mile_ssl.backbones import BackboneSpec, build_backbone
+from mile_ssl.preprocessing import Preprocessing
+
+from .conversion import AdapterOptions
+from .diagnostics import check_state_dict, describe_source, describe_spec
+from .errors import SHOWN, CheckpointError, CheckpointMismatchError
+from .reading import read_checkpoint, resolve_checkpoint_path
+from .registry import choose_adapter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedBackbone:
+    """A backbone built and loaded from a checkpoint, with what is known about it.
+
+    Attributes:
+        module: The headless backbone with the checkpoint's weights.
+        feature_dim: Width of its pooled features.
+        spec: The architecture, so it can be saved and rebuilt.
+        preprocessing: The input normalisation the weights expect.
+        adapter: Name of the adapter that converted the file.
+        source: The checkpoint file (``None`` for a randomly initialised backbone).
+        dropped: Keys of the file the adapter intentionally discarded, so that callers
+            can log or assert what was left out.
+        expected_prefix: Where in the file the backbone was taken from (see
+            :class:`ConvertedCheckpoint`).
+    """
+
+    module: nn.Module
+    feature_dim: int
+    spec: BackboneSpec
+    preprocessing: Preprocessing
+    adapter: str
+    source: Path | None
+    dropped: tuple[str, ...] = ()
+    expected_prefix: str | None = None
+
+
+def load_backbone(
+    path: str | os.PathLike[str],
+    *,
+    adapter: str = "auto",
+    backbone: BackboneSpec | None = None,
+    projection_layers: int = 0,
+) -> LoadedBackbone:
+    """Build a backbone and load a checkpoint into it, strictly.
+
+    Args:
+        path: The checkpoint file, or a run folder holding it (see
+            :func:`resolve_checkpoint_path`: its single ``.ckpt``, else ``last.ckpt``).
+        adapter: Registered adapter name, or ``"auto"`` to pick the single adapter
+            whose ``detect`` accepts the file.
+        backbone: The architecture. Needed when the file does not state it; when both
+            do, they must agree, since loading weights into a different architecture
+            than the one they were saved from is never intended.
+        projection_layers: Projection-head layers to keep (see :class:`AdapterOptions`).
+
+    Returns:
+        The loaded backbone, its feature width, spec and preprocessing.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        ValueError: If ``adapter`` names no registered adapter.
+        CheckpointError: If the file is unsafe or unreadable, a folder holds no single
+            checkpoint to pick, no single adapter matches, the adapter rejects it, or
+            the architecture is unknown or contradictory.
+        CheckpointMismatchError: If any key is missing, unexpected or has a different
+            shape than in the backbone.
+    """
+    source = resolve_checkpoint_path(path)
+    raw = read_checkpoint(source)
+    chosen = choose_adapter(raw, adapter, source)
+    options = AdapterOptions(source=source, projection_layers=projection_layers, backbone=backbone)
+    try:
+        converted = chosen.convert(raw, options)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"adapter {chosen.name!r} cannot convert {source}: {exc}") from exc
+
+    spec = _resolve_spec(backbone, converted.backbone, source, chosen.name)
+    try:
+        module, feature_dim = build_backbone(spec)
+    except ValueError as exc:
+        raise CheckpointError(f"cannot build backbone for {source}: {exc}") from exc
+
+    # A fresh plain dict: no ``_metadata`` from the file, so torch treats missing
+    # BatchNorm ``num_batches_tracked`` counters as legacy and fills them in.
+    state_dict = dict(converted.state_dict)
+    check_state_dict(
+        module,
+        state_dict,
+        source=source,
+        adapter=chosen.name,
+        spec=spec,
+        expected_prefix=converted.expected_prefix,
+    )
+    try:
+        module.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointMismatchError(
+            f"{describe_source(source, chosen.name, converted.expected_prefix)} "
+            f"cannot be loaded into {spec.name!r}: {exc}"
+        ) from exc
+
+    preprocessing = converted.preprocessing or Preprocessing()
+    logger.info(
+        "loaded %d tensors from %s into %s with adapter %r; dropped %d keys%s",
+        len(state_dict),
+        source,
+        spec.name,
+        chosen.name,
+        len(converted.dropped),
+        f" (first: {list(converted.dropped[:SHOWN])})" if converted.dropped else "",
+    )
+    return LoadedBackbone(
+        module=module,
+        feature_dim=feature_dim,
+        spec=spec,
+        preprocessing=preprocessing,
+        adapter=chosen.name,
+        source=source,
+        dropped=converted.dropped,
+        expected_prefix=converted.expected_prefix,
+    )
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively, so that config lists equal saved tuples."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _resolve_spec(
+    given: BackboneSpec | None, stated: BackboneSpec | None, source: Path, adapter: str
+) -> BackboneSpec:
+    """The architecture to build: the file's, else the user's; refused when they differ.
+
+    Loading weights into another architecture than the one they were saved from is
+    never intended, so a contradiction is an error that says how to resolve it.
+    """
+    if given is None:
+        if stated is None:
+            raise CheckpointError(
+                f"{source} (adapter {adapter!r}) does not state its architecture; set "
+                "backbone.name (e.g. 'torchvision:resnet50') to say which backbone it holds"
+            )
+        return stated
+    if stated is None:
+        return given
+    given_kwargs, stated_kwargs = _plain(given.kwargs), _plain(stated.kwargs)
+    contradicted = [key for key in given_kwargs if given_kwargs[key] != stated_kwargs.get(key)]
+    if given.name != stated.name or contradicted:
+        # Naming the file's architecture without its builder details (e.g. backbone=resnet50
+        # for a file with TF "SAME" padding) is agreement; only a different value is not.
+        raise CheckpointError(
+            f"backbone {describe_spec(given)} was requested, but {source} (adapter "
+            f"{adapter!r}) holds {describe_spec(stated)}. Leave the backbone unset "
+            f"(backbone=auto, the default) to use the file's architecture, or set "
+            f"backbone.name={stated.name}{_kwargs_overrides(stated)}"
+        )
+    return stated
+
+
+def _kwargs_overrides(spec: BackboneSpec) -> str:
+    """The Hydra overrides that set ``spec.kwargs`` on the command line."""
+    return "".join(
+        f" +backbone.kwargs.{key}={json.dumps(_plain(value)).replace(' ', '')}"
+        for key, value in spec.kwargs.items()
+    )
