@@ -17,9 +17,10 @@ from typing import Any
 
 from torch import Tensor
 
+from mile_ssl.backbones import BackboneSpec
 from mile_ssl.preprocessing import Preprocessing
 
-from .architectures import CLASSIFIER_PREFIX, torchvision_arch_spec
+from .architectures import CLASSIFIER_PREFIX, infer_resnet_spec, torchvision_arch_spec
 from .conversion import AdapterOptions, ConvertedCheckpoint, refuse_projection_layers
 from .registry import register_adapter
 from .state_dicts import DATA_PARALLEL_PREFIX, drop, select, strip_prefix, unwrap
@@ -72,17 +73,33 @@ def convert_torchvision(raw: Mapping[str, Any], options: AdapterOptions) -> Conv
 
     Returns:
         The tensors without the ``fc.*`` classifier (listed in ``dropped``); the
-        architecture only when a top-level ``arch`` names a torchvision model; ImageNet
-        preprocessing, which these models are trained with.
+        architecture (see :func:`_stated_or_inferred`: ``torch.save(resnet50()
+        .state_dict())`` files such as Barlow Twins' and VICReg's need no backbone named);
+        ImageNet preprocessing, which these models are trained with.
 
     Raises:
         ValueError: If no state dict is found in ``raw``.
     """
     refuse_projection_layers(options, "torchvision")
     state_dict = _resnet_state_dict(raw)
+    backbone = drop(state_dict, CLASSIFIER_PREFIX)
     return ConvertedCheckpoint(
-        state_dict=drop(state_dict, CLASSIFIER_PREFIX),
-        backbone=torchvision_arch_spec(raw.get("arch")),
+        state_dict=backbone,
+        backbone=_stated_or_inferred(raw, backbone, options),
         preprocessing=Preprocessing(),
         dropped=tuple(select(state_dict, CLASSIFIER_PREFIX)),
     )
+
+
+def _stated_or_inferred(
+    raw: Mapping[str, Any], backbone: Mapping[str, Tensor], options: AdapterOptions
+) -> BackboneSpec | None:
+    """The architecture ``arch`` names; else, unless the user names one, the shapes' ResNet.
+
+    timm's ResNets share torchvision's parameter names, so the shapes cannot tell the
+    two apart: a backbone the user names is taken (strict loading still checks it), and
+    an ``arch`` that is not a torchvision model is not replaced by a guess.
+    """
+    if "arch" in raw:
+        return torchvision_arch_spec(raw.get("arch"))
+    return None if options.backbone is not None else infer_resnet_spec(backbone)

@@ -74,6 +74,11 @@ def torchvision_example(tmp: Path) -> Path:
     return _save(raw, tmp / "checkpoint.pth.tar")
 
 
+def plain_resnet50(tmp: Path) -> Path:
+    """``torch.save(resnet50-without-fc.state_dict())``: Barlow Twins, VICReg, DINO backbone."""
+    return _save(R50, tmp / "resnet50.pth")
+
+
 def mile_ssl_backbone(tmp: Path) -> Path:
     spec = BackboneSpec("tiny_resnet", {"widths": [4, 8]})
     module, _ = build_backbone(spec)
@@ -336,6 +341,7 @@ def byol(tmp: Path) -> Path:
 LAYOUTS: dict[str, tuple[str, Writer]] = {
     "torchvision-imagenet-example": ("torchvision", torchvision_example),
     "mile_ssl-backbone": ("mile_ssl", mile_ssl_backbone),
+    "torchvision-plain-state-dict": ("torchvision", plain_resnet50),
     "mocov1": ("mocov2", moco(1)),
     "mocov2": ("mocov2", moco(2)),
     "mocov3-resnet50": ("mocov3", mocov3),

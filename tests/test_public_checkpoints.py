@@ -9,16 +9,13 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Iterator
-from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from mile_ssl import public_checkpoints as hub
-from mile_ssl.backbones import BackboneSpec
 from mile_ssl.config import compose_train_config
 from mile_ssl.public_checkpoints import (
     public_checkpoints,
@@ -26,7 +23,7 @@ from mile_ssl.public_checkpoints import (
     resolve_public_checkpoint,
 )
 from mile_ssl.train import initial_backbone
-from tests.layouts import R50, Writer, byol, dino, moco, mocov3, simclrv2, swav
+from tests.layouts import Writer, byol, dino, moco, mocov3, plain_resnet50, simclrv2, swav
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
@@ -164,13 +161,6 @@ def test_unknown_name_lists_the_known_ones(registry: None) -> None:
         resolve_public_checkpoint("mocov9")
 
 
-def _plain_resnet50(folder: Path) -> Path:
-    """A bare torchvision ResNet-50 state dict without its classifier (Barlow Twins, VICReg)."""
-    path = folder / "resnet50.pth"
-    torch.save(R50, path)
-    return path
-
-
 LAYOUT_OF: dict[str, Writer] = {
     "mocov1": moco(1),
     "mocov2": moco(2),
@@ -180,8 +170,8 @@ LAYOUT_OF: dict[str, Writer] = {
     "selav2": swav(multi=True),
     "dino": dino(vit=False),
     "byol": byol,
-    "barlowtwins": _plain_resnet50,
-    "vicreg": _plain_resnet50,
+    "barlowtwins": plain_resnet50,
+    "vicreg": plain_resnet50,
     "simclrv2": simclrv2(1, selective_kernel=False),
 }
 """The upstream layout of each registry entry, by the start of its name."""
@@ -197,8 +187,7 @@ def test_every_entry_loads_a_file_in_its_layout(name: str, tmp_path: Path) -> No
     config = compose_train_config(
         [f"checkpoint.path={path}", f"checkpoint.adapter={entry.adapter}"]
     )
-    spec = BackboneSpec(entry.architecture)
-    loaded = initial_backbone(replace(config.backbone, name=spec.name), config.checkpoint)
+    loaded = initial_backbone(config.backbone, config.checkpoint)
     assert loaded.adapter == entry.adapter and loaded.spec.name == entry.architecture
     assert entry.urls or entry.notes, "an entry without a download says how to get the file"
     assert entry.linear_top1 is not None and entry.source and entry.license

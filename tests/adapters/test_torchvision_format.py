@@ -58,7 +58,10 @@ def test_convert_reports_dropped_classifier(resnet18: dict[str, torch.Tensor]) -
     converted = convert_torchvision(resnet18, AdapterOptions())
     assert sorted(converted.dropped) == ["fc.bias", "fc.weight"]
     assert not any(key.startswith("fc.") for key in converted.state_dict)
-    assert converted.backbone is None
+    # No 'arch' and no backbone named: the shapes tell the architecture.
+    assert converted.backbone == BackboneSpec("torchvision:resnet18")
+    named = AdapterOptions(backbone=BackboneSpec("timm:resnet18"))
+    assert convert_torchvision(resnet18, named).backbone is None
 
 
 def _resnet_named() -> dict[str, torch.Tensor]:
