@@ -42,6 +42,7 @@ COMMANDS = (
     "predict",
     "export",
     "checkpoints",
+    "check-data",
 )
 
 USAGE = """usage: mile-ssl COMMAND [ARGS]
@@ -54,6 +55,8 @@ commands:
                       fine-tune from a solo-learn linear/fine-tune recipe
   from-solo RECIPE.yaml [OVERRIDES] [--out FILE]
                       translate a solo-learn recipe, print the mapping, write the config
+  check-data DATA OVERRIDES
+                      list unreadable images before training, e.g. data=imagenet data.root=DIR
   checkpoints [--download NAME]
                       the public SSL checkpoints known by name (checkpoint.name=NAME)
   inspect PATH [--adapter NAME] [--backbone NAME] [--json]
@@ -263,7 +266,7 @@ def _predict(argv: Sequence[str]) -> None:
     """Multi-label predictions for images or folders of images."""
     import json
 
-    from mile_ssl.predict import format_predictions, predict
+    from mile_ssl.predict import format_predictions, predict, prediction_failures
 
     parser = _run_parser(
         "predict",
@@ -289,6 +292,8 @@ def _predict(argv: Sequence[str]) -> None:
         image_size=args.image_size,
     )
     print(json.dumps(results, indent=2, default=str) if args.json else format_predictions(results))
+    if prediction_failures(results):
+        raise SystemExit(1)
 
 
 def _export(argv: Sequence[str]) -> None:
@@ -311,6 +316,26 @@ def _export(argv: Sequence[str]) -> None:
     written = export_checkpoint(checkpoint, args.out, args.formats, image_size=args.image_size)
     for kind, path in written.items():
         print(f"{kind:12} {path}")
+
+
+def _check_data(argv: Sequence[str]) -> None:
+    """Find unreadable images in a dataset before training (a header-only, cached scan)."""
+    from mile_ssl.config import compose_train_config
+    from mile_ssl.data.integrity import check_data_report
+
+    parser = argparse.ArgumentParser(
+        prog="mile-ssl check-data",
+        description=_check_data.__doc__,
+        epilog="example:\n  mile-ssl check-data data=imagenet data.root=/data/imagenet",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("overrides", nargs="+", metavar="DATA OVERRIDES", help="as for train")
+    args = parser.parse_intermixed_args(argv)
+    data = compose_train_config(["checkpoint=scratch", *args.overrides]).data
+    text, status = check_data_report(data)
+    print(text)
+    if status:
+        raise SystemExit(status)
 
 
 def _checkpoints(argv: Sequence[str]) -> None:
@@ -384,6 +409,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 COMMAND_FUNCTIONS: dict[str, Callable[[Sequence[str]], None]] = {
     "checkpoints": _checkpoints,
+    "check-data": _check_data,
     "demo": _demo,
     "from-solo": _from_solo,
     "inspect": _inspect,

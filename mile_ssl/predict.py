@@ -5,6 +5,9 @@ The predicted set follows the evaluation (:func:`mile_ssl.metrics.predicted_sets
 for softmax models, so what ``predict`` shows is what ReaL-F1 and coverage measured.
 Images get the evaluation view (resize to ``size / 0.875``, centre crop) with the
 checkpoint's normalisation.
+
+An input that cannot be decoded does not stop the others: it gets a result with an
+``error`` and no classes, and :func:`prediction_failures` lists those.
 """
 
 from __future__ import annotations
@@ -15,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from mile_ssl.data.folder import collect_images, eval_transform
+from mile_ssl.data.folder import UnreadableImageError, collect_images, eval_transform, load_rgb
 from mile_ssl.evaluate import module_from_checkpoint, read_run_checkpoint
 from mile_ssl.export import resolve_run_checkpoint, run_image_size
 from mile_ssl.metrics import class_probabilities, predicted_sets
@@ -52,14 +54,6 @@ def display_names(class_names: Sequence[str]) -> list[str]:
     """Readable names: ImageNet wnids (``n01440764``) become ``tench``; others stay as stored."""
     names = imagenet_class_names()
     return [names.get(name, name) for name in class_names]
-
-
-def _load_image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"{path}: cannot be read as an image ({error})") from error
 
 
 def _entries(
@@ -104,14 +98,17 @@ def predict(
         device: Where the network runs.
 
     Returns:
-        One dict per image, in input order: ``path``, ``predicted`` (the predicted set)
-        and ``top_k``, each a list of ``{"class_index", "class_name", "class_id",
-        "probability"}`` sorted by decreasing probability; ``class_name`` is
-        human-readable (ImageNet wnids are translated), ``class_id`` the stored name.
-        ``probabilities`` says whether they are sigmoid or softmax outputs.
+        One dict per image, in input order: ``path``, ``error``, ``predicted`` (the
+        predicted set) and ``top_k``, each a list of ``{"class_index", "class_name",
+        "class_id", "probability"}`` sorted by decreasing probability; ``class_name``
+        is human-readable (ImageNet wnids are translated), ``class_id`` the stored
+        name. ``probabilities`` says whether they are sigmoid or softmax outputs.
+        ``error`` is ``None``, or for a file that cannot be decoded why (e.g. ``empty
+        file (0 bytes)``), with ``predicted`` and ``top_k`` empty: one bad file does
+        not cost the predictions of the others (:func:`prediction_failures`).
 
     Raises:
-        ValueError: If an argument is out of range or an input is not an image (named).
+        ValueError: If an argument is out of range or a folder holds no images (named).
         FileNotFoundError: If an input does not exist (named).
     """
     if not 0.0 < threshold < 1.0:
@@ -136,30 +133,57 @@ def predict(
     transform = eval_transform(size, Preprocessing.from_dict(metadata["preprocessing"]))
     k = min(top_k, module.num_classes)
 
-    results: list[dict[str, Any]] = []
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        images = torch.stack([transform(_load_image(path)) for path in chunk]).to(device)
+    kind = "sigmoid" if multi_label else "softmax"
+
+    def forward(chunk: Sequence[tuple[Path, torch.Tensor]]) -> dict[Path, dict[str, Any]]:
+        images = torch.stack([image for _, image in chunk]).to(device)
         with torch.inference_mode():
             logits = module(images).float().cpu()
         probabilities = class_probabilities(logits, multi_label)
         sets = predicted_sets(logits, threshold, multi_label)
         top = probabilities.topk(k, dim=1).indices
-        for row, path in enumerate(chunk):
-            results.append(
-                {
-                    "path": str(path),
-                    "predicted": _entries(
-                        probabilities[row],
-                        torch.nonzero(sets[row]).flatten().tolist(),
-                        class_ids,
-                        names,
-                    ),
-                    "top_k": _entries(probabilities[row], top[row].tolist(), class_ids, names),
-                    "probabilities": "sigmoid" if multi_label else "softmax",
-                }
-            )
-    return results
+        return {
+            path: {
+                "path": str(path),
+                "error": None,
+                "predicted": _entries(
+                    probabilities[row],
+                    torch.nonzero(sets[row]).flatten().tolist(),
+                    class_ids,
+                    names,
+                ),
+                "top_k": _entries(probabilities[row], top[row].tolist(), class_ids, names),
+                "probabilities": kind,
+            }
+            for row, (path, _) in enumerate(chunk)
+        }
+
+    results: dict[Path, dict[str, Any]] = {}
+    pending: list[tuple[Path, torch.Tensor]] = []
+    for path in paths:
+        try:
+            pending.append((path, transform(load_rgb(path))))
+        except UnreadableImageError as error:
+            results[path] = _failure(path, error.reason, kind)
+        if len(pending) == batch_size:
+            results.update(forward(pending))
+            pending = []
+    if pending:
+        results.update(forward(pending))
+    return [results[path] for path in paths]
+
+
+def _failure(path: Path, reason: str, kind: str) -> dict[str, Any]:
+    """The result of an input that cannot be decoded: why, and no classes."""
+    return {"path": str(path), "error": reason, "predicted": [], "top_k": [], "probabilities": kind}
+
+
+def prediction_failures(results: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """``(path, reason)`` of every input of :func:`predict` that could not be decoded.
+
+    The command line prints them and exits non-zero when there are any.
+    """
+    return [(result["path"], result["error"]) for result in results if result.get("error")]
 
 
 def _describe(entries: Sequence[dict[str, Any]]) -> str:
@@ -169,16 +193,29 @@ def _describe(entries: Sequence[dict[str, Any]]) -> str:
 
 
 def format_predictions(results: Sequence[dict[str, Any]]) -> str:
-    """A fixed-width table: one row per image with its predicted set and its top-k classes."""
-    if not results:
+    """A fixed-width table: one row per image with its predicted set and its top-k classes.
+
+    Inputs that could not be decoded are not rows of the table: they follow it, one
+    line each with the reason, so that the table stays readable and nothing is hidden.
+    """
+    predicted = [result for result in results if not result.get("error")]
+    failures = prediction_failures(results)
+    lines: list[str] = []
+    if predicted:
+        k = max(len(result["top_k"]) for result in predicted)
+        rows = [("image", "predicted set", f"top-{k}")]
+        rows += [
+            (result["path"], _describe(result["predicted"]), _describe(result["top_k"]))
+            for result in predicted
+        ]
+        widths = [max(len(row[column]) for row in rows) for column in range(2)]
+        lines = [f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}".rstrip() for row in rows]
+        lines.insert(1, "-" * max(len(line) for line in lines))
+    elif not failures:
         return "no predictions"
-    k = max(len(result["top_k"]) for result in results)
-    rows = [("image", "predicted set", f"top-{k}")]
-    rows += [
-        (result["path"], _describe(result["predicted"]), _describe(result["top_k"]))
-        for result in results
-    ]
-    widths = [max(len(row[column]) for row in rows) for column in range(2)]
-    lines = [f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}".rstrip() for row in rows]
-    lines.insert(1, "-" * max(len(line) for line in lines))
+    if failures:
+        if lines:
+            lines.append("")
+        lines.append(f"{len(failures)} of {len(results)} images could not be read:")
+        lines += [f"  {path}: {reason}" for path, reason in failures]
     return "\n".join(lines)

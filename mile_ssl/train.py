@@ -23,6 +23,7 @@ from torch import nn
 
 from mile_ssl.adapters import LoadedBackbone, load_backbone
 from mile_ssl.backbones import BackboneSpec, build_backbone
+from mile_ssl.bad_images import BAD_IMAGES_FILE, BadImageMonitor, read_bad_images
 from mile_ssl.checkpoint_io import AtomicCheckpointIO
 from mile_ssl.config import (
     TEACHER_METHODS,
@@ -326,11 +327,18 @@ def run_training(
     loaded = initial_backbone(config.backbone, config.checkpoint)
     unlabeled = unlabeled_stream(config)
     fixed_teacher = load_fixed_teacher(config, loaded)
+    # Images an earlier run found unreadable keep their place even if since deleted.
+    known_bad = (
+        read_bad_images(Path(config.trainer.resume_from).parent.parent)
+        if config.trainer.resume_from
+        else []
+    )
     datamodule = MILeDataModule(
         config.data,
         loaded.preprocessing,
         unlabeled,
         strong_student_view=config.mile.strong_student_view,
+        known_bad_images=known_bad,
     )
     config = resolve_epochs(config, len(datamodule.train_indices))
     # Checked before anything is written: a failed resume leaves the run folder as it was.
@@ -357,11 +365,18 @@ def run_training(
         },
     )
     logger = build_logger(config.trainer, output_dir, resume.previous_rows if resume else ())
+    bad_images = BadImageMonitor(
+        datamodule.image_path,
+        datamodule.num_train_items,
+        config.data.max_bad_fraction,
+        output_dir / BAD_IMAGES_FILE,
+        known_bad,
+    )
     trainer = build_trainer(
         config.trainer,
         output_dir,
         resolve_strategy(config.trainer.strategy, module),
-        callbacks,
+        [bad_images, *callbacks],
         logger,
     )
     if resume is not None and config.trainer.logger == "tensorboard" and trainer.is_global_zero:
@@ -382,6 +397,7 @@ def run_training(
             "steps": module.completed_steps,
             "labelled_images": len(datamodule.train_indices),
             "labelled_sha256": datamodule.labelled_digest,
+            "bad_images": bad_images.count,
             "backbone": loaded.spec.name,
             "adapter": loaded.adapter,
             "checkpoint": str(loaded.source) if loaded.source else None,

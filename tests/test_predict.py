@@ -11,7 +11,7 @@ from PIL import Image
 from mile_ssl.config import compose_train_config
 from mile_ssl.data.folder import eval_transform
 from mile_ssl.evaluate import module_from_checkpoint, read_run_checkpoint
-from mile_ssl.predict import display_names, format_predictions, predict
+from mile_ssl.predict import display_names, format_predictions, predict, prediction_failures
 from mile_ssl.preprocessing import Preprocessing
 from mile_ssl.train import run_training
 from tests.conftest import TINY_OVERRIDES
@@ -93,6 +93,7 @@ def test_folder_and_single_file(mile_checkpoint: Path, image_root: Path) -> None
         )
         assert top[0]["class_index"] in _indices(result["predicted"])  # argmax is in the set
         assert result["probabilities"] == "sigmoid"
+        assert result["error"] is None
 
 
 def test_probabilities_match_the_network_with_eval_preprocessing(
@@ -151,8 +152,13 @@ def test_bad_inputs_are_named(mile_checkpoint: Path, tmp_path: Path) -> None:
         predict(mile_checkpoint, [tmp_path / "missing.jpg"])
     not_an_image = tmp_path / "notes.jpg"
     not_an_image.write_text("not a JPEG")
-    with pytest.raises(ValueError, match="notes.jpg"):
-        predict(mile_checkpoint, [not_an_image])
+    (result,) = predict(mile_checkpoint, [not_an_image])  # reported, not raised
+    assert result["error"] == "not an image file PIL can read"
+    assert result["predicted"] == result["top_k"] == []
+    assert prediction_failures([result]) == [(str(not_an_image), result["error"])]
+    assert f"1 of 1 images could not be read:\n  {not_an_image}: not an image" in (
+        format_predictions([result])
+    )
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="empty"):
         predict(mile_checkpoint, [tmp_path / "empty"])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+import logging
+from collections import Counter
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +15,13 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from mile_ssl.config import DataConfig
-from mile_ssl.data.folder import UnlabeledImages, list_unlabeled_images, read_split_file
+from mile_ssl.data.folder import (
+    NO_BAD_INDEX,
+    LabeledImageFolder,
+    UnlabeledImages,
+    list_unlabeled_images,
+    read_split_file,
+)
 from mile_ssl.data.sampling import (
     FlaggedDataset,
     SemiSupervisedBatchSampler,
@@ -23,6 +31,8 @@ from mile_ssl.data.sampling import (
 )
 from mile_ssl.data.sources import SOURCES
 from mile_ssl.preprocessing import Preprocessing
+
+log = logging.getLogger(__name__)
 
 
 def data_loader(
@@ -85,6 +95,15 @@ class MILeDataModule(L.LightningDataModule):
             training images outside the labelled subset.
         strong_student_view: Training items also carry ``image_strong``, a strongly
             augmented view for the student (:mod:`mile_ssl.data.views`).
+        known_bad_images: Files an earlier run of this training set found unreadable
+            (its ``bad_images.txt``). They are always substituted, and those deleted
+            since keep their index, so that resuming stays exact after the user removes
+            them.
+
+    Every training item carries ``bad_index``: ``-1``, or its own ``index`` when its
+    image could not be read and another image of its class was served instead (see
+    :class:`~mile_ssl.data.folder.LabeledImageFolder`); :meth:`image_path` names the
+    file of such an index.
     """
 
     def __init__(
@@ -93,11 +112,16 @@ class MILeDataModule(L.LightningDataModule):
         preprocessing: Preprocessing,
         unlabeled: UnlabeledStream | None = None,
         strong_student_view: bool = False,
+        known_bad_images: Collection[str] = (),
     ) -> None:
         super().__init__()
         self.config = config
         self.unlabeled = unlabeled
-        self.splits = SOURCES[config.name](config, preprocessing, strong_student_view)
+        self.known_bad_images = tuple(known_bad_images)
+        self.splits = SOURCES[config.name](
+            config, preprocessing, strong_student_view, known_bad=self.known_bad_images
+        )
+        self.unlabeled_images: UnlabeledImages | None = None
         self.train_indices = self._labelled_indices()
         self.train_dataset, self.unlabeled_indices = self._add_unlabeled()
 
@@ -110,6 +134,28 @@ class MILeDataModule(L.LightningDataModule):
     def class_names(self) -> Sequence[str]:
         """Name of each class."""
         return self.splits.class_names
+
+    @property
+    def num_train_items(self) -> int:
+        """Items of the training dataset: the training set plus appended unlabeled images."""
+        return len(self.train_dataset)  # type: ignore[arg-type]
+
+    def image_path(self, index: int) -> str | None:
+        """Absolute path of the file of training item ``index`` (e.g. a ``bad_index``).
+
+        Covers the training set and the unlabeled images appended to it in
+        semi-supervised mode; ``None`` for items that are no file (digit grids).
+
+        Raises:
+            IndexError: If ``index`` is not an item of the training dataset.
+        """
+        if not 0 <= index < self.num_train_items:
+            raise IndexError(f"training item {index} outside [0, {self.num_train_items})")
+        train = self.splits.train
+        if index < len(self.splits.train_labels):
+            return train.path_of(index) if isinstance(train, LabeledImageFolder) else None
+        assert self.unlabeled_images is not None
+        return self.unlabeled_images.path_of(index)
 
     @property
     def labelled_digest(self) -> str:
@@ -134,23 +180,28 @@ class MILeDataModule(L.LightningDataModule):
         """
         config = self.config
         external = config.unlabeled_root is not None or config.unlabeled_list is not None
+        train = self.splits.train
+        if not isinstance(train, LabeledImageFolder):
+            train = WithBadIndex(train)
         if self.unlabeled is None:
             if external:
                 raise ValueError(
                     "data.unlabeled_root / data.unlabeled_list are set, but this method uses "
                     "no unlabeled images (use method=mile_semi, distill or self_train)"
                 )
-            return self.splits.train, []
+            return train, []
         num_train = len(self.splits.train_labels)
         if external:
-            images = UnlabeledImages(
-                list_unlabeled_images(config.unlabeled_root, config.unlabeled_list),
+            known_bad = self.known_bad_images
+            self.unlabeled_images = UnlabeledImages(
+                list_unlabeled_images(config.unlabeled_root, config.unlabeled_list, known_bad),
                 self.splits.image_transform,
                 self.num_classes,
                 first_index=num_train,
+                known_bad=known_bad,
             )
-            indices = list(range(num_train, num_train + len(images)))
-            return ConcatDataset([self.splits.train, images]), indices
+            indices = list(range(num_train, num_train + len(self.unlabeled_images)))
+            return ConcatDataset([train, self.unlabeled_images]), indices
         labelled = set(self.train_indices)
         indices = [index for index in range(num_train) if index not in labelled]
         if not indices:
@@ -159,7 +210,7 @@ class MILeDataModule(L.LightningDataModule):
                 "is labelled: set data.fraction below 1 (or a smaller data.split_file), or "
                 "data.unlabeled_root"
             )
-        return self.splits.train, indices
+        return train, indices
 
     def _labelled_indices(self) -> list[int]:
         split_file = self.config.split_file or self.splits.default_split_file
@@ -169,6 +220,7 @@ class MILeDataModule(L.LightningDataModule):
                     f"data.split_file needs a dataset of files; data.name={self.config.name}"
                 )
             return read_split_file(split_file, self.splits.train_names, self.config.allow_missing)
+        warn_about_minimum_labels(self.splits.train_labels, self.config.fraction)
         return stratified_fraction(
             self.splits.train_labels, self.config.fraction, self.config.split_seed
         )
@@ -188,7 +240,7 @@ class MILeDataModule(L.LightningDataModule):
             world_size,
         )
         if self.unlabeled is None:
-            return data_loader(self.config, self.splits.train, batch_sampler=sampler)
+            return data_loader(self.config, self.train_dataset, batch_sampler=sampler)
         unlabeled = StepBatchSampler(
             self.unlabeled_indices,
             self.config.batch_size * self.unlabeled.ratio,
@@ -211,3 +263,63 @@ class MILeDataModule(L.LightningDataModule):
                 shuffle=False,
             )
         return data_loader(self.config, self.splits.val, sampler=sampler)
+
+
+def warn_about_minimum_labels(labels: Sequence[int], fraction: float) -> int:
+    """Warn when ``fraction`` is below one image for some classes.
+
+    :func:`~mile_ssl.data.sampling.stratified_fraction` gives each class at least one
+    labelled image, so for such classes the fraction is not the one asked for (and at
+    ``data.fraction=0.0001`` the labelled set is one image per class, far more than the
+    fraction). The warning says how many classes and images that concerns.
+
+    Returns:
+        The number of classes raised to the one-image minimum.
+    """
+    if fraction >= 1.0:
+        return 0
+    counts = Counter(labels)
+    raised = [count for count in counts.values() if round(fraction * count) < 1]
+    if raised:
+        labelled = sum(max(1, round(fraction * count)) for count in counts.values())
+        log.warning(
+            "data.fraction=%g is less than one image for %d of %d classes; each of them gets "
+            "the 1-image minimum, so %d of %d training images (%.3g%%) are labelled",
+            fraction,
+            len(raised),
+            len(counts),
+            labelled,
+            len(labels),
+            100 * labelled / len(labels),
+        )
+    return len(raised)
+
+
+class WithBadIndex(Dataset[dict[str, Any]]):
+    """Items of ``dataset`` with ``bad_index`` = -1 added where they lack one.
+
+    Datasets that read no files (the digit grids) never substitute an image; the key
+    lets their items collate with :class:`~mile_ssl.data.folder.UnlabeledImages`
+    items, and lets the training side read ``batch["bad_index"]`` whatever the dataset.
+    """
+
+    def __init__(self, dataset: Dataset[dict[str, Any]]) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return _with_bad_index(self.dataset[index])
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """Batched reads where the dataset has them (the digit grids' fast path)."""
+        batched = getattr(self.dataset, "__getitems__", None)
+        items = batched(indices) if batched is not None else [self.dataset[i] for i in indices]
+        return [_with_bad_index(item) for item in items]
+
+
+def _with_bad_index(item: dict[str, Any]) -> dict[str, Any]:
+    if "bad_index" in item:
+        return item
+    return {**item, "bad_index": torch.tensor(NO_BAD_INDEX)}

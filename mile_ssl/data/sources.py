@@ -4,11 +4,16 @@ Each source builds the training set (with the labels the label fraction is drawn
 and the multi-label validation set. Evaluation builds the validation set alone, so it
 never indexes a training folder (which may hold a million images, or be absent on a
 machine that only evaluates).
+
+The start-up checks of image folders happen here, before training: class folders
+without images (an error unless ``data.allow_empty_classes``), validation class folders
+without images (a warning). Every source takes ``known_bad``, the files an earlier run
+found unreadable, so that a resumed run indexes its images as the first run did.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,7 @@ from mile_ssl.data.digits import (
 from mile_ssl.data.folder import (
     LabeledImageFolder,
     eval_transform,
+    holds_image,
     read_ground_truth,
     read_label_sets,
     train_transform,
@@ -95,10 +101,17 @@ def _normalize(preprocessing: Preprocessing) -> v2.Normalize:
     return v2.Normalize(list(preprocessing.mean), list(preprocessing.std))
 
 
-def digit_splits(config: DataConfig, preprocessing: Preprocessing, strong_view: bool) -> Splits:
+def digit_splits(
+    config: DataConfig,
+    preprocessing: Preprocessing,
+    strong_view: bool,
+    known_bad: Collection[str] = (),
+) -> Splits:
     """The embedded digit grids (paper App. A.1).
 
-    Images from outside (``data.unlabeled_root``) become grey 24 x 24 grids too.
+    Images from outside (``data.unlabeled_root``) become grey 24 x 24 grids too. The
+    grids are generated, never unreadable: ``known_bad`` is accepted for a uniform
+    signature and ignored.
     """
     train, val = _digit_grids(config)
     normalize = _normalize(preprocessing)
@@ -136,6 +149,12 @@ def digit_validation(
 def _folder_val(
     config: DataConfig, preprocessing: Preprocessing, classes: Sequence[str]
 ) -> LabeledImageFolder:
+    """The validation folder with the training classes.
+
+    Its class folders without images are a warning (metrics then miss those classes);
+    with ``data.allow_empty_classes`` its folders of classes the training set left out
+    are ignored rather than an error.
+    """
     assert config.root is not None
     label_sets = None
     if config.val_label_sets is not None:
@@ -145,14 +164,30 @@ def _folder_val(
         eval_transform(config.image_size, preprocessing),
         label_sets=label_sets,
         classes=classes,
+        empty_classes="warn",
+        extra_classes="ignore" if config.allow_empty_classes else "error",
     )
 
 
-def folder_splits(config: DataConfig, preprocessing: Preprocessing, strong_view: bool) -> Splits:
-    """``root/<train_dir>/<class>/*`` and ``root/<val_dir>/<class>/*``."""
+def folder_splits(
+    config: DataConfig,
+    preprocessing: Preprocessing,
+    strong_view: bool,
+    known_bad: Collection[str] = (),
+) -> Splits:
+    """``root/<train_dir>/<class>/*`` and ``root/<val_dir>/<class>/*``.
+
+    Training class folders without images are an error naming them; with
+    ``data.allow_empty_classes`` they are left out of the classes (with a warning).
+    """
     assert config.root is not None
     views = _image_views(config, preprocessing, strong_view)
-    train = LabeledImageFolder(Path(config.root) / config.train_dir, views)
+    train = LabeledImageFolder(
+        Path(config.root) / config.train_dir,
+        views,
+        known_bad=known_bad,
+        empty_classes="drop" if config.allow_empty_classes else "error",
+    )
     return Splits(
         train=train,
         train_labels=train.labels,
@@ -201,6 +236,7 @@ def _imagenet_val(config: DataConfig, preprocessing: Preprocessing) -> LabeledIm
         eval_transform(config.image_size, preprocessing),
         label_sets=label_sets,
         classes=classes,
+        empty_classes="warn",
         labels=(
             read_ground_truth(config.val_ground_truth, classes)
             if config.val_ground_truth is not None
@@ -209,16 +245,29 @@ def _imagenet_val(config: DataConfig, preprocessing: Preprocessing) -> LabeledIm
     )
 
 
-def imagenet_splits(config: DataConfig, preprocessing: Preprocessing, strong_view: bool) -> Splits:
+def imagenet_splits(
+    config: DataConfig,
+    preprocessing: Preprocessing,
+    strong_view: bool,
+    known_bad: Collection[str] = (),
+) -> Splits:
     """ImageNet in the ImageFolder layout, evaluated with ImageNet-ReaL by file name.
 
     Class indices are positions in the sorted list of the 1,000 ImageNet-1k wnids (the
-    index space of ``real.json``), also when the folder holds only some classes.
+    index space of ``real.json``), also when the folder holds only some classes. A
+    class folder that exists but holds no image (e.g. an extraction that failed) is an
+    error; with ``data.allow_empty_classes`` a warning (the index space stays fixed).
     """
     assert config.root is not None
     classes = imagenet_classes()
     views = _image_views(config, preprocessing, strong_view)
-    train = LabeledImageFolder(Path(config.root) / config.train_dir, views, classes=classes)
+    train = LabeledImageFolder(
+        Path(config.root) / config.train_dir,
+        views,
+        classes=classes,
+        known_bad=known_bad,
+        empty_classes="warn" if config.allow_empty_classes else "error",
+    )
     standard = shipped_split(config.fraction) if config.split == "simclr" else None
     return Splits(
         train=train,
@@ -242,7 +291,8 @@ def class_names_without_images(config: DataConfig) -> list[str] | None:
     """The dataset's class names, found without indexing its images.
 
     Fixed for the digit grids and ImageNet; the sub-folders of the training folder for
-    image folders (``None`` when that folder does not exist).
+    image folders (``None`` when that folder does not exist), without those that hold
+    no image when ``data.allow_empty_classes`` left them out of training.
     """
     if config.name == "imagenet":
         return list(imagenet_classes())
@@ -253,7 +303,10 @@ def class_names_without_images(config: DataConfig) -> list[str] | None:
     train = Path(config.root) / config.train_dir
     if not train.is_dir():
         return None
-    return sorted(entry.name for entry in train.iterdir() if entry.is_dir())
+    names = sorted(entry.name for entry in train.iterdir() if entry.is_dir())
+    if config.allow_empty_classes:
+        names = [name for name in names if holds_image(train / name)]
+    return names
 
 
 SOURCES = {"digits": digit_splits, "folder": folder_splits, "imagenet": imagenet_splits}
