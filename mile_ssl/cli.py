@@ -112,11 +112,10 @@ def _demo(argv: Sequence[str]) -> None:
     """Pretrain on the embedded digit grids with lightly, fine-tune, print the comparison."""
     from mile_ssl.demo import run_demo
 
-    parser = argparse.ArgumentParser(
-        prog="mile-ssl demo",
-        description=_demo.__doc__,
-        epilog="example:\n  mile-ssl demo --out demo_output",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = _command_parser(
+        "demo",
+        _demo.__doc__,
+        "mile-ssl demo --out demo_output",
     )
     parser.add_argument("--out", default="demo_output", help="output directory")
     parser.add_argument("--quick", action="store_true", help="a few steps only (smoke test)")
@@ -152,13 +151,12 @@ def _from_solo(argv: Sequence[str]) -> None:
 
     from mile_ssl.config import compose_train_config
 
-    parser = argparse.ArgumentParser(
-        prog="mile-ssl from-solo",
-        description=_from_solo.__doc__,
-        epilog="example:\n  mile-ssl from-solo scripts/linear/imagenet/byol.yaml "
+    parser = _command_parser(
+        "from-solo",
+        _from_solo.__doc__,
+        "mile-ssl from-solo scripts/linear/imagenet/byol.yaml "
         "pretrained_feature_extractor=byol.ckpt data.train_path=/data/imagenet/train "
         "data.val_path=/data/imagenet/val --out byol_mile.yaml",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("recipe", type=Path, help="solo-learn linear or fine-tune YAML")
     parser.add_argument(
@@ -191,12 +189,11 @@ def _inspect(argv: Sequence[str]) -> None:
     from mile_ssl.adapters.inspect import describe_checkpoint, format_description
     from mile_ssl.backbones import BackboneSpec
 
-    parser = argparse.ArgumentParser(
-        prog="mile-ssl inspect",
-        description=_inspect.__doc__,
-        epilog="examples:\n  mile-ssl inspect moco_v2_800ep_pretrain.pth.tar\n"
-        "  mile-ssl inspect trained_models/byol/RUN_ID --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = _command_parser(
+        "inspect",
+        _inspect.__doc__,
+        "mile-ssl inspect moco_v2_800ep_pretrain.pth.tar",
+        "mile-ssl inspect trained_models/byol/RUN_ID --json",
     )
     parser.add_argument("path", type=Path, help="checkpoint file or solo-learn run folder")
     parser.add_argument("--adapter", default="auto", help="adapter name (default: detect)")
@@ -212,12 +209,15 @@ def _inspect(argv: Sequence[str]) -> None:
     )
 
 
-def _run_parser(command: str, description: str | None, example: str) -> argparse.ArgumentParser:
-    """A parser for a command that reads a fine-tuned run given as ``checkpoint=PATH``."""
+def _command_parser(
+    command: str, description: str | None, *examples: str
+) -> argparse.ArgumentParser:
+    """A subcommand's parser, its ``--help`` ending with examples."""
+    label = "example" if len(examples) == 1 else "examples"
     return argparse.ArgumentParser(
         prog=f"mile-ssl {command}",
         description=description,
-        epilog=f"example:\n  {example}",
+        epilog=f"{label}:\n" + "\n".join(f"  {example}" for example in examples),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
@@ -239,7 +239,7 @@ def _eval(argv: Sequence[str]) -> None:
     from mile_ssl.config import compose_train_config
     from mile_ssl.eval_report import eval_command_result, format_eval_result
 
-    parser = _run_parser(
+    parser = _command_parser(
         "eval",
         _eval.__doc__,
         "mile-ssl eval checkpoint=runs/DATE/TIME/checkpoints/last.ckpt "
@@ -268,7 +268,7 @@ def _predict(argv: Sequence[str]) -> None:
 
     from mile_ssl.predict import format_predictions, predict, prediction_failures
 
-    parser = _run_parser(
+    parser = _command_parser(
         "predict",
         _predict.__doc__,
         "mile-ssl predict photo.jpg photos/ checkpoint=runs/DATE/TIME/checkpoints/last.ckpt",
@@ -300,7 +300,7 @@ def _export(argv: Sequence[str]) -> None:
     """Write the fine-tuned student as plain weights for torchvision / timm / safetensors."""
     from mile_ssl.export import FORMATS, export_checkpoint
 
-    parser = _run_parser(
+    parser = _command_parser(
         "export",
         _export.__doc__,
         "mile-ssl export checkpoint=runs/DATE/TIME/checkpoints/last.ckpt --out exported",
@@ -323,11 +323,10 @@ def _check_data(argv: Sequence[str]) -> None:
     from mile_ssl.config import compose_train_config
     from mile_ssl.data.integrity import check_data_report
 
-    parser = argparse.ArgumentParser(
-        prog="mile-ssl check-data",
-        description=_check_data.__doc__,
-        epilog="example:\n  mile-ssl check-data data=imagenet data.root=/data/imagenet",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = _command_parser(
+        "check-data",
+        _check_data.__doc__,
+        "mile-ssl check-data data=imagenet data.root=/data/imagenet",
     )
     parser.add_argument("overrides", nargs="+", metavar="DATA OVERRIDES", help="as for train")
     args = parser.parse_intermixed_args(argv)
@@ -349,13 +348,13 @@ def _checkpoints(argv: Sequence[str]) -> None:
         resolve_public_checkpoint,
     )
 
-    parser = argparse.ArgumentParser(
-        prog="mile-ssl checkpoints",
-        description=_checkpoints.__doc__,
-        epilog="examples:\n  mile-ssl checkpoints\n  mile-ssl checkpoints --download "
-        "mocov2_800ep\n  mile-ssl train checkpoint.name=mocov2_800ep "
-        "experiment=imagenet/mocov2_1pct data.root=/data/imagenet",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = _command_parser(
+        "checkpoints",
+        _checkpoints.__doc__,
+        "mile-ssl checkpoints",
+        "mile-ssl checkpoints --download mocov2_800ep",
+        "mile-ssl train checkpoint.name=mocov2_800ep experiment=imagenet/mocov2_1pct "
+        "data.root=/data/imagenet",
     )
     parser.add_argument("--download", metavar="NAME", help="fetch (or check) NAME into the cache")
     parser.add_argument("--json", action="store_true", help="print JSON")

@@ -158,7 +158,20 @@ def test_error_in_a_two_process_run_exits_every_rank(files: Path, tmp_path: Path
     assert "no class sub-folders" in result.stderr[result.stderr.index("error:") :]
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "predict", "export", "inspect", "from-solo"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "train",
+        "eval",
+        "predict",
+        "export",
+        "inspect",
+        "from-solo",
+        "check-data",
+        "checkpoints",
+        "demo",
+    ],
+)
 def test_every_command_has_help_with_an_example(command: str, tmp_path: Path) -> None:
     result = run_cli([command, "--help"], tmp_path)
     assert result.returncode == 0, result.stderr
