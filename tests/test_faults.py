@@ -758,3 +758,27 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path: Path) -> None:
         ["train", *words, f"trainer.max_steps={step + 2}", "hydra.run.dir=resumed"], tmp_path
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("optim.momentum=1.5", "optim.momentum"),
+        ("optim.weight_decay=-0.1", "optim.weight_decay"),
+        ("trainer.precision=17", "trainer.precision"),
+        ("data.image_size=0", "data.image_size"),
+        ("optim.warmup_steps=100", "optim.warmup_steps"),
+    ],
+)
+def test_config_values_are_checked_before_any_data_is_read(override: str, key: str) -> None:
+    # data.root does not exist: the config check must come first to be seen at all.
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        compose_train_config(
+            [
+                "checkpoint=scratch",
+                "data=folder",
+                "data.root=/nonexistent",
+                "trainer.max_steps=10",
+                override,
+            ]
+        )
