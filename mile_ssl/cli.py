@@ -339,14 +339,7 @@ def _check_data(argv: Sequence[str]) -> None:
 
 def _checkpoints(argv: Sequence[str]) -> None:
     """List the public SSL checkpoints known by name, or download one."""
-    import json
-    from dataclasses import asdict
-
-    from mile_ssl.public_checkpoints import (
-        cached_path,
-        public_checkpoints,
-        resolve_public_checkpoint,
-    )
+    from mile_ssl.public_checkpoints import format_public_checkpoints, resolve_public_checkpoint
 
     parser = _command_parser(
         "checkpoints",
@@ -362,21 +355,7 @@ def _checkpoints(argv: Sequence[str]) -> None:
     if args.download:
         print(resolve_public_checkpoint(args.download))
         return
-    entries = public_checkpoints()
-    if args.json:
-        print(json.dumps([asdict(entry) for entry in entries.values()], indent=2))
-        return
-    print(f"{'name':24}{'method':16}{'arch':24}{'epochs':>7}{'linear top-1':>14}  cached")
-    for entry in entries.values():
-        cached = "yes" if cached_path(entry).is_file() else "no"
-        if not entry.urls and cached == "no":
-            cached = "no (convert: see --json notes)"
-        top1 = f"{entry.linear_top1:.1f}" if entry.linear_top1 is not None else "-"
-        epochs = str(entry.epochs) if entry.epochs is not None else "-"
-        print(
-            f"{entry.name:24}{entry.method:16}{entry.architecture:24}{epochs:>7}"
-            f"{top1:>14}  {cached}"
-        )
+    print(format_public_checkpoints(as_json=args.json))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -18,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import http.client
 import importlib.metadata
+import json
 import logging
 import os
 import sys
 import urllib.request
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -270,3 +271,22 @@ def _progress(total: int, done: int) -> Any:
         file=sys.stderr,
         disable=not sys.stderr.isatty(),
     )
+
+
+def format_public_checkpoints(as_json: bool = False) -> str:
+    """The registry as a table (name, method, architecture, epochs, top-1, cached) or JSON."""
+    entries = public_checkpoints()
+    if as_json:
+        return json.dumps([asdict(entry) for entry in entries.values()], indent=2)
+    lines = [f"{'name':24}{'method':16}{'arch':24}{'epochs':>7}{'linear top-1':>14}  cached"]
+    for entry in entries.values():
+        cached = "yes" if cached_path(entry).is_file() else "no"
+        if not entry.urls and cached == "no":
+            cached = "no (convert: see --json notes)"
+        top1 = f"{entry.linear_top1:.1f}" if entry.linear_top1 is not None else "-"
+        epochs = str(entry.epochs) if entry.epochs is not None else "-"
+        lines.append(
+            f"{entry.name:24}{entry.method:16}{entry.architecture:24}{epochs:>7}"
+            f"{top1:>14}  {cached}"
+        )
+    return "\n".join(lines)

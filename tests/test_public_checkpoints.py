@@ -18,6 +18,7 @@ import pytest
 from mile_ssl import public_checkpoints as hub
 from mile_ssl.config import compose_train_config
 from mile_ssl.public_checkpoints import (
+    format_public_checkpoints,
     public_checkpoints,
     register_checkpoints,
     resolve_public_checkpoint,
@@ -234,3 +235,14 @@ def test_plugins_add_entries_through_their_entry_point(
     entries = public_checkpoints()
     assert entries["zoo_r50"].urls == ("https://example.org/zoo.pth",)
     assert "mocov2_800ep" in entries
+
+
+def test_listing_says_what_is_cached(server: _Server, registry: None) -> None:
+    register_checkpoints([_entry("listed", server.url, DIGEST)])
+    row = next(line for line in format_public_checkpoints().splitlines() if "listed" in line)
+    assert row.endswith("no")
+    resolve_public_checkpoint("listed")
+    table = format_public_checkpoints()
+    assert next(line for line in table.splitlines() if "listed" in line).endswith("yes")
+    assert any("mocov2_800ep" in line and "71.1" in line for line in table.splitlines())
+    assert "convert" in next(line for line in table.splitlines() if "simclrv2_r50_1x_sk1" in line)
