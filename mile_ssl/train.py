@@ -14,28 +14,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning as L
-import torch
-from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import Logger
 from omegaconf import OmegaConf
 from torch import nn
 
 from mile_ssl.adapters import LoadedBackbone, load_backbone
 from mile_ssl.backbones import BackboneSpec, build_backbone
 from mile_ssl.bad_images import BAD_IMAGES_FILE, BadImageMonitor, read_bad_images
-from mile_ssl.checkpoint_io import AtomicCheckpointIO
 from mile_ssl.config import (
     TEACHER_METHODS,
     BackboneConfig,
     CheckpointConfig,
     TrainConfig,
-    TrainerConfig,
     check_warmup,
 )
 from mile_ssl.data.datamodule import MILeDataModule, UnlabeledStream
 from mile_ssl.evaluate import module_from_checkpoint, read_run_checkpoint
-from mile_ssl.interrupt import GracefulInterrupt
 from mile_ssl.loggers import build_logger
 from mile_ssl.method import MILeModule
 from mile_ssl.preprocessing import Preprocessing
@@ -43,6 +36,13 @@ from mile_ssl.public_checkpoints import get_public_checkpoint, resolve_public_ch
 from mile_ssl.report import plot_pseudo_label_history, write_json
 from mile_ssl.resume import carry_tensorboard_events, read_resume_point
 from mile_ssl.schedule import Phase, mile_position
+from mile_ssl.trainer import (
+    LAST_CHECKPOINT,
+    build_trainer,
+    resolve_strategy,
+    resolve_sync_batchnorm,
+    world_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,6 @@ METRICS_FILE = "metrics.json"
 PSEUDO_LABELS_FILE = "pseudo_labels.json"
 PSEUDO_LABELS_PLOT = "pseudo_labels.png"
 RESOLVED_CONFIG_FILE = "resolved_config.yaml"
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 SCRATCH_BACKBONE = "tiny_resnet"
 """Architecture of a ``checkpoint=scratch`` run that names no backbone."""
 
@@ -114,127 +113,6 @@ def initial_backbone(backbone: BackboneConfig, checkpoint: CheckpointConfig) -> 
         adapter="scratch",
         source=None,
     )
-
-
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """``auto`` -> ``bf16-mixed`` where the hardware runs bf16 natively, else ``32-true``."""
-    if precision != "auto":
-        return precision
-    use_gpu = accelerator in ("gpu", "cuda") or (
-        accelerator == "auto" and torch.cuda.is_available()
-    )
-    if use_gpu:
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return "bf16-mixed" if native_bf16 else "32-true"
-
-
-def resolve_strategy(strategy: str, module: MILeModule) -> str:
-    """Let DDP tolerate parameters without gradients when MILe trains two networks.
-
-    Each step of the ``copy`` variant updates either the teacher or the student, so the
-    other network's parameters get no gradient in that step, which plain DDP rejects.
-    """
-    if strategy == "ddp" and module.trains_teacher:
-        return "ddp_find_unused_parameters_true"
-    return strategy
-
-
-def build_trainer(
-    config: TrainerConfig,
-    output_dir: Path,
-    strategy: str | None = None,
-    callbacks: Sequence[L.Callback] = (),
-    logger: Logger | None = None,
-) -> L.Trainer:
-    """A Lightning Trainer writing checkpoints and logs under ``output_dir``.
-
-    Args:
-        config: Trainer settings.
-        output_dir: Run directory.
-        strategy: Replaces ``config.strategy`` (see :func:`resolve_strategy`).
-        callbacks: Lightning callbacks to add to the checkpointing and Ctrl-C ones.
-        logger: The run's logger (default: :func:`build_logger`'s).
-    """
-    logger = logger or build_logger(config, output_dir)
-    checkpoint = ModelCheckpoint(
-        dirpath=output_dir / "checkpoints",
-        save_last=config.checkpoint_every_n_steps is not None,
-        save_top_k=-1 if config.checkpoint_every_n_steps else 0,
-        every_n_train_steps=config.checkpoint_every_n_steps,
-        filename="step{step}",
-        auto_insert_metric_name=False,
-    )
-    return L.Trainer(
-        max_steps=config.max_steps,
-        max_epochs=-1,
-        accelerator=config.accelerator,
-        devices=config.devices,
-        num_nodes=config.num_nodes,
-        strategy=strategy or config.strategy,
-        precision=resolve_precision(config.precision, config.accelerator),  # type: ignore[arg-type]
-        val_check_interval=config.val_every_n_steps or config.max_steps,
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-        log_every_n_steps=config.log_every_n_steps,
-        logger=logger,
-        callbacks=[
-            checkpoint,
-            GracefulInterrupt(output_dir / "checkpoints" / "last.ckpt"),
-            *callbacks,
-        ],
-        plugins=[AtomicCheckpointIO()],
-        enable_progress_bar=config.progress_bar,
-        enable_model_summary=False,
-        deterministic=config.deterministic,
-        sync_batchnorm=config.sync_batchnorm,
-        use_distributed_sampler=False,
-        default_root_dir=output_dir,
-    )
-
-
-def _probe_trainer(config: TrainerConfig) -> L.Trainer:
-    """A Trainer that only resolves the accelerator, devices and strategy settings."""
-    return L.Trainer(
-        accelerator=config.accelerator,
-        devices=config.devices,
-        num_nodes=config.num_nodes,
-        strategy=config.strategy,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-
-
-def world_size(config: TrainerConfig) -> int:
-    """Number of processes the Trainer settings start (devices x nodes, as Lightning sees it)."""
-    return _probe_trainer(config).world_size
-
-
-def resolve_sync_batchnorm(config: TrainerConfig) -> TrainerConfig:
-    """Check ``trainer.sync_batchnorm`` against the hardware before any data is read.
-
-    torch's SyncBatchNorm runs on GPUs only. With one process there is nothing to
-    synchronise, so on a CPU it is switched off (solo-learn recipes set it for GPUs);
-    several CPU processes cannot honour it, which is an error naming the key.
-
-    Raises:
-        ValueError: For ``sync_batchnorm`` with several processes on CPUs.
-    """
-    if not config.sync_batchnorm:
-        return config
-    probe = _probe_trainer(config)
-    if not isinstance(probe.accelerator, CPUAccelerator):
-        return config
-    if probe.world_size > 1:
-        raise ValueError(
-            "trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm does not run on "
-            f"CPUs) and this run starts {probe.world_size} CPU processes; set "
-            "trainer.sync_batchnorm=false (sync_batchnorm=False in a solo-learn recipe)"
-        )
-    log.info("trainer.sync_batchnorm ignored: one CPU process has nothing to synchronise")
-    return replace(config, sync_batchnorm=False)
 
 
 def resolve_epochs(config: TrainConfig, labelled_images: int) -> TrainConfig:

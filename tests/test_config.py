@@ -96,7 +96,7 @@ def test_wandb_logger_without_wandb_installed_says_how_to_install(tmp_path: Path
         pass
     else:
         pytest.skip("wandb is installed")
-    from mile_ssl.train import build_logger
+    from mile_ssl.loggers import build_logger
 
     config = compose_train_config(["checkpoint=scratch", "trainer.logger=wandb"])
     with pytest.raises(ValueError, match=r"mile-ssl\[wandb\]"):
