@@ -71,11 +71,12 @@ def test_wrong_type_fails_naming_the_key() -> None:
         compose_train_config(["checkpoint=scratch", "mile.kt=many"])
 
 
-def test_default_variant_is_the_benchmark_winner() -> None:
-    # benchmarks/digits.py: the snapshot variant has the higher 3-seed mAP and top-1,
-    # from scratch and from the SSL checkpoint, and never collapsed (benchmarks/README.md).
-    variant = compose_train_config(["checkpoint=scratch"]).mile.variant
-    assert variant in MILE_VARIANTS and variant == "snapshot"
+@pytest.mark.parametrize("variant", MILE_VARIANTS)
+def test_every_mile_variant_composes(variant: str) -> None:
+    config = compose_train_config(["checkpoint=scratch", f"mile.variant={variant}"])
+    assert config.mile.variant == variant
+    with pytest.raises(ValueError, match="mile.variant"):
+        compose_train_config(["checkpoint=scratch", "mile.variant=clone"])
 
 
 def test_checkpoint_path_is_required_unless_scratch(tmp_path: Path) -> None:
