@@ -255,17 +255,24 @@ class MILeModule(L.LightningModule):
             # Before the update: the weights, and every checkpoint, stay those of the
             # last good step.
             network = "teacher" if optimizer is not self._optimizer(0) else "student"
-            raise DivergenceError(
-                f"training diverged at step {self.completed_steps + 1} "
-                f"({self.position(self.completed_steps).phase.value} phase, {network} "
-                f"network): the loss is {float(loss)} at learning rate "
-                f"{optimizer.optimizer.param_groups[0]['lr']:.4g} (optim.lr={self.optim.lr}). "
-                "Nothing from this step was saved; lower optim.lr (or raise "
-                "optim.warmup_steps) and start again or resume from the last checkpoint"
+            raise self._divergence(
+                f"at step {self.completed_steps + 1}",
+                self.completed_steps,
+                optimizer,
+                f"{network} network: the loss is {float(loss)}; nothing from this step was saved",
             )
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         optimizer.step()
+
+    def _divergence(self, when: str, step: int, optimizer: Any, what: str) -> DivergenceError:
+        """The error that stops a diverged run, naming the step, phase and learning rate."""
+        return DivergenceError(
+            f"training diverged {when} ({self.position(step).phase.value} phase, learning "
+            f"rate {optimizer.optimizer.param_groups[0]['lr']:.4g}, optim.lr={self.optim.lr}): "
+            f"{what}. Lower optim.lr (or raise optim.warmup_steps) and start again or resume "
+            "from the last checkpoint"
+        )
 
     def on_train_start(self) -> None:
         """Check the step counters agree, and apply this run's optimiser settings.
@@ -500,15 +507,13 @@ class MILeModule(L.LightningModule):
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
         ]
         if broken:
-            step = max(self.completed_steps - 1, 0)
-            raise DivergenceError(
-                f"training diverged by step {self.completed_steps} "
-                f"({self.position(step).phase.value} phase, learning rate "
-                f"{self._optimizer(0).optimizer.param_groups[0]['lr']:.4g}, optim.lr="
-                f"{self.optim.lr}): {len(broken)} weights or BatchNorm statistics are not "
-                f"finite (first: {broken[:3]}); this checkpoint was not written and the "
-                "earlier ones are intact. Lower optim.lr and start again or resume from the "
-                "last checkpoint"
+            raise self._divergence(
+                f"by step {self.completed_steps}",
+                max(self.completed_steps - 1, 0),
+                self._optimizer(0),
+                f"{len(broken)} weights or BatchNorm statistics are not finite (first: "
+                f"{broken[:3]}); this checkpoint was not written and the earlier ones are "
+                "intact",
             )
         checkpoint[CHECKPOINT_KEY] = {
             "version": 1,
