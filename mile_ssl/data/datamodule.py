@@ -97,8 +97,8 @@ class MILeDataModule(L.LightningDataModule):
             augmented view for the student (:mod:`mile_ssl.data.views`).
         known_bad_images: Files an earlier run of this training set found unreadable
             (its ``bad_images.txt``). They are always substituted, and those deleted
-            since keep their index, so that resuming stays exact after the user removes
-            them.
+            since keep their index, so that a resume sees the same data after the user
+            removes them.
 
     Every training item carries ``bad_index``: ``-1``, or its own ``index`` when its
     image could not be read and another image of its class was served instead (see

@@ -130,7 +130,7 @@ def is_image_file(name: str | Path) -> bool:
     """Whether ``name`` ends in one of :data:`IMAGE_SUFFIXES` (any case).
 
     The test torchvision's ``ImageFolder`` applies, which decided the sample order of
-    earlier runs; keeping it keeps their indices (and exact resumes) valid.
+    earlier runs; keeping it keeps their indices valid for a resume.
     """
     return str(name).lower().endswith(_SUFFIX_TUPLE)
 
@@ -276,7 +276,7 @@ class LabeledImageFolder(Dataset[dict[str, Tensor]]):
     readable image of the same class in sample order (wrapping around) and its label
     set, keeps the requested ``index`` and label, and has ``bad_index`` = the requested
     index (``-1`` when the image was read). The choice depends only on which files are
-    readable, so every worker, rank and exactly-resumed run makes the same one. The
+    readable, so every worker, rank and resumed run makes the same one. The
     training side counts ``bad_index`` values and maps them to files with
     :meth:`path_of`.
 
@@ -291,7 +291,8 @@ class LabeledImageFolder(Dataset[dict[str, Tensor]]):
             ``None`` reads the class from each image's sub-folder.
         known_bad: Files an earlier run found unreadable (``bad_images.txt``). They
             are always substituted, and those deleted since keep their place in the
-            sample order, so that a run resumes exactly after its bad files are removed.
+            sample order, so that a run resumes on the same data after its bad files
+            are removed.
         empty_classes: Class folders without images: ``error`` (a ``ValueError``
             listing them), ``drop`` (left out of the classes, with a warning; only when
             ``classes`` is not given, as a given class list fixes the indices) or
