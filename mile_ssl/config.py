@@ -26,6 +26,7 @@ EMPTY_PSEUDO_LABELS = ("ignore", "keep")
 INITS = ("checkpoint", "scratch")
 DATASETS = ("digits", "folder", "imagenet")
 SPLITS = ("simclr", "stratified")
+BACKENDS = ("torchvision", "dali")
 LOGGERS = ("csv", "tensorboard", "wandb")
 PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 
@@ -193,7 +194,12 @@ class DataConfig:
             ImageNet's ``LOC_val_solution.csv``.
         batch_size: Images per device and step.
         eval_batch_size: Images per device in evaluation (default: ``batch_size``).
-        num_workers: Loader worker processes per device.
+        num_workers: Loader worker processes per device; ``null`` sets them from the
+            machine (its CPU cores shared among the devices of this node).
+        backend: Input pipeline of ``folder`` and ``imagenet`` images: ``torchvision``
+            (PIL/torchvision decoding in loader workers) or ``dali`` (NVIDIA DALI:
+            decoding on the GPU where CUDA is present, on the CPU otherwise; needs the
+            ``dali`` extra).
         image_size: Training crop size of ``folder`` images.
         unlabeled_root: Semi-supervised mode: a folder whose images (at any depth,
             folder names ignored) are the unlabeled stream, instead of the training
@@ -222,7 +228,8 @@ class DataConfig:
     val_ground_truth: str | None = None
     batch_size: int = 128
     eval_batch_size: int | None = None
-    num_workers: int = 0
+    num_workers: int | None = None
+    backend: str = "torchvision"
     image_size: int = 224
     unlabeled_root: str | None = None
     unlabeled_list: str | None = None
@@ -234,7 +241,20 @@ class DataConfig:
         _require_choice("data.name", self.name, DATASETS)
         _require(0.0 < self.fraction <= 1.0, "data.fraction", "in (0, 1]", self.fraction)
         _require(self.batch_size >= 1, "data.batch_size", ">= 1", self.batch_size)
-        _require(self.num_workers >= 0, "data.num_workers", ">= 0", self.num_workers)
+        _require(
+            self.num_workers is None or self.num_workers >= 0,
+            "data.num_workers",
+            ">= 0 or null",
+            self.num_workers,
+        )
+        _require_choice("data.backend", self.backend, BACKENDS)
+        if self.backend == "dali":
+            _require(
+                self.name in ("folder", "imagenet"),
+                "data.backend",
+                "torchvision for data=digits (dali reads image files)",
+                self.backend,
+            )
         _require(self.image_size >= 8, "data.image_size", ">= 8 pixels", self.image_size)
         _require(
             self.eval_batch_size is None or self.eval_batch_size >= 1,
@@ -375,6 +395,7 @@ class TrainerConfig:
         deterministic: Ask torch for deterministic algorithms.
         sync_batchnorm: Synchronise BatchNorm statistics across devices.
         resume_from: A Lightning checkpoint of an earlier run to continue.
+        compile: Compile the networks with ``torch.compile``.
     """
 
     max_steps: int = 1200
@@ -393,6 +414,7 @@ class TrainerConfig:
     deterministic: bool = False
     sync_batchnorm: bool = False
     resume_from: str | None = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _require(self.max_steps >= 1, "trainer.max_steps", ">= 1", self.max_steps)

@@ -48,7 +48,7 @@ def data_loader(
     otherwise it serves ``data.eval_batch_size`` (default ``data.batch_size``) images
     per batch in order (evaluation).
     """
-    workers = config.num_workers
+    workers = config.num_workers or 0
     loader_class = DataLoader if batch_sampler is None else StepDataLoader
     return loader_class(
         dataset,
