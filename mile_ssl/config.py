@@ -160,10 +160,19 @@ class DistillConfig:
 
 @dataclass
 class DigitsConfig:
-    """Size and label noise of the embedded digit-grid dataset (paper App. A.1)."""
+    """Size and label noise of the embedded digit-grid dataset (paper App. A.1).
+
+    Attributes:
+        num_train: Training grids.
+        num_val: Validation grids: the split settings are chosen on.
+        num_test: Held-out test grids, built from digit images that neither training
+            nor validation grids use: the split results are reported on.
+        center_prob: Probability that the training label is the centre digit.
+    """
 
     num_train: int = 10_000
     num_val: int = 2_000
+    num_test: int = 2_000
     center_prob: float = 0.6
 
 
