@@ -1,15 +1,17 @@
-"""Input-pipeline throughput: images/s of the training DataLoader alone, as JSON.
+"""Input-pipeline throughput: images/s of the training loader alone, as JSON.
 
-Decoding and augmentation (random-resized crop, flip, normalisation) run on the loader's
-worker processes exactly as in training (``MILeDataModule.train_dataloader`` for
-``data=folder`` or ``data=imagenet``); no network runs. Compare the result with the
-training throughput (``benchmarks/throughput.py``): when the loader is slower, more
+Decoding and augmentation (random-resized crop, flip, normalisation) run exactly as in
+training (``MILeDataModule.train_dataloader`` for ``data=folder`` or
+``data=imagenet``, with either ``--backend``); no network runs. Compare the result with
+the training throughput (``benchmarks/throughput.py``): when the loader is slower, more
 ``--workers`` (or faster storage / decoding) speed training up, a faster GPU does not.
 
     python benchmarks/dataloader.py --root /data/imagenet --data imagenet \
-        --workers 8 --batch-size 128 --image-size 224 --batches 50
+        --workers 8 --batch-size 128 --image-size 224 --batches 50 --backend dali
 
-The first ``--warmup`` batches (worker start-up, file-system caches) are not timed.
+``--synthetic N`` first writes N ImageNet-like JPEGs (500 x 375, quality 90, in 10
+classes) to ``--root`` when it has no ``train/`` yet. The first ``--warmup`` batches
+(worker start-up, file-system caches) are not timed.
 """
 
 from __future__ import annotations
@@ -18,19 +20,33 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+from PIL import Image
 
 from mile_ssl.config import compose_train_config
 from mile_ssl.data.datamodule import MILeDataModule
+from mile_ssl.data.loaders import choose_num_workers, local_devices
 from mile_ssl.preprocessing import Preprocessing
+
+SYNTHETIC_SIZE = (500, 375)
+"""Width and height of synthetic images: a typical ImageNet photo."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="dataset root with train/ and val/")
     parser.add_argument("--data", choices=("folder", "imagenet"), default="folder")
-    parser.add_argument("--workers", type=int, default=4, help="loader worker processes")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="loader workers (default: from the machine)"
+    )
+    parser.add_argument("--backend", choices=("torchvision", "dali"), default="torchvision")
+    parser.add_argument(
+        "--synthetic", type=int, default=0, help="write this many JPEGs to --root first"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=224, help="training crop size")
     parser.add_argument("--batches", type=int, default=50, help="timed batches")
@@ -39,8 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--fraction", type=float, default=1.0, help="label fraction (which images are read)"
     )
     args = parser.parse_args(argv)
-    for name in ("workers", "warmup"):
-        if getattr(args, name) < 0:
+    for name in ("workers", "warmup", "synthetic"):
+        if (getattr(args, name) or 0) < 0:
             parser.error(f"--{name} must be >= 0")
     for name in ("batch_size", "image_size", "batches"):
         if getattr(args, name) < 1:
@@ -48,7 +64,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def endless(loader: Any) -> Iterator[Any]:
+def write_synthetic_tree(root: Path, images: int, classes: int = 10) -> None:
+    """``images`` ImageNet-like JPEGs in ``root/train/<class>`` (and 2 per class in ``val``).
+
+    Smooth random colour fields with noise: they compress like photos (about 40 KB at
+    quality 90), unlike pure noise.
+    """
+    rng = np.random.default_rng(0)
+    width, height = SYNTHETIC_SIZE
+    for split, count in (("train", images), ("val", 2 * classes)):
+        for number in range(count):
+            folder = root / split / f"n{number % classes:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            coarse = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+            smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC))
+            noisy = smooth.astype(np.int16) + rng.integers(-20, 21, smooth.shape)
+            Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(
+                folder / f"{split}_{number:06d}.JPEG", quality=90
+            )
+
+
+def endless(loader: Iterable[Any]) -> Iterator[Any]:
     """Batches of repeated passes over the labelled images (small folders end quickly)."""
     while True:
         yield from loader
@@ -56,12 +92,16 @@ def endless(loader: Any) -> Iterator[Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.synthetic and not (Path(args.root) / "train").exists():
+        write_synthetic_tree(Path(args.root), args.synthetic)
+    workers = "null" if args.workers is None else args.workers
     config = compose_train_config(
         [
             "checkpoint=scratch",
             f"data={args.data}",
             f"data.root={args.root}",
-            f"data.num_workers={args.workers}",
+            f"data.num_workers={workers}",
+            f"data.backend={args.backend}",
             f"data.batch_size={args.batch_size}",
             f"data.image_size={args.image_size}",
             f"data.fraction={args.fraction}",
@@ -86,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
                 "seconds": seconds,
                 "warmup_batches": args.warmup,
                 "startup_seconds": timed_from - started,
-                "workers": args.workers,
+                "workers": choose_num_workers(config.data, local_devices()),
+                "backend": args.backend,
                 "batch_size": args.batch_size,
                 "image_size": args.image_size,
                 "data": args.data,

@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader
 
 from mile_ssl.backbones import BackboneSpec, build_backbone
 from mile_ssl.config import MethodConfig, MileConfig, OptimConfig
+from mile_ssl.finetune import Classifier, build_module
 from mile_ssl.losses import one_hot_bce, sigmoid_head_bias
-from mile_ssl.method import Classifier, MILeModule
 
 NUM_CLASSES = 100
 
@@ -75,7 +75,7 @@ def time_lightning(
     method: str, batches: list[dict[str, torch.Tensor]], args: argparse.Namespace
 ) -> float:
     backbone, dim = make_network()
-    module = MILeModule(
+    module = build_module(
         backbone,
         dim,
         NUM_CLASSES,

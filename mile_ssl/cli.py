@@ -19,11 +19,8 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
-from mile_ssl.config import (
-    normalise_overrides,
-    register_configs,
-    to_train_config,
-)
+from mile_ssl.config import register_configs, to_train_config
+from mile_ssl.config.overrides import normalise_overrides
 from mile_ssl.solo_command import expand_solo_command, find_solo_recipe
 from mile_ssl.solo_learn import Translation
 from mile_ssl.user_errors import exit_on_user_error, removed_on_user_error

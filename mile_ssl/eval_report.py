@@ -13,9 +13,8 @@ from typing import Any
 
 from mile_ssl.config import DataConfig
 from mile_ssl.data.sources import class_names_without_images
-from mile_ssl.evaluate import evaluate_checkpoint, read_run_checkpoint
-from mile_ssl.export import resolve_run_checkpoint
-from mile_ssl.method import CHECKPOINT_KEY
+from mile_ssl.evaluate import evaluate_run
+from mile_ssl.finished_run import read_finished_run
 from mile_ssl.report import format_metrics_table
 
 EVAL_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -57,17 +56,16 @@ def eval_command_result(
 
     Returns:
         ``{"checkpoint": {...}, "dataset": {...}, "metrics": {...}}``: the metrics of
-        :func:`mile_ssl.evaluate.evaluate_checkpoint` (fractions, plus ``num_samples``),
+        :func:`mile_ssl.evaluate.evaluate_run` (fractions, plus ``num_samples``),
         the checkpoint's architecture, method, classes and training steps, and the
         dataset's name, folders and label-set source.
 
     Raises:
         ValueError: Naming the checkpoint and the dataset if their classes differ.
     """
-    source = resolve_run_checkpoint(run_checkpoint)
-    state = read_run_checkpoint(source)[CHECKPOINT_KEY]
-    metadata = state["metadata"]
-    class_names = list(metadata.get("class_names") or [])
+    run = read_finished_run(run_checkpoint)
+    source, state, metadata = run.checkpoint_path, run.state, run.metadata
+    class_names = run.class_names
     dataset_classes = class_names_without_images(data_config)
     if dataset_classes is not None and class_names and class_names != dataset_classes:
         only_model = sorted(set(class_names) - set(dataset_classes))[:5]
@@ -79,14 +77,14 @@ def eval_command_result(
             + (f"; only in the dataset: {only_data}" if only_data else "")
             + ("" if only_model or only_data else "; the class order differs")
         )
-    metrics = evaluate_checkpoint(source, data_config, precision=precision, accelerator=accelerator)
+    metrics = evaluate_run(run, data_config, precision=precision, accelerator=accelerator)
     return {
         "checkpoint": {
             "path": str(source),
             "backbone": dict(metadata.get("backbone") or {}),
             "method": dict(state["method"]),
             "mile": dict(state["mile"]) if state["method"].get("name") == "mile" else None,
-            "num_classes": int(state["num_classes"]),
+            "num_classes": run.num_classes,
             "completed_steps": int(state["completed_steps"]),
             "preprocessing": dict(metadata.get("preprocessing") or {}),
         },

@@ -1,4 +1,10 @@
-"""Training objectives of the three methods (paper Sec. 3, Eq. 1)."""
+"""Training objectives of the three methods (paper Sec. 3, Eq. 1).
+
+Every loss takes optional per-image ``row_weights`` instead of a selection of rows, so
+that leaving images out keeps the tensor shapes fixed and never asks the host how many
+rows are left (a boolean index waits for the device). With 0/1 weights the value is the
+loss of the selected rows alone, exactly as indexing them would give.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,24 @@ import torch
 import torch.nn.functional as F
 
 
-def multi_label_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def weighted_mean(values: torch.Tensor, row_weights: torch.Tensor | None) -> torch.Tensor:
+    """``sum_i w_i v_i / sum_i w_i``, or the plain mean without weights.
+
+    Rows with weight 0 contribute nothing, not even a non-finite value. With every weight
+    0 the result is 0: an empty selection adds nothing to a sum of terms.
+    """
+    if row_weights is None:
+        return values.mean()
+    weights = row_weights.to(values.dtype)
+    total = weights.sum()
+    weighted = torch.where(weights > 0, values * weights, values.new_zeros(()))
+    # The denominator is never 0, so no NaN appears, not even in the unused branch's grad.
+    return weighted.sum() / torch.where(total > 0, total, total.new_ones(()))
+
+
+def multi_label_bce(
+    logits: torch.Tensor, targets: torch.Tensor, row_weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Binary cross-entropy summed over classes and averaged over the batch (Eq. 1).
 
     Summing over classes (rather than averaging) keeps the gradient of each class as
@@ -17,14 +40,15 @@ def multi_label_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     Args:
         logits: Raw outputs ``(B, C)``.
         targets: Multi-hot targets ``(B, C)`` in {0, 1} (bool or float).
+        row_weights: Per-image weights ``(B,)`` of the average (see :func:`weighted_mean`).
 
     Returns:
         Scalar loss ``-1/B sum_i sum_j [y_ij log s_ij + (1 - y_ij) log(1 - s_ij)]``.
     """
-    return _per_image_bce(logits, targets).mean()
+    return weighted_mean(per_image_bce(logits, targets), row_weights)
 
 
-def _per_image_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def per_image_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy of each image, summed over classes: shape ``(B,)``."""
     per_element = F.binary_cross_entropy_with_logits(
         logits.float(), targets.to(torch.float32), reduction="none"
@@ -33,7 +57,11 @@ def _per_image_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def semi_supervised_bce(
-    logits: torch.Tensor, targets: torch.Tensor, labelled: torch.Tensor, unlabeled_weight: float
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    labelled: torch.Tensor,
+    unlabeled_weight: float,
+    row_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`multi_label_bce` averaged within each stream: ``L_labelled + w * L_unlabeled``.
 
@@ -48,23 +76,30 @@ def semi_supervised_bce(
         targets: Multi-hot targets ``(B, C)``.
         labelled: Boolean ``(B,)``, true for images of the labelled stream.
         unlabeled_weight: ``w``, the weight of the unlabeled images' mean loss.
+        row_weights: Per-image weights ``(B,)`` within each stream (default: all 1).
     """
-    per_image = _per_image_bce(logits, targets)
-    loss = per_image.new_zeros(())
-    for rows, weight in ((labelled, 1.0), (~labelled, unlabeled_weight)):
-        if rows.any():
-            loss = loss + weight * per_image[rows].mean()
-    return loss
+    per_image = per_image_bce(logits, targets)
+    weights = torch.ones_like(per_image) if row_weights is None else row_weights.float()
+    labelled_term = weighted_mean(per_image, weights * labelled)
+    unlabeled_term = weighted_mean(per_image, weights * ~labelled)
+    return labelled_term + unlabeled_weight * unlabeled_term
 
 
-def one_hot_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def one_hot_bce(
+    logits: torch.Tensor, labels: torch.Tensor, row_weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """:func:`multi_label_bce` against the one-hot encoding of single labels."""
-    return multi_label_bce(logits, F.one_hot(labels, logits.shape[1]))
+    return multi_label_bce(logits, F.one_hot(labels, logits.shape[1]), row_weights)
 
 
-def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def softmax_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, row_weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Standard cross-entropy on the single label, averaged over the batch."""
-    return F.cross_entropy(logits.float(), labels)
+    if row_weights is None:
+        return F.cross_entropy(logits.float(), labels)
+    per_image = F.cross_entropy(logits.float(), labels, reduction="none")
+    return weighted_mean(per_image, row_weights)
 
 
 def sigmoid_head_bias(num_classes: int) -> float:

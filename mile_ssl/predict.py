@@ -19,11 +19,10 @@ from typing import Any
 
 import torch
 
-from mile_ssl.data.folder import UnreadableImageError, collect_images, eval_transform, load_rgb
-from mile_ssl.evaluate import module_from_checkpoint, read_run_checkpoint
-from mile_ssl.export import resolve_run_checkpoint, run_image_size
+from mile_ssl.data.augment import eval_transform
+from mile_ssl.data.images import UnreadableImageError, collect_images, load_rgb
+from mile_ssl.finished_run import read_finished_run
 from mile_ssl.metrics import class_probabilities, predicted_sets
-from mile_ssl.preprocessing import Preprocessing
 
 DEFAULT_IMAGE_SIZE = 224
 """Crop size when neither the caller nor the run's config gives one."""
@@ -120,17 +119,16 @@ def predict(
     if image_size is not None and image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
     paths = collect_images(inputs)
-    source = resolve_run_checkpoint(run_checkpoint)
-    module = module_from_checkpoint(read_run_checkpoint(source))
+    run = read_finished_run(run_checkpoint)
+    module = run.build_module()
     module.eval().to(device)
-    metadata = module.metadata
-    class_ids = list(metadata.get("class_names") or [])
+    class_ids = run.class_names
     if len(class_ids) != module.num_classes:
         class_ids = [str(index) for index in range(module.num_classes)]
     names = display_names(class_ids)
     multi_label = module.multi_label
-    size = image_size or run_image_size(source) or DEFAULT_IMAGE_SIZE
-    transform = eval_transform(size, Preprocessing.from_dict(metadata["preprocessing"]))
+    size = image_size or run.image_size or DEFAULT_IMAGE_SIZE
+    transform = eval_transform(size, run.preprocessing)
     k = min(top_k, module.num_classes)
 
     kind = "sigmoid" if multi_label else "softmax"

@@ -1,8 +1,16 @@
-"""Pseudo-labels of the MILe imitation phase and the statistics that reveal collapse."""
+"""Pseudo-labels of the MILe imitation phase and the statistics that reveal collapse.
+
+The per-step statistics are computed on the device as one fixed-length tensor
+(:func:`pseudo_label_statistics`), with NaN where a statistic does not apply to the
+batch, so that a training step never waits for the host; :class:`PhaseStatistics`
+collects them over a student phase and reads them back once, at the phase end.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -18,6 +26,21 @@ def threshold_pseudo_labels(teacher_logits: torch.Tensor, rho: float) -> torch.T
         Boolean tensor ``(B, C)``.
     """
     return torch.sigmoid(teacher_logits.float()) > rho
+
+
+def confident_row_weights(pseudo_labels: torch.Tensor) -> torch.Tensor:
+    """1 for images with a non-empty pseudo-label set, 0 for the others, unless all are empty.
+
+    ``mile.empty_pseudo_labels=ignore``: the teacher is not confident about an image it
+    gives no label, and training it as all-negative pushes the student towards the
+    empty-set collapse. When no image has a label at all, every image is kept (as
+    all-negative), so that the step still has a loss.
+
+    Returns:
+        Float weights ``(B,)`` in {0, 1}.
+    """
+    confident = pseudo_labels.any(dim=1)
+    return (confident | ~confident.any()).float()
 
 
 @dataclass(frozen=True)
@@ -52,49 +75,35 @@ class PseudoLabelStats:
         return None
 
 
-def pseudo_label_stats(pseudo_labels: torch.Tensor) -> PseudoLabelStats:
-    """Summarise a batch of multi-hot pseudo-labels ``(B, C)``."""
-    sizes = pseudo_labels.sum(dim=1).float()
-    return PseudoLabelStats(
-        mean_size=float(sizes.mean()), empty_fraction=float((sizes == 0).float().mean())
+GROUPS = ("", "_labelled", "_unlabeled")
+"""Name suffixes of the statistics: all images, the labelled and the unlabeled stream."""
+
+STATISTICS = tuple(
+    f"{name}{suffix}"
+    for suffix in GROUPS
+    for name in (
+        "pseudo_labels_per_image",
+        "pseudo_empty_fraction",
+        "pseudo_precision",
+        "pseudo_recall",
     )
+)
+"""Names of the entries of :func:`pseudo_label_statistics`, in order."""
 
 
-def pseudo_label_quality(
-    pseudo_labels: torch.Tensor, label_sets: torch.Tensor
-) -> tuple[float, float] | None:
-    """Micro precision and recall of pseudo-labels against known label sets.
-
-    Rows whose label set is empty (images without any known label, e.g. from an
-    unlabeled folder) are left out.
-
-    Args:
-        pseudo_labels: Multi-hot pseudo-labels ``(B, C)``.
-        label_sets: Multi-hot true label sets ``(B, C)``.
-
-    Returns:
-        ``(precision, recall)``, or ``None`` when no row has a known label set.
-    """
-    known = label_sets.any(dim=1)
-    if not known.any():
-        return None
-    predicted, truth = pseudo_labels[known], label_sets[known]
-    hits = float((predicted & truth).sum())
-    return hits / max(float(predicted.sum()), 1.0), hits / float(truth.sum())
-
-
-def pseudo_label_report(
+def pseudo_label_statistics(
     pseudo_labels: torch.Tensor,
     labelled: torch.Tensor | None = None,
     label_sets: torch.Tensor | None = None,
-) -> dict[str, float]:
-    """Pseudo-label set sizes, empty share and quality, overall and per stream.
+) -> torch.Tensor:
+    """Pseudo-label set sizes, empty share and quality, overall and per stream, on the device.
 
     With ``labelled`` (semi-supervised batches) the statistics are also split into
     labelled (``_labelled``) and unlabeled (``_unlabeled``) images. Precision and recall
-    are against ``label_sets``: the true label sets on the digit grids, the single
-    label on image folders; images without any known label are left out, and without
-    ``label_sets`` there is no quality entry.
+    are micro-averaged against ``label_sets``: the true label sets on the digit grids,
+    the single label on image folders; images without any known label are left out.
+    A statistic without images to measure (no unlabeled image, no known label set, no
+    ``label_sets``) is NaN.
 
     Args:
         pseudo_labels: Multi-hot pseudo-labels ``(B, C)``.
@@ -102,28 +111,92 @@ def pseudo_label_report(
         label_sets: Multi-hot label sets ``(B, C)``, if known.
 
     Returns:
-        ``pseudo_labels_per_image``, ``pseudo_empty_fraction``, ``pseudo_precision``
-        and ``pseudo_recall``, each with the group suffix.
+        Float tensor ``(len(STATISTICS),)``, ordered as :data:`STATISTICS`.
     """
-    groups = {"": torch.ones(len(pseudo_labels), dtype=torch.bool)}
-    if labelled is not None:
-        groups["_labelled"] = labelled.cpu()
-        groups["_unlabeled"] = ~groups["_labelled"]
-    pseudo_labels = pseudo_labels.cpu()
-    known_sets = label_sets.cpu() if label_sets is not None else None
-    report: dict[str, float] = {}
-    for suffix, rows in groups.items():
-        if not rows.any():
+    predicted = pseudo_labels.bool()
+    sizes = predicted.sum(dim=1).float()
+    everyone = torch.ones_like(sizes, dtype=torch.bool)
+    groups = [everyone] if labelled is None else [everyone, labelled.bool(), ~labelled.bool()]
+    nan = sizes.new_full((), float("nan"))
+    values = []
+    for rows in groups:
+        count = rows.sum()
+        # 0 / 0 is NaN: a group without images has no statistic.
+        values.append((sizes * rows).sum() / count)
+        values.append(((sizes == 0) & rows).sum() / count)
+        if label_sets is None:
+            values.extend([nan, nan])
             continue
-        summary = pseudo_label_stats(pseudo_labels[rows])
-        report[f"pseudo_labels_per_image{suffix}"] = summary.mean_size
-        report[f"pseudo_empty_fraction{suffix}"] = summary.empty_fraction
-        if known_sets is None:
-            continue
-        quality = pseudo_label_quality(pseudo_labels[rows], known_sets[rows])
-        if quality is not None:
-            report[f"pseudo_precision{suffix}"], report[f"pseudo_recall{suffix}"] = quality
-    return report
+        truth = label_sets.bool()
+        known = truth.any(dim=1) & rows
+        hits = ((predicted & truth).sum(dim=1) * known).sum().float()
+        predicted_count = (sizes * known).sum()
+        true_count = (truth.sum(dim=1) * known).sum().float()
+        precision = hits / predicted_count.clamp(min=1.0)
+        values.append(torch.where(known.any(), precision, nan))
+        values.append(hits / true_count)  # true_count is 0 exactly when nothing is known
+    values.extend([nan] * (len(STATISTICS) - len(values)))
+    return torch.stack(values)
+
+
+def statistics_dict(values: torch.Tensor | list[float]) -> dict[str, float]:
+    """The statistics that apply, by name, from one step's values (read to the host)."""
+    numbers = values.tolist() if isinstance(values, torch.Tensor) else values
+    return {
+        name: value
+        for name, value in zip(STATISTICS, numbers, strict=True)
+        if not math.isnan(value)
+    }
+
+
+class PhaseStatistics:
+    """The per-step pseudo-label statistics of one student phase, kept on the device.
+
+    Nothing is read back until :meth:`phase_means`, once per phase; the steps recorded so
+    far are saved in checkpoints (:meth:`state`) so that a run resumed mid-phase ends the
+    phase with the same means.
+    """
+
+    def __init__(self) -> None:
+        self._steps: list[torch.Tensor] = []
+
+    def add(self, values: torch.Tensor) -> None:
+        """Record one step's :func:`pseudo_label_statistics`."""
+        self._steps.append(values.detach())
+
+    def phase_means(self) -> dict[str, float]:
+        """Mean of each statistic over the steps it applies to; clears the phase.
+
+        Statistics that do not apply to the phase's last step are left out.
+        """
+        if not self._steps:
+            return {}
+        device = self._steps[-1].device
+        # One copy to the host; steps restored from a checkpoint join from the CPU.
+        steps = torch.stack([step.to(device) for step in self._steps]).cpu().double()
+        self._steps.clear()
+        present = ~steps.isnan()
+        means = torch.where(present, steps, 0.0).sum(dim=0) / present.sum(dim=0).clamp(min=1)
+        return {
+            name: float(means[index])
+            for index, name in enumerate(STATISTICS)
+            if bool(present[-1, index])
+        }
+
+    def state(self) -> list[dict[str, float]]:
+        """The steps recorded so far, one mapping per step (the checkpoint's ``phase_stats``)."""
+        if not self._steps:
+            return []
+        device = self._steps[-1].device
+        steps = torch.stack([step.to(device) for step in self._steps]).cpu().double()
+        return [statistics_dict(step) for step in steps]
+
+    def load_state(self, steps: list[dict[str, Any]]) -> None:
+        """Restore the steps saved by :meth:`state`."""
+        nan = float("nan")
+        self._steps = [
+            torch.tensor([float(step.get(name, nan)) for name in STATISTICS]) for step in steps
+        ]
 
 
 def self_training_targets(

@@ -113,7 +113,7 @@ def plot_pseudo_label_history(path: str | Path, history: Sequence[Mapping[str, f
     Args:
         path: PNG file to write.
         history: One mapping per cycle with ``step`` and the statistics
-            (:attr:`mile_ssl.method.MILeModule.pseudo_label_history`).
+            (:attr:`mile_ssl.finetune.MILeModule.pseudo_label_history`).
     """
     import matplotlib
 

@@ -19,14 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from mile_ssl.config import TrainConfig
-from mile_ssl.evaluate import read_run_checkpoint
-from mile_ssl.method import CHECKPOINT_KEY
+from mile_ssl.finished_run import read_finished_run
 
 log = logging.getLogger(__name__)
 
 METRICS_CSV = Path("logs") / "metrics.csv"
 FIXED_ON_RESUME = ("method", "mile")
 """Config sections that define the run: a resume must keep them."""
+
+FIXED_DATA_KEYS = ("unlabeled_ratio", "strong_student_view")
+"""``data.*`` keys that shape every training batch: a resume must keep them too."""
 
 
 @dataclass
@@ -63,16 +65,22 @@ def read_resume_point(config: TrainConfig, labelled_digest: str | None = None) -
     """
     assert config.trainer.resume_from is not None
     path = Path(config.trainer.resume_from)
-    state = read_run_checkpoint(path)[CHECKPOINT_KEY]
-    for section in FIXED_ON_RESUME:
-        saved, current = state.get(section, {}), asdict(getattr(config, section))
-        for key, value in current.items():
-            if key in saved and saved[key] != value:
-                raise ValueError(
-                    f"cannot resume from {path}: it was trained with {section}.{key}="
-                    f"{saved[key]!r}, this run sets {value!r}; resume with the same "
-                    f"{section}.{key}, or start a new run"
-                )
+    state = read_finished_run(path, exact_file=True).state
+    fixed = [
+        (f"{section}.{key}", state.get(section, {}), key, value)
+        for section in FIXED_ON_RESUME
+        for key, value in asdict(getattr(config, section)).items()
+    ]
+    fixed += [
+        (f"data.{key}", state["metadata"].get("data_stream", {}), key, getattr(config.data, key))
+        for key in FIXED_DATA_KEYS
+    ]
+    for name, saved, key, value in fixed:
+        if key in saved and saved[key] != value:
+            raise ValueError(
+                f"cannot resume from {path}: it was trained with {name}={saved[key]!r}, "
+                f"this run sets {value!r}; resume with the same {name}, or start a new run"
+            )
     saved_digest = state["metadata"].get("labelled_sha256")
     if labelled_digest is not None and saved_digest not in (None, labelled_digest):
         raise ValueError(

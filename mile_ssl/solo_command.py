@@ -126,7 +126,7 @@ def expand_solo_command(
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from mile_ssl.config import quote_paths_with_equals
+    from mile_ssl.config.overrides import quote_paths_with_equals
 
     solo = read_solo_config(recipe)
     parser = OverridesParser.create()

@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from mile_ssl.config.overrides import MOVED_KEYS
+
 log = logging.getLogger(__name__)
 
 SOLO_MARKERS = ("pretrained_feature_extractor", "pretrain_method")
@@ -234,7 +236,9 @@ def translate_solo_config(solo: Mapping[str, Any], source: str | Path) -> Transl
     translation.set("data.train_path", f"data.train_dir={_value(os.path.relpath(train_abs, root))}")
     translation.set("data.val_path", f"data.val_dir={_value(os.path.relpath(val_abs, root))}")
     data_format = take("data.format")
-    if data_format not in (None, "image_folder"):
+    if data_format == "dali":
+        translation.set("data.format", "data.backend=dali")
+    elif data_format not in (None, "image_folder"):
         translation.skip("data.format", f"{data_format!r} is read as image folders by torchvision")
         translation.warnings.append(
             f"data.format: {data_format} is not available in mile_ssl; the images are read "
@@ -315,6 +319,12 @@ def translate_solo_config(solo: Mapping[str, Any], source: str | Path) -> Transl
 
     translation.overrides.append("method=mile")
     for key, value in dict(take("mile") or {}).items():
+        moved = MOVED_KEYS.get(f"mile.{key}")
+        if moved is not None:
+            raise ValueError(
+                f"{source}: mile.{key} moved to {moved}, which a solo-learn recipe cannot "
+                f"set; give it on the command line ({moved}={_value(value)})"
+            )
         translation.set(f"mile.{key}", f"mile.{key}={_value(value)}")
     handled.add("mile")
 

@@ -28,14 +28,13 @@ from mile_ssl.config import (
     check_warmup,
 )
 from mile_ssl.data.datamodule import MILeDataModule, UnlabeledStream
-from mile_ssl.evaluate import module_from_checkpoint, read_run_checkpoint
+from mile_ssl.finetune import MILeModule, build_module, module_class
+from mile_ssl.finished_run import RESOLVED_CONFIG_FILE, read_finished_run
 from mile_ssl.loggers import build_logger
-from mile_ssl.method import MILeModule
 from mile_ssl.preprocessing import Preprocessing
 from mile_ssl.public_checkpoints import get_public_checkpoint, resolve_public_checkpoint
 from mile_ssl.report import plot_pseudo_label_history, write_json
-from mile_ssl.resume import carry_tensorboard_events, read_resume_point
-from mile_ssl.schedule import Phase, mile_position
+from mile_ssl.resume import FIXED_DATA_KEYS, carry_tensorboard_events, read_resume_point
 from mile_ssl.trainer import (
     LAST_CHECKPOINT,
     build_trainer,
@@ -53,7 +52,6 @@ warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual opt
 METRICS_FILE = "metrics.json"
 PSEUDO_LABELS_FILE = "pseudo_labels.json"
 PSEUDO_LABELS_PLOT = "pseudo_labels.png"
-RESOLVED_CONFIG_FILE = "resolved_config.yaml"
 SCRATCH_BACKBONE = "tiny_resnet"
 """Architecture of a ``checkpoint=scratch`` run that names no backbone."""
 
@@ -145,19 +143,14 @@ def resolve_epochs(config: TrainConfig, labelled_images: int) -> TrainConfig:
 
 
 def unlabeled_stream(config: TrainConfig) -> UnlabeledStream | None:
-    """Which steps take unlabeled images, if any.
+    """Which steps take unlabeled images, if any: the method's class decides.
 
-    MILe's student phase in semi-supervised mode, every step of the teacher baselines.
+    (MILe's student phase in semi-supervised mode, every step of the teacher baselines.)
     """
-    if config.method.name in TEACHER_METHODS:
-        return UnlabeledStream(config.mile.unlabeled_ratio, lambda step: True)
-    if config.method.name == "mile" and config.mile.semi_supervised:
-        kt, ks = config.mile.kt, config.mile.ks
-        return UnlabeledStream(
-            config.mile.unlabeled_ratio,
-            lambda step: mile_position(step, kt, ks).phase is Phase.STUDENT,
-        )
-    return None
+    uses_unlabeled = module_class(config.method.name).unlabeled_steps(config.mile)
+    if uses_unlabeled is None:
+        return None
+    return UnlabeledStream(config.data.unlabeled_ratio, uses_unlabeled)
 
 
 def load_fixed_teacher(config: TrainConfig, student: LoadedBackbone) -> nn.Module | None:
@@ -175,7 +168,7 @@ def load_fixed_teacher(config: TrainConfig, student: LoadedBackbone) -> nn.Modul
             f"method={config.method.name} needs config key 'distill.teacher_checkpoint' "
             "(last.ckpt of a fine-tuning run)"
         )
-    teacher = module_from_checkpoint(read_run_checkpoint(path))
+    teacher = read_finished_run(path, exact_file=True).build_module()
     expected = student.preprocessing.to_dict()
     if teacher.metadata["preprocessing"] != expected:
         raise ValueError(
@@ -215,7 +208,7 @@ def run_training(
         config.data,
         loaded.preprocessing,
         unlabeled,
-        strong_student_view=config.mile.strong_student_view,
+        strong_student_view=config.data.strong_student_view,
         known_bad_images=known_bad,
     )
     config = resolve_epochs(config, len(datamodule.train_indices))
@@ -225,7 +218,7 @@ def run_training(
         if config.trainer.resume_from
         else None
     )
-    module = MILeModule(
+    module = build_module(
         loaded.module,
         loaded.feature_dim,
         datamodule.num_classes,
@@ -240,8 +233,11 @@ def run_training(
             "preprocessing": loaded.preprocessing.to_dict(),
             "class_names": list(datamodule.class_names),
             "labelled_sha256": datamodule.labelled_digest,
+            "data_stream": {key: getattr(config.data, key) for key in FIXED_DATA_KEYS},
         },
     )
+    if config.trainer.compile:
+        module.compile_networks()
     logger = build_logger(config.trainer, output_dir, resume.previous_rows if resume else ())
     bad_images = BadImageMonitor(
         datamodule.image_path,
@@ -281,7 +277,7 @@ def run_training(
             "checkpoint": str(loaded.source) if loaded.source else None,
         }
         write_json(output_dir / METRICS_FILE, payload)
-        if module.pseudo_label_history:
+        if isinstance(module, MILeModule) and module.pseudo_label_history:
             write_json(output_dir / PSEUDO_LABELS_FILE, module.pseudo_label_history)
             plot_pseudo_label_history(output_dir / PSEUDO_LABELS_PLOT, module.pseudo_label_history)
     return RunResult(

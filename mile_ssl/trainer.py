@@ -21,9 +21,9 @@ from lightning.pytorch.loggers import Logger
 
 from mile_ssl.checkpoint_io import AtomicCheckpointIO
 from mile_ssl.config import TrainerConfig
+from mile_ssl.finetune import FineTuneModule
 from mile_ssl.interrupt import GracefulInterrupt
 from mile_ssl.loggers import build_logger
-from mile_ssl.method import MILeModule
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if native_bf16 else "32-true"
 
 
-def resolve_strategy(strategy: str, module: MILeModule) -> str:
+def resolve_strategy(strategy: str, module: FineTuneModule) -> str:
     """Let DDP tolerate parameters without gradients when MILe trains two networks.
 
     Each step of the ``copy`` variant updates either the teacher or the student, so the

@@ -61,7 +61,8 @@ def test_sweep_runs_every_combination(tmp_path: Path, tiny_overrides: list[str])
     runs = sorted((tmp_path / "sweep").glob("*/metrics.json"))
     assert len(runs) == 2
     labelled = sorted(json.loads(path.read_text())["labelled_images"] for path in runs)
-    assert labelled == [128, 256]
+    # Half of the 256 grids (rounded per class, ten classes), then all of them.
+    assert abs(labelled[0] - 128) <= 10 and labelled[1] == 256
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 from mile_ssl.config import compose_train_config
-from mile_ssl.data.folder import eval_transform
+from mile_ssl.data.augment import eval_transform
 from mile_ssl.data.imagenet import imagenet_classes, real_label_sets, shipped_split
 from mile_ssl.eval_report import eval_command_result, format_eval_result
-from mile_ssl.evaluate import module_from_checkpoint, read_run_checkpoint
+from mile_ssl.finished_run import read_finished_run
 from mile_ssl.metrics import classification_report
 from mile_ssl.preprocessing import Preprocessing
 from mile_ssl.train import run_training
@@ -64,7 +64,7 @@ def run_checkpoint(imagenet_tree: Path, module_tmp_path: Path) -> Path:
 
 def _direct_metrics(checkpoint: Path, root: Path) -> dict[str, float]:
     """Logits image by image, labels from the folder, ReaL sets looked up by file name."""
-    module = module_from_checkpoint(read_run_checkpoint(checkpoint)).eval()
+    module = read_finished_run(checkpoint).build_module().eval()
     transform = eval_transform(32, Preprocessing.from_dict(module.metadata["preprocessing"]))
     classes = imagenet_classes()
     real = real_label_sets()

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 
 from mile_ssl.backbones import BackboneSpec, build_backbone
 from mile_ssl.config import compose_train_config
-from mile_ssl.evaluate import module_from_checkpoint, read_run_checkpoint
 from mile_ssl.export import export_checkpoint
-from mile_ssl.method import MILeModule
+from mile_ssl.finetune import MILeModule
+from mile_ssl.finished_run import read_finished_run
 from mile_ssl.preprocessing import Preprocessing
 from mile_ssl.train import run_training
 from tests.conftest import TINY_OVERRIDES, write_image_folder
@@ -61,7 +61,7 @@ def test_torchvision_export_reloads_strictly_with_identical_logits(
     model.load_state_dict(state_dict, strict=True)
     model.eval()
 
-    module = module_from_checkpoint(read_run_checkpoint(run_checkpoint))
+    module = read_finished_run(run_checkpoint).build_module()
     student = module.student.float().eval()
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -186,14 +186,16 @@ def test_tf_same_padding_export_says_outputs_need_the_padding(tmp_path: Path) ->
 
 
 def test_run_folder_and_its_image_size_are_found(run_checkpoint: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / "checkpoints" / "last.ckpt").write_bytes(run_checkpoint.read_bytes())
-    (run / ".hydra").mkdir()
-    (run / ".hydra" / "config.yaml").write_text("data:\n  name: folder\n  image_size: 48\n")
+    run = run_checkpoint.parent.parent  # the folder training wrote, data.image_size=32
     files = export_checkpoint(run, tmp_path / "out", formats=("safetensors",))
-    preprocessing = json.loads(files["json"].read_text())["preprocessing"]
-    assert (preprocessing["image_size"], preprocessing["resize"]) == (48, 55)
+    description = json.loads(files["json"].read_text())
+    assert description["source_checkpoint"] == str(run_checkpoint)
+    preprocessing = description["preprocessing"]
+    assert (preprocessing["image_size"], preprocessing["resize"]) == (32, 37)
+    # A checkpoint without its run folder records no size rather than a guess.
+    (tmp_path / "alone.ckpt").write_bytes(run_checkpoint.read_bytes())
+    files = export_checkpoint(tmp_path / "alone.ckpt", tmp_path / "alone", formats=("safetensors",))
+    assert json.loads(files["json"].read_text())["preprocessing"]["image_size"] is None
 
 
 def test_cifar_stem_export_keeps_the_stem_and_says_how_to_build_it(tmp_path: Path) -> None:

@@ -31,14 +31,8 @@ from mile_ssl import checkpoint_io
 from mile_ssl.checkpoint_io import write_atomically
 from mile_ssl.config import compose_train_config
 from mile_ssl.data.datamodule import MILeDataModule, UnlabeledStream
-from mile_ssl.data.folder import (
-    IMAGE_SUFFIXES,
-    LabeledImageFolder,
-    UnlabeledImages,
-    UnreadableImageError,
-    list_unlabeled_images,
-    load_rgb,
-)
+from mile_ssl.data.folder import LabeledImageFolder, UnlabeledImages
+from mile_ssl.data.images import IMAGE_SUFFIXES, UnreadableImageError, load_rgb
 from mile_ssl.data.integrity import (
     CACHE_NAME,
     check_data_report,
@@ -46,6 +40,7 @@ from mile_ssl.data.integrity import (
     scan_data,
     scan_images,
 )
+from mile_ssl.data.listing import list_unlabeled_images
 from mile_ssl.predict import format_predictions, predict, prediction_failures
 from mile_ssl.preprocessing import Preprocessing
 from mile_ssl.report import format_metrics_table
@@ -642,14 +637,23 @@ def test_resume_applies_a_new_learning_rate_and_continues_the_log(
     assert "lr: 0.05" in resolved
 
 
-def test_resume_refuses_a_changed_method_before_writing(first_run: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("override", "saved", "changed"),
+    [
+        ("method=softmax", "method.name='sigmoid'", "'softmax'"),
+        ("data.strong_student_view=true", "data.strong_student_view=False", "True"),
+    ],
+)
+def test_resume_refuses_a_changed_setting_before_writing(
+    first_run: Path, tmp_path: Path, override: str, saved: str, changed: str
+) -> None:
     checkpoint = first_run / "checkpoints" / "step4.ckpt"
     result = run_cli(
         [
             "train",
             *TINY_OVERRIDES,
-            "trainer.log_every_n_steps=1",
-            "method=softmax",
+            *STEPS,
+            override,
             "trainer.max_steps=6",
             f"trainer.resume_from={checkpoint}",
             "hydra.run.dir=resumed",
@@ -657,7 +661,7 @@ def test_resume_refuses_a_changed_method_before_writing(first_run: Path, tmp_pat
         tmp_path,
     )
     assert result.returncode == 2
-    assert "method.name='sigmoid'" in result.stderr and "'softmax'" in result.stderr
+    assert saved in result.stderr and changed in result.stderr
     assert not (tmp_path / "resumed").exists()
 
 

@@ -86,3 +86,34 @@ def test_semi_supervised_bce_with_one_stream_is_that_streams_mean() -> None:
     torch.testing.assert_close(
         semi_supervised_bce(logits, targets, ~none, 2.0), multi_label_bce(logits, targets)
     )
+
+
+def test_row_weights_of_zero_and_one_equal_selecting_the_rows() -> None:
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(5, 4, generator=generator)
+    targets = torch.rand(5, 4, generator=generator) > 0.5
+    labels = torch.tensor([0, 3, 1, 1, 2])
+    keep = torch.tensor([True, False, True, False, True])
+    weights = keep.float()
+    torch.testing.assert_close(
+        multi_label_bce(logits, targets, weights), multi_label_bce(logits[keep], targets[keep])
+    )
+    torch.testing.assert_close(
+        one_hot_bce(logits, labels, weights), one_hot_bce(logits[keep], labels[keep])
+    )
+    torch.testing.assert_close(
+        softmax_cross_entropy(logits, labels, weights),
+        softmax_cross_entropy(logits[keep], labels[keep]),
+    )
+
+
+def test_rows_of_weight_zero_cannot_make_the_loss_non_finite() -> None:
+    logits = torch.tensor([[2.0, -1.0], [float("inf"), float("nan")]])
+    targets = torch.tensor([[1, 0], [0, 1]], dtype=torch.bool)
+    loss = multi_label_bce(logits, targets, torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(loss, multi_label_bce(logits[:1], targets[:1]))
+    assert semi_supervised_bce(logits, targets, torch.tensor([True, False]), 1.0, None).isnan()
+    weighted = semi_supervised_bce(
+        logits, targets, torch.tensor([True, False]), 1.0, torch.tensor([1.0, 0.0])
+    )
+    torch.testing.assert_close(weighted, loss)  # the empty unlabeled stream adds 0

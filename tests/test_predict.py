@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from mile_ssl.config import compose_train_config
-from mile_ssl.data.folder import eval_transform
-from mile_ssl.evaluate import module_from_checkpoint, read_run_checkpoint
+from mile_ssl.data.augment import eval_transform
+from mile_ssl.finished_run import read_finished_run
 from mile_ssl.predict import display_names, format_predictions, predict, prediction_failures
 from mile_ssl.preprocessing import Preprocessing
 from mile_ssl.train import run_training
@@ -101,7 +101,7 @@ def test_probabilities_match_the_network_with_eval_preprocessing(
 ) -> None:
     path = image_root / "val" / WNIDS[0] / f"{WNIDS[0]}_0.JPEG"
     (result,) = predict(mile_checkpoint, [path], image_size=32, top_k=3)
-    module = module_from_checkpoint(read_run_checkpoint(mile_checkpoint)).eval()
+    module = read_finished_run(mile_checkpoint).build_module().eval()
     transform = eval_transform(32, Preprocessing.from_dict(module.metadata["preprocessing"]))
     with torch.no_grad():
         logits = module(transform(Image.open(path).convert("RGB"))[None])[0]
@@ -164,3 +164,12 @@ def test_bad_inputs_are_named(mile_checkpoint: Path, tmp_path: Path) -> None:
         predict(mile_checkpoint, [tmp_path / "empty"])
     with pytest.raises(ValueError, match="threshold"):
         predict(mile_checkpoint, [not_an_image], threshold=1.5)
+
+
+def test_the_crop_size_defaults_to_the_runs(mile_checkpoint: Path, image_root: Path) -> None:
+    path = image_root / "val" / WNIDS[0] / f"{WNIDS[0]}_0.JPEG"
+    (default,) = predict(mile_checkpoint.parent.parent, [path], top_k=3)  # the run folder
+    (trained,) = predict(mile_checkpoint, [path], image_size=32, top_k=3)
+    (larger,) = predict(mile_checkpoint, [path], image_size=64, top_k=3)
+    assert default["top_k"] == trained["top_k"]
+    assert default["top_k"] != larger["top_k"]

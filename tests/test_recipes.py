@@ -8,6 +8,7 @@ with a small scratch ResNet-18 on a tiny tree holding files of the 1 % / 10 % li
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -22,6 +23,10 @@ from tests.conftest import write_imagenet_tree
 from tests.layouts import Writer, byol, moco, simclrv2, swav
 
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "experiment" / "imagenet"
+COMPOSED = Path(__file__).parent / "fixtures" / "imagenet_recipes_composed.json"
+"""Every recipe's composed groups (``data.root`` and ``checkpoint.path`` set to ``/x``), as
+composed from the self-contained recipe files before they became a base per SSL method plus
+a per-fraction overlay."""
 SSL = ("mocov2", "simclrv2_sk0", "simclrv2_sk1", "byol", "swav")
 FRACTIONS = {"1pct": 0.01, "10pct": 0.1, "100pct": 1.0}
 LABELLED = {"1pct": 12_811, "10pct": 128_116, "100pct": 1_281_167}
@@ -103,7 +108,10 @@ def test_semi_supervised_recipe_trains_two_steps(
     shipped = compose_train_config(
         ["experiment=imagenet/simclrv2_sk1_1pct_semi", f"data.root={tree}"]
     )
-    assert shipped.mile.semi_supervised and shipped.mile.unlabeled_ratio == 7
+    assert shipped.mile.semi_supervised and shipped.data.unlabeled_ratio == 7
+    header = (RECIPES / "simclrv2_sk1_1pct_semi.yaml").read_text().split("defaults:")[0]
+    # The paper reports the number but not the batch mix: that part is this project's.
+    assert "73.08 %" in header and "This project's design" in header
     assert shipped.data.fraction == 0.01 and shipped.checkpoint.adapter == "simclrv2"
     assert shipped.checkpoint.projection_layers == 1 and shipped.mile.kt == 200
     # The tiny tree has 6 unlabeled images: one per labelled image fits a step.
@@ -114,12 +122,43 @@ def test_semi_supervised_recipe_trains_two_steps(
             *SMOKE,
             "mile.kt=1",
             "mile.ks=1",
-            "mile.unlabeled_ratio=1",
+            "data.unlabeled_ratio=1",
         ]
     )
     result = run_training(config, tmp_path)
     payload = json.loads((result.output_dir / "metrics.json").read_text())
     assert payload["steps"] == 2 and payload["labelled_images"] == 6
+
+
+@pytest.mark.parametrize("name", [*NAMES, "simclrv2_sk1_1pct_semi"])
+def test_recipe_composes_as_recorded(name: str) -> None:
+    recorded = json.loads(COMPOSED.read_text())[name]
+    config = compose_train_config(
+        [f"experiment=imagenet/{name}", "data.root=/x", "checkpoint.path=/x"]
+    )
+    for group, values in recorded.items():
+        composed = dataclasses.asdict(getattr(config, group))
+        assert {key: composed[key] for key in values} == values, group
+
+
+def test_recipe_parts_are_not_recipes() -> None:
+    """The bases and overlays compose into recipes; ``experiment=imagenet/<name>`` lists none."""
+    parts = sorted(path.relative_to(RECIPES).as_posix() for path in RECIPES.glob("*/*.yaml"))
+    assert parts == [
+        "base/byol.yaml",
+        "base/mile_reference.yaml",
+        "base/mocov2.yaml",
+        "base/simclrv2.yaml",
+        "base/swav.yaml",
+        "labels/100pct.yaml",
+        "labels/10pct.yaml",
+        "labels/1pct.yaml",
+    ]
+    for name in NAMES:
+        defaults = (RECIPES / f"{name}.yaml").read_text().split("defaults:")[1]
+        ssl, _, fraction = name.rpartition("_")
+        assert f"/experiment/imagenet/base/{ssl.split('_')[0]}\n" in defaults
+        assert f"/experiment/imagenet/labels/{fraction}\n" in defaults
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -159,6 +198,10 @@ def test_recipe_composes_as_shipped(name: str, tree: Path, checkpoints: dict[str
     assert header.startswith("# @package _global_\n")
     assert "has not been reproduced with this code yet" in header
     assert "Source protocol:" in header
+    for source in ("MILe paper", "MILe reference code", "This project's choices"):
+        assert source in header, source
+    if expected["fraction"] < 1:  # the MILe reference code does not use SimCLR's lists
+        assert "seed 42" in header
     if expected["ssl"] in MILE_TABLE_3:
         number = MILE_TABLE_3[expected["ssl"]][list(FRACTIONS).index(name.rpartition("_")[2])]
         assert f"{number} %" in header and "Table 3" in header

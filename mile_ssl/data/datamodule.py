@@ -5,61 +5,40 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+from torch.utils.data import ConcatDataset, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from mile_ssl.config import DataConfig
-from mile_ssl.data.folder import (
-    NO_BAD_INDEX,
-    LabeledImageFolder,
-    UnlabeledImages,
-    list_unlabeled_images,
-    read_split_file,
+from mile_ssl.data.dali import DaliItems, DaliLoader, validation_batches
+from mile_ssl.data.dali_pipeline import DaliPipelines, import_dali
+from mile_ssl.data.folder import LabeledImageFolder, UnlabeledImages
+from mile_ssl.data.label_files import read_split_file
+from mile_ssl.data.listing import list_unlabeled_images
+from mile_ssl.data.loaders import (
+    choose_num_workers,
+    data_loader,
+    local_devices,
+    log_num_workers,
 )
 from mile_ssl.data.sampling import (
     FlaggedDataset,
+    SeededBatchSampler,
+    SeededItems,
     SemiSupervisedBatchSampler,
     StepBatchSampler,
-    StepDataLoader,
     stratified_fraction,
 )
 from mile_ssl.data.sources import SOURCES
+from mile_ssl.data.substitution import NO_BAD_INDEX, SubstitutingImages
 from mile_ssl.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
-
-
-def data_loader(
-    config: DataConfig,
-    dataset: Dataset[Any],
-    *,
-    batch_sampler: Sampler[Any] | None = None,
-    sampler: Sampler[int] | None = None,
-) -> DataLoader[Any]:
-    """A loader with the worker, pinning and prefetch settings of ``config``.
-
-    With a ``batch_sampler`` it is a resumable :class:`StepDataLoader` (training);
-    otherwise it serves ``data.eval_batch_size`` (default ``data.batch_size``) images
-    per batch in order (evaluation).
-    """
-    workers = config.num_workers or 0
-    loader_class = DataLoader if batch_sampler is None else StepDataLoader
-    return loader_class(
-        dataset,
-        batch_size=(config.eval_batch_size or config.batch_size) if batch_sampler is None else 1,
-        sampler=sampler,
-        batch_sampler=batch_sampler,
-        num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
-    )
 
 
 UNLABELED_SEED_OFFSET = 7919
@@ -115,9 +94,13 @@ class MILeDataModule(L.LightningDataModule):
         known_bad_images: Collection[str] = (),
     ) -> None:
         super().__init__()
+        if config.backend == "dali":
+            check_dali_settings(strong_student_view)
         self.config = config
+        self.preprocessing = preprocessing
         self.unlabeled = unlabeled
         self.known_bad_images = tuple(known_bad_images)
+        self._workers_logged = False
         self.splits = SOURCES[config.name](
             config, preprocessing, strong_student_view, known_bad=self.known_bad_images
         )
@@ -225,34 +208,46 @@ class MILeDataModule(L.LightningDataModule):
             self.splits.train_labels, self.config.fraction, self.config.split_seed
         )
 
-    def train_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
-        """Batches of the current step onwards (see :class:`StepBatchSampler`)."""
+    def train_dataloader(self) -> Iterable[dict[str, torch.Tensor]]:
+        """Batches of the current step onwards (see :class:`StepBatchSampler`).
+
+        With image files each item is augmented from its own seed (see
+        :class:`~mile_ssl.data.sampling.SeededBatchSampler`), so resuming is exact.
+        """
         trainer = self.trainer
         start_step = (lambda: trainer.global_step) if trainer is not None else (lambda: 0)
         rank = trainer.global_rank if trainer is not None else 0
         world_size = trainer.world_size if trainer is not None else 1
-        sampler = StepBatchSampler(
-            self.train_indices,
-            self.config.batch_size,
-            self.config.split_seed,
-            start_step,
-            rank,
-            world_size,
+        config = self.config
+        labelled = StepBatchSampler(
+            self.train_indices, config.batch_size, config.split_seed, start_step, rank, world_size
         )
-        if self.unlabeled is None:
-            return data_loader(self.config, self.train_dataset, batch_sampler=sampler)
-        unlabeled = StepBatchSampler(
-            self.unlabeled_indices,
-            self.config.batch_size * self.unlabeled.ratio,
-            self.config.split_seed + UNLABELED_SEED_OFFSET,
-            start_step,
-            rank,
-            world_size,
-        )
-        semi = SemiSupervisedBatchSampler(sampler, unlabeled, self.unlabeled.uses_unlabeled)
-        return data_loader(self.config, FlaggedDataset(self.train_dataset), batch_sampler=semi)
+        batches: StepBatchSampler | SemiSupervisedBatchSampler = labelled
+        dataset = self.train_dataset
+        if self.unlabeled is not None:
+            unlabeled = StepBatchSampler(
+                self.unlabeled_indices,
+                config.batch_size * self.unlabeled.ratio,
+                config.split_seed + UNLABELED_SEED_OFFSET,
+                start_step,
+                rank,
+                world_size,
+            )
+            batches = SemiSupervisedBatchSampler(labelled, unlabeled, self.unlabeled.uses_unlabeled)
+            dataset = FlaggedDataset(dataset)
+        if config.backend == "dali":
+            extra = [self.unlabeled_images] if self.unlabeled_images is not None else []
+            ratio = self.unlabeled.ratio if self.unlabeled is not None else 0
+            return self._dali_loader(
+                [self.splits.train, *extra], batches, config.batch_size * (1 + ratio)
+            )
+        workers = self._num_workers()
+        if not isinstance(self.splits.train, SubstitutingImages):
+            return data_loader(config, dataset, batch_sampler=batches, workers=workers)
+        seeded = SeededBatchSampler(batches)
+        return data_loader(config, SeededItems(dataset), batch_sampler=seeded, workers=workers)
 
-    def val_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
+    def val_dataloader(self) -> Iterable[dict[str, torch.Tensor]]:
         """The validation set in order, sharded across ranks."""
         sampler: Sampler[int] | None = None
         if self.trainer is not None and self.trainer.world_size > 1:
@@ -262,7 +257,73 @@ class MILeDataModule(L.LightningDataModule):
                 rank=self.trainer.global_rank,
                 shuffle=False,
             )
-        return data_loader(self.config, self.splits.val, sampler=sampler)
+        if self.config.backend == "dali":
+            batch_size = self.config.eval_batch_size or self.config.batch_size
+            indices = list(sampler) if sampler is not None else None
+            batches = validation_batches(len(self.splits.val), batch_size, indices)  # type: ignore[arg-type]
+            return self._dali_loader([self.splits.val], batches, batch_size)
+        return data_loader(
+            self.config, self.splits.val, sampler=sampler, workers=self._num_workers()
+        )
+
+    def _devices_on_node(self) -> int:
+        return self.trainer.num_devices if self.trainer is not None else local_devices()
+
+    def _num_workers(self) -> int:
+        """``data.num_workers`` or the machine's choice, said once."""
+        devices = self._devices_on_node()
+        workers = choose_num_workers(self.config, devices)
+        if not self._workers_logged:
+            log_num_workers(self.config, workers, devices)
+            self._workers_logged = True
+        return workers
+
+    def _dali_loader(
+        self,
+        datasets: Sequence[Dataset[Any]],
+        batches: StepBatchSampler | SemiSupervisedBatchSampler | list[list[int]],
+        max_batch: int,
+    ) -> DaliLoader:
+        """A DALI loader of ``datasets`` (image files) decoding on this process's GPU, if any."""
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        if device is None and torch.cuda.is_available():
+            device = torch.device("cuda", torch.cuda.current_device())
+        pipelines = DaliPipelines(
+            self.config.image_size,
+            self.preprocessing,
+            max_batch,
+            threads=self._num_workers() + 1,
+            device_id=device.index if device is not None and device.type == "cuda" else None,
+        )
+        files = [dataset for dataset in datasets if isinstance(dataset, SubstitutingImages)]
+        training = not isinstance(batches, list)
+        return DaliLoader(DaliItems(files), pipelines, batches, training=training)
+
+
+def check_dali_settings(strong_student_view: bool) -> None:
+    """Refuse what the DALI backend cannot do, before any image is indexed.
+
+    Raises:
+        DaliUnavailableError: If DALI cannot be imported, saying how to install it.
+        ValueError: For the strong student view, naming the key.
+    """
+    import_dali()
+    if strong_student_view:
+        raise ValueError(
+            "data.strong_student_view=true: data.backend=dali has no strong (RandAugment) "
+            "view; set data.backend=torchvision or data.strong_student_view=false"
+        )
+
+
+def training_loader(
+    config: DataConfig, preprocessing: Preprocessing | None = None
+) -> Iterable[dict[str, torch.Tensor]]:
+    """The training batches of ``config`` from step 0, with either backend.
+
+    As a run without unlabeled images gets them; for timing the input pipeline alone.
+    """
+    datamodule = MILeDataModule(config, preprocessing or Preprocessing())
+    return datamodule.train_dataloader()
 
 
 def warn_about_minimum_labels(labels: Sequence[int], fraction: float) -> int:

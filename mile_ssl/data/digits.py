@@ -6,6 +6,10 @@ Each sample is a 3x3 grid of 8x8 digit images from scikit-learn's bundled digits
 ``center_prob`` (0.6 in the paper, App. A.1) and otherwise one of the eight other cells
 uniformly. Evaluation instead uses the full multi-hot set of digit classes present in
 the grid, which is what MILe is meant to recover from single-label supervision.
+
+Training, validation and test grids draw their cells from three disjoint pools of source
+digit images; the test grids come only from :func:`make_test_grids`, so settings are
+chosen on validation and reported on images no choice has seen.
 """
 
 from __future__ import annotations
@@ -39,19 +43,26 @@ class DigitGridConfig:
     Attributes:
         num_train: Number of training grids.
         num_val: Number of validation grids (0 gives an empty validation split).
+        num_test: Number of held-out test grids, built by :func:`make_test_grids` only
+            (0 gives an empty test split).
         center_prob: Probability that the training label is the centre cell's digit; the
             remaining mass is spread evenly over the eight other cells, so the paper's
             0.6 gives 0.05 per outer cell.
         val_pool_fraction: Fraction of the source digit images (stratified by class)
             reserved for validation grids, so validation never shows a digit image that
             training has seen.
-        seed: Seed from which the pool split and both splits' grids are derived.
+        test_pool_fraction: Fraction of the source digit images reserved for test
+            grids, disjoint from the training and validation pools, so that settings
+            chosen on validation can be reported on images no choice has seen.
+        seed: Seed from which the pool split and every split's grids are derived.
     """
 
     num_train: int = 10_000
     num_val: int = 2_000
+    num_test: int = 2_000
     center_prob: float = 0.6
     val_pool_fraction: float = 0.2
+    test_pool_fraction: float = 0.2
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -59,10 +70,17 @@ class DigitGridConfig:
             raise ValueError(f"num_train must be >= 1, got {self.num_train}")
         if self.num_val < 0:
             raise ValueError(f"num_val must be >= 0, got {self.num_val}")
+        if self.num_test < 0:
+            raise ValueError(f"num_test must be >= 0, got {self.num_test}")
         if not 0.0 < self.center_prob <= 1.0:
             raise ValueError(f"center_prob must be in (0, 1], got {self.center_prob}")
         if not 0.0 < self.val_pool_fraction < 1.0:
             raise ValueError(f"val_pool_fraction must be in (0, 1), got {self.val_pool_fraction}")
+        if not 0.0 < self.test_pool_fraction < 1.0 - self.val_pool_fraction:
+            raise ValueError(
+                "test_pool_fraction must be in (0, 1 - val_pool_fraction), got "
+                f"{self.test_pool_fraction} with val_pool_fraction {self.val_pool_fraction}"
+            )
 
     def cell_probs(self) -> np.ndarray:
         """Probability of each cell (row-major, centre at index 4) providing the label."""
@@ -117,23 +135,50 @@ def _load_source_digits() -> tuple[np.ndarray, np.ndarray]:
     return images, targets
 
 
-def _split_pools(
-    targets: np.ndarray, val_fraction: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Split image indices into disjoint train/val pools, stratified by class.
+@dataclass(frozen=True)
+class _Pools:
+    """Disjoint index sets into the source digits, one per split."""
 
-    Every class keeps at least one image on each side so both splits can show every
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def _split_pools(targets: np.ndarray, config: DigitGridConfig, rng: np.random.Generator) -> _Pools:
+    """Split image indices into disjoint train/val/test pools, stratified by class.
+
+    Every class keeps at least one image in each pool so every split can show every
     digit.
     """
-    train_parts: list[np.ndarray] = []
-    val_parts: list[np.ndarray] = []
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
     for cls in range(NUM_CLASSES):
         idx = rng.permutation(np.flatnonzero(targets == cls))
-        n_val = int(round(val_fraction * len(idx)))
-        n_val = min(max(n_val, 1), len(idx) - 1)
-        val_parts.append(idx[:n_val])
-        train_parts.append(idx[n_val:])
-    return np.sort(np.concatenate(train_parts)), np.sort(np.concatenate(val_parts))
+        n_val = max(int(round(config.val_pool_fraction * len(idx))), 1)
+        n_test = max(int(round(config.test_pool_fraction * len(idx))), 1)
+        if n_val + n_test >= len(idx):
+            raise ValueError(
+                f"val_pool_fraction {config.val_pool_fraction} + test_pool_fraction "
+                f"{config.test_pool_fraction} leave no training image of digit {cls}"
+            )
+        parts["val"].append(idx[:n_val])
+        parts["test"].append(idx[n_val : n_val + n_test])
+        parts["train"].append(idx[n_val + n_test :])
+    return _Pools(**{name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()})
+
+
+def _seed_streams(config: DigitGridConfig) -> dict[str, np.random.SeedSequence]:
+    """Independent seed streams for the pool split and each split's grids.
+
+    Each split draws from its own child of one ``SeedSequence``, so a split's grids
+    depend on its own size only: resizing one split never changes another.
+    """
+    children = np.random.SeedSequence(config.seed).spawn(4)
+    return dict(zip(("pools", "train", "val", "test"), children, strict=True))
+
+
+def _pools(config: DigitGridConfig, stream: np.random.SeedSequence) -> _Pools:
+    _, targets = _load_source_digits()
+    return _split_pools(targets, config, np.random.default_rng(stream))
 
 
 def _build_grids(
@@ -166,11 +211,11 @@ def _build_grids(
 
 
 def make_digit_grids(config: DigitGridConfig | None = None) -> tuple[DigitGrids, DigitGrids]:
-    """Build the train and validation digit grids.
+    """Build the train and validation digit grids (never the test grids).
 
     The pool split and each split's grids use independent child streams of one
     ``SeedSequence``, so the result depends only on ``config`` (no global RNG state) and
-    changing ``num_val`` does not change the training grids.
+    changing ``num_val`` or ``num_test`` does not change the training grids.
 
     Args:
         config: Sizes, label noise and seed; defaults to :class:`DigitGridConfig()`.
@@ -179,15 +224,33 @@ def make_digit_grids(config: DigitGridConfig | None = None) -> tuple[DigitGrids,
         ``(train, val)``, whose grids draw from disjoint pools of source digit images.
     """
     config = config or DigitGridConfig()
-    split_seq, train_seq, val_seq = np.random.SeedSequence(config.seed).spawn(3)
-    _, targets = _load_source_digits()
-    train_pool, val_pool = _split_pools(
-        targets, config.val_pool_fraction, np.random.default_rng(split_seq)
-    )
+    streams = _seed_streams(config)
+    pools = _pools(config, streams["pools"])
     probs = config.cell_probs()
-    train = _build_grids(config.num_train, train_pool, probs, np.random.default_rng(train_seq))
-    val = _build_grids(config.num_val, val_pool, probs, np.random.default_rng(val_seq))
+    train = _build_grids(
+        config.num_train, pools.train, probs, np.random.default_rng(streams["train"])
+    )
+    val = _build_grids(config.num_val, pools.val, probs, np.random.default_rng(streams["val"]))
     return train, val
+
+
+def make_test_grids(config: DigitGridConfig | None = None) -> DigitGrids:
+    """Build the held-out test grids of ``config``: ``config.num_test`` of them.
+
+    Kept apart from :func:`make_digit_grids` so that training and setting selection
+    cannot read them by accident. Their source images come from a third pool, disjoint
+    from the training and validation pools, and their grids from their own seed
+    stream, so neither ``num_train`` nor ``num_val`` changes them.
+
+    Args:
+        config: Sizes, label noise and seed; defaults to :class:`DigitGridConfig()`.
+    """
+    config = config or DigitGridConfig()
+    streams = _seed_streams(config)
+    pools = _pools(config, streams["pools"])
+    return _build_grids(
+        config.num_test, pools.test, config.cell_probs(), np.random.default_rng(streams["test"])
+    )
 
 
 class DigitGridDataset(Dataset[dict[str, Tensor]]):

@@ -35,15 +35,15 @@ from typing import Any
 from PIL import Image
 
 from mile_ssl.config import DataConfig
-from mile_ssl.data.folder import (
+from mile_ssl.data.images import (
     DECODE_ERRORS,
     UnreadableImageError,
     describe_decode_error,
     holds_image,
     is_image_file,
-    list_unlabeled_images,
     load_rgb,
 )
+from mile_ssl.data.listing import list_unlabeled_images
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,21 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+_SEED_MASK = (1 << 63) - 1
+
+
+def item_seed(seed: int, step: int, index: int) -> int:
+    """The augmentation seed of item ``index`` at training step ``step``.
+
+    A SplitMix64-style hash, so that neighbouring steps and indices get unrelated
+    streams. An index occurs at most once per step and rank (labelled and unlabeled
+    indices are disjoint), so every drawn image gets its own seed.
+    """
+    value = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + index) & _SEED_MASK
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _SEED_MASK
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _SEED_MASK
+    return value ^ (value >> 31)
+
 
 def stratified_fraction(
     labels: Sequence[int] | torch.Tensor, fraction: float, seed: int
@@ -166,6 +181,61 @@ class SemiSupervisedBatchSampler(Sampler[list[tuple[int, bool]]]):
             step += 1
 
 
+class SeededBatchSampler(Sampler[list[tuple[Any, int]]]):
+    """The batches of ``batches``, each key paired with its item's augmentation seed.
+
+    With :class:`SeededItems` every item is augmented from :func:`item_seed` (the
+    stream's seed, the step, the item's index) instead of from a free-running random
+    state, so a resumed run augments its batches exactly as an uninterrupted one.
+
+    Args:
+        batches: The step-indexed stream (keys are indices or ``(index, labelled)``).
+    """
+
+    def __init__(self, batches: StepBatchSampler | SemiSupervisedBatchSampler) -> None:
+        self.batches = batches
+        self.stream = batches if isinstance(batches, StepBatchSampler) else batches.labelled
+
+    def __len__(self) -> int:
+        """Steps per pass, as ``batches``."""
+        return len(self.batches)
+
+    def identity(self) -> dict[str, Any]:
+        """Identity of the stream, as ``batches``."""
+        return self.batches.identity()
+
+    def __iter__(self) -> Iterator[list[tuple[Any, int]]]:
+        """Yield ``(key, seed)`` batches from the stream's start step."""
+        step = self.stream.start_step()
+        for batch in self.batches:
+            yield [(key, item_seed(self.stream.seed, step, _index_of(key))) for key in batch]
+            step += 1
+
+
+def _index_of(key: int | tuple[int, bool]) -> int:
+    return key[0] if isinstance(key, tuple) else key
+
+
+class SeededItems(Dataset[dict[str, Any]]):
+    """Items of ``dataset`` read with torch's random state seeded by their own seed.
+
+    Keys are ``(key of dataset, seed)`` pairs from :class:`SeededBatchSampler`. The
+    caller's random state is left as it was.
+    """
+
+    def __init__(self, dataset: Dataset[dict[str, Any]]) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[Any, int]) -> dict[str, Any]:
+        inner, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[inner]
+
+
 class FlaggedDataset(Dataset[dict[str, Any]]):
     """Items of ``dataset`` marked labelled or not; unlabeled items carry label -1.
 
@@ -196,7 +266,7 @@ class StepDataLoader(DataLoader[Any]):
     subset or seed fails instead of silently training on different data.
     """
 
-    batch_sampler: StepBatchSampler | SemiSupervisedBatchSampler
+    batch_sampler: StepBatchSampler | SemiSupervisedBatchSampler | SeededBatchSampler
 
     def state_dict(self) -> dict[str, Any]:
         """Identity of the training stream."""

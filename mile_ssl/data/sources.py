@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from mile_ssl.config import DataConfig
+from mile_ssl.data.augment import eval_transform, train_transform
 from mile_ssl.data.digits import (
     CLASS_NAMES,
     IMAGE_SIZE,
@@ -31,15 +32,10 @@ from mile_ssl.data.digits import (
     DigitGrids,
     make_digit_grids,
 )
-from mile_ssl.data.folder import (
-    LabeledImageFolder,
-    eval_transform,
-    holds_image,
-    read_ground_truth,
-    read_label_sets,
-    train_transform,
-)
+from mile_ssl.data.folder import LabeledImageFolder
 from mile_ssl.data.imagenet import imagenet_classes, real_label_sets, shipped_split
+from mile_ssl.data.images import holds_image
+from mile_ssl.data.label_files import read_ground_truth, read_label_sets
 from mile_ssl.data.views import WeakStrongViews, strong_digit_transform, strong_image_transform
 from mile_ssl.preprocessing import Preprocessing
 
@@ -91,6 +87,7 @@ def _digit_grids(config: DataConfig) -> tuple[DigitGrids, DigitGrids]:
         DigitGridConfig(
             num_train=digits.num_train,
             num_val=digits.num_val,
+            num_test=digits.num_test,
             center_prob=digits.center_prob,
             seed=config.split_seed,
         )

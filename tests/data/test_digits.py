@@ -13,12 +13,20 @@ from mile_ssl.data.digits import (
     DigitGridDataset,
     DigitGrids,
     make_digit_grids,
+    make_test_grids,
 )
+
+SPLIT_CONFIG = DigitGridConfig(num_train=10_000, num_val=2_000, num_test=2_000, seed=0)
 
 
 @pytest.fixture(scope="module")
 def splits() -> tuple[DigitGrids, DigitGrids]:
-    return make_digit_grids(DigitGridConfig(num_train=10_000, num_val=2_000, seed=0))
+    return make_digit_grids(SPLIT_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def test_grids() -> DigitGrids:
+    return make_test_grids(SPLIT_CONFIG)
 
 
 @pytest.fixture(scope="module")
@@ -75,28 +83,61 @@ def test_same_seed_identical_different_seed_differs() -> None:
         assert not torch.equal(a.images, b.images)
 
 
-def test_train_grids_independent_of_num_val() -> None:
-    small, _ = make_digit_grids(DigitGridConfig(num_train=300, num_val=10, seed=1))
-    large, _ = make_digit_grids(DigitGridConfig(num_train=300, num_val=1_000, seed=1))
-    assert torch.equal(small.source_indices, large.source_indices)
-    assert torch.equal(small.labels, large.labels)
+def _same_grids(a: DigitGrids, b: DigitGrids) -> bool:
+    return all(torch.equal(tensor, _fields(b)[name]) for name, tensor in _fields(a).items())
 
 
-def test_train_and_val_pools_disjoint(
-    splits: tuple[DigitGrids, DigitGrids], source: tuple[np.ndarray, np.ndarray]
+def test_train_grids_independent_of_num_val_and_num_test() -> None:
+    small, _ = make_digit_grids(DigitGridConfig(num_train=300, num_val=10, num_test=5, seed=1))
+    large, _ = make_digit_grids(DigitGridConfig(num_train=300, num_val=1_000, num_test=900, seed=1))
+    assert _same_grids(small, large)
+
+
+def test_val_grids_independent_of_num_train_and_num_test() -> None:
+    _, few = make_digit_grids(DigitGridConfig(num_train=20, num_val=200, num_test=0, seed=2))
+    _, many = make_digit_grids(DigitGridConfig(num_train=900, num_val=200, num_test=700, seed=2))
+    assert _same_grids(few, many)
+
+
+def test_test_grids_independent_of_num_train_and_num_val() -> None:
+    small = make_test_grids(DigitGridConfig(num_train=20, num_val=0, num_test=150, seed=5))
+    large = make_test_grids(DigitGridConfig(num_train=2_000, num_val=700, num_test=150, seed=5))
+    assert _same_grids(small, large)
+    assert len(small) == 150
+    assert not _same_grids(small, make_test_grids(DigitGridConfig(num_test=150, seed=6)))
+
+
+def test_train_val_and_test_pools_disjoint(
+    splits: tuple[DigitGrids, DigitGrids],
+    test_grids: DigitGrids,
+    source: tuple[np.ndarray, np.ndarray],
 ) -> None:
     train, val = splits
-    train_ids = set(train.source_indices.unique().tolist())
-    val_ids = set(val.source_indices.unique().tolist())
-    assert train_ids.isdisjoint(val_ids)
+    pools = {
+        name: set(grids.source_indices.unique().tolist())
+        for name, grids in (("train", train), ("val", val), ("test", test_grids))
+    }
+    assert pools["train"].isdisjoint(pools["val"])
+    assert pools["train"].isdisjoint(pools["test"])
+    assert pools["val"].isdisjoint(pools["test"])
     images, targets = source
-    assert min(train_ids | val_ids) >= 0
-    assert max(train_ids | val_ids) < len(images)
-    # roughly an 80/20 split of the source images, every class on both sides
-    frac = len(val_ids) / (len(train_ids) + len(val_ids))
-    assert 0.17 < frac < 0.23
-    assert set(targets[sorted(train_ids)].tolist()) == set(range(10))
-    assert set(targets[sorted(val_ids)].tolist()) == set(range(10))
+    every = pools["train"] | pools["val"] | pools["test"]
+    assert min(every) >= 0 and max(every) < len(images)
+    # roughly a 60/20/20 split of the source images, every class in every pool
+    for name, expected in (("train", 0.6), ("val", 0.2), ("test", 0.2)):
+        assert abs(len(pools[name]) / len(every) - expected) < 0.03, name
+        assert set(targets[sorted(pools[name])].tolist()) == set(range(10)), name
+
+
+def test_test_grids_follow_the_label_rule(test_grids: DigitGrids) -> None:
+    assert len(test_grids) == 2_000
+    rows = torch.arange(len(test_grids))
+    assert torch.equal(test_grids.labels, test_grids.cells[rows, test_grids.label_cell])
+    assert torch.equal(test_grids.label_sets.sum(dim=1), _distinct_per_row(test_grids.cells))
+
+
+def _distinct_per_row(cells: torch.Tensor) -> torch.Tensor:
+    return torch.tensor([len(set(row)) for row in cells.tolist()])
 
 
 def test_cells_match_source_targets(
@@ -242,11 +283,13 @@ def test_default_generation_is_fast() -> None:
     assert elapsed < 1.0
 
 
-def test_empty_val_split() -> None:
-    _, val = make_digit_grids(DigitGridConfig(num_train=5, num_val=0))
-    assert len(val) == 0
-    assert val.images.shape == (0, 1, 24, 24)
-    assert len(DigitGridDataset(val)) == 0
+def test_empty_val_and_test_splits() -> None:
+    config = DigitGridConfig(num_train=5, num_val=0, num_test=0)
+    _, val = make_digit_grids(config)
+    for grids in (val, make_test_grids(config)):
+        assert len(grids) == 0
+        assert grids.images.shape == (0, 1, 24, 24)
+        assert len(DigitGridDataset(grids)) == 0
 
 
 @pytest.mark.parametrize(
@@ -258,6 +301,9 @@ def test_empty_val_split() -> None:
         ({"center_prob": 1.5}, "center_prob"),
         ({"val_pool_fraction": 0.0}, "val_pool_fraction"),
         ({"val_pool_fraction": 1.0}, "val_pool_fraction"),
+        ({"num_test": -1}, "num_test"),
+        ({"test_pool_fraction": 0.0}, "test_pool_fraction"),
+        ({"val_pool_fraction": 0.5, "test_pool_fraction": 0.5}, "test_pool_fraction"),
     ],
 )
 def test_config_validation_names_field(kwargs: dict[str, float], field: str) -> None:

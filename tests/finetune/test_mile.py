@@ -1,3 +1,5 @@
+"""MILe: both variants, the teacher refresh, pseudo-labels, the student loss, resuming."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -8,8 +10,10 @@ import lightning as L
 import pytest
 import torch
 
+from mile_ssl.backbones import BackboneSpec, build_backbone
 from mile_ssl.config import MileConfig, TrainConfig
-from mile_ssl.method import MILeModule, copy_weights_
+from mile_ssl.finetune import MILeModule, copy_weights_
+from mile_ssl.losses import multi_label_bce, per_image_bce
 from mile_ssl.pseudo_labels import threshold_pseudo_labels
 from mile_ssl.train import run_training
 
@@ -83,15 +87,6 @@ def test_snapshot_variant_trains_one_network_and_refreshes_snapshot(
     assert recorder.changes == expected
 
 
-@pytest.mark.parametrize("method", ["softmax", "sigmoid"])
-def test_baselines_train_the_student_every_step(method: str, tiny_config, tmp_path: Path) -> None:
-    config = tiny_config(f"method={method}", "trainer.max_steps=4")
-    result = run_training(config, tmp_path)
-    assert set(result.metrics) >= {"top1", "real_acc", "real_f1", "f1@0.25", "map", "coverage"}
-    if method == "softmax":
-        assert result.metrics["coverage"] == 1.0
-
-
 def test_copy_weights_is_in_place_and_includes_batchnorm_buffers() -> None:
     torch.manual_seed(0)
     source = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
@@ -116,8 +111,6 @@ def test_pseudo_labels_are_strictly_above_rho() -> None:
 
 
 def test_student_phase_uses_teacher_labels_for_the_same_batch(tiny_config) -> None:
-    from mile_ssl.backbones import BackboneSpec, build_backbone
-
     backbone, dim = build_backbone(BackboneSpec("tiny_resnet", {"widths": [8]}))
     module = MILeModule(backbone, dim, num_classes=10, mile=MileConfig(variant="copy"))
     images = torch.randn(4, 3, 24, 24)
@@ -177,7 +170,6 @@ def test_resume_with_different_schedule_is_refused(tiny_config, tmp_path: Path) 
 
 def test_training_batches_need_only_image_and_label(tmp_path: Path) -> None:
     """Batches from a user's own loader (no label sets) train and log pseudo-label sizes."""
-    from mile_ssl.backbones import BackboneSpec, build_backbone
     from mile_ssl.config import MethodConfig
 
     backbone, dim = build_backbone(BackboneSpec("tiny_resnet", {"widths": [8, 16]}))
@@ -202,3 +194,72 @@ def test_training_batches_need_only_image_and_label(tmp_path: Path) -> None:
     assert module.completed_steps == 4
     assert [entry["cycle"] for entry in module.pseudo_label_history] == [0, 1]
     assert all("pseudo_precision" not in entry for entry in module.pseudo_label_history)
+
+
+def _masked_student_loss(
+    logits: torch.Tensor,
+    pseudo_labels: torch.Tensor,
+    labelled: torch.Tensor | None,
+    mile: MileConfig,
+) -> torch.Tensor:
+    """The student loss as rows were once selected: boolean indexing, host decisions."""
+    if labelled is not None and mile.empty_pseudo_labels == "ignore":
+        confident = pseudo_labels.any(dim=1)
+        if confident.any():
+            logits, pseudo_labels = logits[confident], pseudo_labels[confident]
+            labelled = labelled[confident]
+    if labelled is None or mile.unlabeled_weight is None:
+        return multi_label_bce(logits, pseudo_labels)
+    per_image = per_image_bce(logits, pseudo_labels)
+    loss = per_image.new_zeros(())
+    for rows, weight in ((labelled, 1.0), (~labelled, mile.unlabeled_weight)):
+        if rows.any():
+            loss = loss + weight * per_image[rows].mean()
+    return loss
+
+
+@pytest.mark.parametrize("empty_rule", ["ignore", "keep"])
+@pytest.mark.parametrize("unlabeled_weight", [None, 0.5])
+@pytest.mark.parametrize(
+    "pseudo_rows",
+    [
+        "some empty",  # images with an empty set are dropped under "ignore"
+        "all empty",  # ... unless every set is empty: then all are kept
+        "unlabeled all empty",  # a stream left without images adds nothing
+    ],
+)
+def test_student_loss_weights_rows_exactly_as_selecting_them(
+    empty_rule: str, unlabeled_weight: float | None, pseudo_rows: str
+) -> None:
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 4, generator=generator)
+    pseudo_labels = torch.rand(6, 4, generator=generator) > 0.6
+    labelled = torch.tensor([True, True, False, False, False, False])
+    if pseudo_rows == "some empty":
+        pseudo_labels[[0, 3]] = False
+        pseudo_labels[[1, 2, 4, 5], 0] = True
+    elif pseudo_rows == "all empty":
+        pseudo_labels[:] = False
+    else:
+        pseudo_labels[:2, 1] = True
+        pseudo_labels[2:] = False
+    mile = MileConfig(
+        semi_supervised=True, unlabeled_weight=unlabeled_weight, empty_pseudo_labels=empty_rule
+    )
+    backbone, dim = build_backbone(BackboneSpec("tiny_resnet", {"widths": [8]}))
+    module = MILeModule(backbone, dim, num_classes=4, mile=mile)
+    for stream in (labelled, None):
+        torch.testing.assert_close(
+            module.student_loss(logits, pseudo_labels, stream),
+            _masked_student_loss(logits, pseudo_labels, stream, mile),
+        )
+
+
+def test_only_semi_supervised_student_steps_read_unlabeled_images() -> None:
+    assert MILeModule.unlabeled_steps(MileConfig(kt=2, ks=3)) is None
+    uses_unlabeled = MILeModule.unlabeled_steps(MileConfig(kt=2, ks=3, semi_supervised=True))
+    assert uses_unlabeled is not None
+    assert [uses_unlabeled(step) for step in range(7)] == [False, False, True, True, True] + [
+        False,
+        False,
+    ]

@@ -14,6 +14,7 @@ import torch
 from mile_ssl.config import TrainConfig
 from mile_ssl.data.datamodule import MILeDataModule, UnlabeledStream
 from mile_ssl.data.sampling import SemiSupervisedBatchSampler, StepBatchSampler
+from mile_ssl.finetune import MILeModule
 from mile_ssl.losses import multi_label_bce
 from mile_ssl.preprocessing import Preprocessing
 from mile_ssl.pseudo_labels import threshold_pseudo_labels
@@ -23,7 +24,7 @@ SEMI = (
     "method=mile",
     "mile.variant=copy",
     "mile.semi_supervised=true",
-    "mile.unlabeled_ratio=3",
+    "data.unlabeled_ratio=3",
     "data.fraction=0.25",
     "data.batch_size=8",
     "mile.kt=2",
@@ -38,7 +39,11 @@ def test_student_batches_mix_labelled_and_unlabeled_images(tiny_config) -> None:
         config.data, Preprocessing(), UnlabeledStream(3, lambda step: step % 2 == 1)
     )
     labelled_pool = set(datamodule.train_indices)
-    assert len(labelled_pool) == 64 and len(datamodule.unlabeled_indices) == 192
+    unlabeled_pool = set(datamodule.unlabeled_indices)
+    # A quarter of the 256 grids, rounded per class (ten classes), and all the others.
+    assert abs(len(labelled_pool) - 64) <= 10
+    assert labelled_pool | unlabeled_pool == set(range(256))
+    assert not labelled_pool & unlabeled_pool
     for step, batch in zip(range(4), datamodule.train_dataloader(), strict=False):
         flags = batch["labelled"]
         assert int(flags.sum()) == 8
@@ -120,57 +125,9 @@ def test_semi_supervised_resume_continues_both_streams(
 
 def test_semi_supervised_needs_unlabeled_images(tiny_config, tmp_path: Path) -> None:
     config = tiny_config("method=mile_semi", "data.fraction=1.0", "trainer.max_steps=1")
-    assert config.mile.semi_supervised and config.mile.unlabeled_ratio == 7
+    assert config.mile.semi_supervised and config.data.unlabeled_ratio == 7
     with pytest.raises(ValueError, match="data.fraction below 1"):
         run_training(config, tmp_path)
-
-
-def test_distillation_loss_is_cross_entropy_to_tempered_teacher() -> None:
-    from mile_ssl.losses import distillation_loss
-
-    student = torch.tensor([[1.0, 0.0, -1.0]])
-    teacher = torch.tensor([[0.0, 2.0, 0.0]])
-    expected = -(torch.softmax(teacher / 2, 1) * torch.log_softmax(student / 2, 1)).sum()
-    torch.testing.assert_close(distillation_loss(student, teacher, 2.0), expected)
-
-
-def test_self_training_keeps_ground_truth_and_takes_teacher_argmax_elsewhere() -> None:
-    from mile_ssl.pseudo_labels import self_training_targets
-
-    teacher = torch.tensor([[0.0, 3.0], [2.0, 0.0], [0.0, 1.0]])
-    labels = torch.tensor([0, -1, -1])
-    labelled = torch.tensor([True, False, False])
-    assert self_training_targets(teacher, labels, labelled).tolist() == [0, 0, 1]
-
-
-def test_distill_and_self_train_learn_from_a_frozen_earlier_run(
-    tiny_config, tmp_path: Path
-) -> None:
-    teacher_run = run_training(
-        tiny_config("method=softmax", "data.fraction=0.25", "trainer.max_steps=2"),
-        tmp_path / "teacher",
-    )
-    teacher_state = torch.load(teacher_run.last_checkpoint, weights_only=True)["state_dict"]
-    for method in ("distill", "self_train"):
-        config = tiny_config(
-            f"method={method}",
-            "data.fraction=0.25",
-            "data.batch_size=8",
-            "mile.unlabeled_ratio=2",
-            "trainer.max_steps=3",
-            "distill.supervised_weight=0.5",
-            f"distill.teacher_checkpoint={teacher_run.last_checkpoint}",
-        )
-        result = run_training(config, tmp_path / method)
-        saved = torch.load(result.last_checkpoint, weights_only=True)
-        assert saved["mile_ssl"]["completed_steps"] == 3
-        # Only the student is checkpointed; the teacher file is untouched.
-        assert not any(key.startswith(("teacher.", "_fixed")) for key in saved["state_dict"])
-        assert result.metrics["coverage"] == 1.0  # a softmax student predicts one label
-    after = torch.load(teacher_run.last_checkpoint, weights_only=True)["state_dict"]
-    assert all(torch.equal(teacher_state[key], after[key]) for key in teacher_state)
-    with pytest.raises(ValueError, match="distill.teacher_checkpoint"):
-        run_training(tiny_config("method=distill", "data.fraction=0.25"), tmp_path / "none")
 
 
 class ViewWatcher(L.Callback):
@@ -190,7 +147,7 @@ class ViewWatcher(L.Callback):
             if network.training:  # not validation
                 self.student_inputs.append(inputs[0].detach().clone())
 
-        if module.teacher is not None:
+        if isinstance(module, MILeModule):
             module.teacher.register_forward_pre_hook(teacher_hook)
         module.student.register_forward_pre_hook(student_hook)
 
@@ -202,7 +159,7 @@ def test_teacher_labels_the_weak_view_and_the_student_learns_from_the_strong_one
     tiny_config, tmp_path: Path
 ) -> None:
     config: TrainConfig = tiny_config(
-        *SEMI, "mile.variant=snapshot", "mile.strong_student_view=true", "trainer.max_steps=4"
+        *SEMI, "mile.variant=snapshot", "data.strong_student_view=true", "trainer.max_steps=4"
     )
     watcher = ViewWatcher()
     run_training(config, tmp_path, callbacks=[watcher])
@@ -224,7 +181,7 @@ def test_supervised_baselines_train_on_the_strong_view_when_asked(
     tiny_config, tmp_path: Path, method: str
 ) -> None:
     config: TrainConfig = tiny_config(
-        f"method={method}", "mile.strong_student_view=true", "trainer.max_steps=2"
+        f"method={method}", "data.strong_student_view=true", "trainer.max_steps=2"
     )
     watcher = ViewWatcher()
     run_training(config, tmp_path, callbacks=[watcher])
@@ -254,7 +211,7 @@ def test_unlabeled_root_replaces_the_complement_and_carries_no_labels(
         "method=mile_semi",
         "data.fraction=1.0",
         "data.batch_size=8",
-        "mile.unlabeled_ratio=2",
+        "data.unlabeled_ratio=2",
         f"data.unlabeled_root={tmp_path / 'extra'}",
     )
     datamodule = MILeDataModule(config.data, Preprocessing(), UnlabeledStream(2, lambda step: True))
@@ -271,7 +228,7 @@ def test_unlabeled_root_replaces_the_complement_and_carries_no_labels(
             "method=mile_semi",
             "data.fraction=1.0",
             "data.batch_size=8",
-            "mile.unlabeled_ratio=2",
+            "data.unlabeled_ratio=2",
             "mile.kt=1",
             "mile.ks=1",
             "trainer.max_steps=2",

@@ -1,0 +1,128 @@
+"""Config groups of the run's length and pace: ``optim`` and ``trainer``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mile_ssl.config.checks import require, require_choice
+
+LOGGERS = ("csv", "tensorboard", "wandb")
+PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+
+
+@dataclass
+class OptimConfig:
+    """SGD with linear warm-up and cosine decay over the whole run.
+
+    Attributes:
+        lr: Base learning rate of the backbone.
+        head_lr: Learning rate of the new linear head (default: ``lr``).
+        momentum: SGD momentum.
+        nesterov: Nesterov momentum.
+        weight_decay: L2 weight decay.
+        warmup_steps: Linear warm-up steps.
+        warmup_epochs: Warm-up in passes over the labelled images; replaces
+            ``warmup_steps`` when set.
+    """
+
+    lr: float = 0.1
+    head_lr: float | None = None
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    warmup_steps: int = 0
+    warmup_epochs: float | None = None
+
+    def __post_init__(self) -> None:
+        require(self.lr > 0, "optim.lr", "> 0", self.lr)
+        require(
+            self.warmup_epochs is None or self.warmup_epochs >= 0,
+            "optim.warmup_epochs",
+            ">= 0 or null",
+            self.warmup_epochs,
+        )
+        require(self.head_lr is None or self.head_lr > 0, "optim.head_lr", "> 0", self.head_lr)
+        require(self.warmup_steps >= 0, "optim.warmup_steps", ">= 0", self.warmup_steps)
+        require(0.0 <= self.momentum < 1.0, "optim.momentum", "in [0, 1)", self.momentum)
+        require(self.weight_decay >= 0, "optim.weight_decay", ">= 0", self.weight_decay)
+        require(
+            not self.nesterov or self.momentum > 0,
+            "optim.nesterov",
+            "false when optim.momentum is 0 (Nesterov needs momentum)",
+            self.nesterov,
+        )
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning ``Trainer`` settings mile_ssl exposes.
+
+    Attributes:
+        max_steps: Training steps (teacher and student steps both count).
+        max_epochs: Training length in passes over the labelled images; replaces
+            ``max_steps`` when set (one pass = labelled images // global batch steps).
+        accelerator: Lightning accelerator (``auto``, ``cpu``, ``gpu``).
+        devices: Devices per node.
+        num_nodes: Machines.
+        strategy: Lightning strategy (``auto``, ``ddp``).
+        precision: Lightning precision; ``auto`` picks ``bf16-mixed`` where the
+            hardware supports it, else ``32-true``.
+        val_every_n_steps: Validation interval; ``null`` validates at the end only.
+        checkpoint_every_n_steps: Also keep a resumable checkpoint every n steps.
+        log_every_n_steps: Logging interval.
+        logger: ``csv``, ``tensorboard`` or ``wandb`` (needs the ``wandb`` extra; a resumed
+            run continues the W&B run of the directory it resumes from).
+        wandb_project: W&B project name.
+        progress_bar: Show a progress bar.
+        deterministic: Ask torch for deterministic algorithms.
+        sync_batchnorm: Synchronise BatchNorm statistics across devices.
+        resume_from: A Lightning checkpoint of an earlier run to continue.
+        compile: Compile the networks with ``torch.compile``.
+    """
+
+    max_steps: int = 1200
+    max_epochs: float | None = None
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "auto"
+    val_every_n_steps: int | None = None
+    checkpoint_every_n_steps: int | None = None
+    log_every_n_steps: int = 10
+    logger: str = "csv"
+    wandb_project: str = "mile_ssl"
+    progress_bar: bool = True
+    deterministic: bool = False
+    sync_batchnorm: bool = False
+    resume_from: str | None = None
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        require(self.max_steps >= 1, "trainer.max_steps", ">= 1", self.max_steps)
+        require(
+            self.max_epochs is None or self.max_epochs > 0,
+            "trainer.max_epochs",
+            "> 0 or null",
+            self.max_epochs,
+        )
+        require_choice("trainer.logger", self.logger, LOGGERS)
+        require_choice("trainer.precision", str(self.precision), PRECISIONS)
+        for key in ("val_every_n_steps", "checkpoint_every_n_steps"):
+            value = getattr(self, key)
+            require(value is None or value >= 1, f"trainer.{key}", ">= 1 or null", value)
+
+
+def check_warmup(warmup_steps: int, max_steps: int) -> None:
+    """Refuse a warm-up that does not end before the run does.
+
+    Raises:
+        ValueError: Naming both keys.
+    """
+    if warmup_steps > max_steps:
+        raise ValueError(
+            f"config key 'optim.warmup_steps' ({warmup_steps}) must be shorter than the run "
+            f"('trainer.max_steps' = {max_steps}): the learning rate would never reach "
+            "optim.lr; lower optim.warmup_steps"
+        )

@@ -1,0 +1,32 @@
+"""Fine-tuning methods as small LightningModules, one class per family of methods.
+
+* :class:`~mile_ssl.finetune.base.FineTuneModule` (``base.py``): what all share:
+  optimisers, learning-rate schedule, divergence check, step counter, logging,
+  validation metrics and the checkpoint entry.
+* :class:`~mile_ssl.finetune.supervised.SupervisedModule`: ``softmax`` and ``sigmoid``.
+* :class:`~mile_ssl.finetune.mile.MILeModule`: MILe, both variants and semi-supervised.
+* :class:`~mile_ssl.finetune.baselines.FixedTeacherModule`: ``distill`` and ``self_train``.
+* :func:`~mile_ssl.finetune.factory.build_module`: the class of a run's ``method.name``.
+"""
+
+from mile_ssl.finetune.base import CHECKPOINT_KEY, FineTuneModule
+from mile_ssl.finetune.baselines import FixedTeacherModule
+from mile_ssl.finetune.divergence import DivergenceError
+from mile_ssl.finetune.factory import METHOD_CLASSES, build_module, module_class
+from mile_ssl.finetune.mile import MILeModule
+from mile_ssl.finetune.networks import Classifier, copy_weights_
+from mile_ssl.finetune.supervised import SupervisedModule
+
+__all__ = [
+    "CHECKPOINT_KEY",
+    "METHOD_CLASSES",
+    "Classifier",
+    "DivergenceError",
+    "FineTuneModule",
+    "FixedTeacherModule",
+    "MILeModule",
+    "SupervisedModule",
+    "build_module",
+    "copy_weights_",
+    "module_class",
+]

@@ -1,0 +1,166 @@
+"""``data.backend=dali``: the torchvision backend's items, order and crops; exact resume."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from mile_ssl.config import compose_train_config
+from mile_ssl.data.datamodule import MILeDataModule, UnlabeledStream
+from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.train import run_training
+from tests.conftest import TINY_OVERRIDES, write_image_folder
+
+pytest.importorskip("nvidia.dali")
+
+CLOSE = 0.02
+"""Mean absolute difference (normalised units) allowed between the two backends' images:
+the same windows, decoded and resampled by different libraries."""
+
+
+@pytest.fixture(scope="module")
+def tree(module_tmp_path: Path) -> Path:
+    """Three classes of six 40 x 40 JPEGs to train on, two of each to validate on."""
+    root = module_tmp_path / "images"
+    write_image_folder(root / "train", classes=3, per_class=6, size=40)
+    write_image_folder(root / "val", classes=3, per_class=2, size=40)
+    return root
+
+
+def _datamodule(root: Path, backend: str, *overrides: str, **kwargs: Any) -> MILeDataModule:
+    config = compose_train_config(
+        [
+            "checkpoint=scratch",
+            "data=folder",
+            f"data.root={root}",
+            "data.image_size=24",
+            "data.batch_size=4",
+            "data.num_workers=0",
+            f"data.backend={backend}",
+            *overrides,
+        ]
+    )
+    return MILeDataModule(config.data, Preprocessing(mean=(0.5, 0.4, 0.3)), **kwargs)
+
+
+def _both(root: Path, *overrides: str, **kwargs: Any) -> list[tuple[dict[str, Any], ...]]:
+    """Training then validation batches of both backends, side by side."""
+    passes = []
+    for backend in ("torchvision", "dali"):
+        datamodule = _datamodule(root, backend, *overrides, **kwargs)
+        passes.append([*datamodule.train_dataloader(), *datamodule.val_dataloader()])
+    assert len(passes[0]) == len(passes[1])
+    return list(zip(*passes, strict=True))
+
+
+def _assert_same_items(reference: dict[str, Any], dali: dict[str, Any]) -> None:
+    assert reference.keys() == dali.keys()
+    for key, value in reference.items():
+        assert (value.shape, value.dtype) == (dali[key].shape, dali[key].dtype), key
+        if key != "image":
+            assert torch.equal(value, dali[key]), key
+    assert (reference["image"] - dali["image"]).abs().mean() < CLOSE
+
+
+def test_dali_serves_the_torchvision_items_in_the_same_order_and_crops(tree: Path) -> None:
+    pairs = _both(tree, "data.fraction=0.5")
+    assert len(pairs) == 2 + 2  # 9 labelled images: 2 batches of 4; 6 to validate: 4 + 2
+    for reference, dali in pairs:
+        _assert_same_items(reference, dali)
+    assert pairs[0][1]["image"].shape == (4, 3, 24, 24)
+    assert pairs[-1][1]["index"].tolist() == [4, 5]
+
+
+def test_semi_supervised_dali_batches_flag_the_unlabeled_images(tree: Path) -> None:
+    stream = UnlabeledStream(ratio=2, uses_unlabeled=lambda step: step == 1)
+    pairs = _both(tree, "data.fraction=0.5", unlabeled=stream)
+    for reference, dali in pairs:
+        _assert_same_items(reference, dali)
+    first, second = (dali for _, dali in pairs[:2])
+    assert first["labelled"].all() and len(first["index"]) == 4
+    assert second["labelled"].tolist() == [True] * 4 + [False] * 8
+    assert (second["label"][4:] == -1).all()
+
+
+def test_dali_substitutes_unreadable_images_as_the_torchvision_backend(tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "train", classes=2, per_class=4, size=40)
+    write_image_folder(tmp_path / "val", classes=2, per_class=1, size=40)
+    (tmp_path / "train" / "n00000000" / "n00000000_1.JPEG").write_bytes(b"")
+    truncated = tmp_path / "train" / "n00000001" / "n00000001_2.JPEG"
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])  # header intact: only decoding fails
+    pairs = _both(tmp_path, "data.batch_size=8")
+    for reference, dali in pairs:
+        _assert_same_items(reference, dali)
+    marks = pairs[0][1]["bad_index"]
+    assert sorted(marks[marks >= 0].tolist()) == [1, 6]
+
+
+def test_dali_refuses_the_strong_student_view_naming_the_key(tree: Path) -> None:
+    with pytest.raises(ValueError, match="data.strong_student_view=true.*data.backend=torchvision"):
+        _datamodule(tree, "dali", strong_student_view=True)
+
+
+@pytest.mark.parametrize("backend", ["torchvision", "dali"])
+def test_image_folder_run_resumes_with_the_same_weights(
+    backend: str, tree: Path, tmp_path: Path
+) -> None:
+    # 18 images / batch 4 = 4 steps per pass; the step-3 checkpoint is mid-cycle and
+    # mid-pass, and steps 4-6 run in the second pass.
+    overrides = [
+        *TINY_OVERRIDES,
+        "data=folder",
+        f"data.root={tree}",
+        "data.image_size=16",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        f"data.backend={backend}",
+        "method=mile",
+        "mile.kt=2",
+        "mile.ks=2",
+        "trainer.max_steps=6",
+        "trainer.checkpoint_every_n_steps=3",
+    ]
+    full = run_training(compose_train_config(overrides), tmp_path / "full")
+    checkpoint = tmp_path / "full" / "checkpoints" / "step3.ckpt"
+    resumed = run_training(
+        compose_train_config([*overrides, f"trainer.resume_from={checkpoint}"]),
+        tmp_path / "resumed",
+    )
+    full_state = torch.load(full.last_checkpoint, weights_only=True)["state_dict"]
+    resumed_state = torch.load(resumed.last_checkpoint, weights_only=True)["state_dict"]
+    for key, value in full_state.items():
+        assert torch.equal(value, resumed_state[key]), key
+
+
+def test_without_dali_the_error_says_how_to_install_it(tree: Path, tmp_path: Path) -> None:
+    # The child process cannot import nvidia.dali, as on a machine without the extra.
+    child = (
+        "import sys; sys.modules['nvidia.dali'] = None; "
+        "from mile_ssl.cli import main; sys.argv[0] = 'mile-ssl'; main()"
+    )
+    args = [
+        "train",
+        *TINY_OVERRIDES,
+        "data=folder",
+        f"data.root={tree}",
+        "data.backend=dali",
+        "hydra.run.dir=run",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", child, *args],
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "pip install 'mile-ssl[dali]'" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,146 @@
+"""``benchmarks/digits.py`` at a tiny size: validation and test rows, selection on validation."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from mile_ssl.config import compose_train_config
+from mile_ssl.data.digits import make_digit_grids
+from tests.conftest import TINY_OVERRIDES
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "digits.py"
+RUN_OVERRIDES = [
+    *(override for override in TINY_OVERRIDES if override != "checkpoint=scratch"),
+    "optim.warmup_steps=0",
+    "trainer.max_steps=4",
+    "trainer.val_every_n_steps=null",
+    "mile.kt=2",
+    "mile.ks=2",
+    "data.digits.num_train=64",
+    "data.digits.num_val=32",
+    "data.digits.num_test=48",
+    "data.batch_size=16",
+]
+RHOS = ("0.1", "0.3")
+
+
+def _load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("digits_benchmark", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def script() -> ModuleType:
+    return _load_script()
+
+
+@pytest.fixture(scope="module")
+def report(
+    script: ModuleType, module_tmp_path: Path, one_thread: None
+) -> tuple[dict[str, Any], Path]:
+    out = module_tmp_path / "digits.json"
+    script.main(
+        [
+            "--fractions",
+            "1.0",
+            "--seeds",
+            "0",
+            "--init",
+            "scratch",
+            "--methods",
+            "sigmoid",
+            "mile",
+            "--select",
+            f"mile.rho={','.join(RHOS)}",
+            "--select-methods",
+            "mile",
+            "--workdir",
+            str(module_tmp_path / "runs"),
+            "--out",
+            str(out),
+            *RUN_OVERRIDES,
+        ]
+    )
+    return json.loads(out.read_text()), module_tmp_path / "runs"
+
+
+def test_every_row_has_validation_and_test_metrics(report: tuple[dict[str, Any], Path]) -> None:
+    payload, _ = report
+    methods = [row["method"] for row in payload["rows"]]
+    assert methods == [
+        "predict_all",
+        "predict_top6_frequent",
+        "sigmoid",
+        *(f"mile[mile.rho={rho}]" for rho in RHOS),
+    ]
+    for row in payload["rows"]:
+        for split in ("val", "test"):
+            assert set(row[split]) == set(payload["summary"][0][split]) - {
+                key for key in payload["summary"][0][split] if key.endswith("_std")
+            }
+            assert 0.0 <= row[split]["map"] <= 100.0
+    # 32 validation and 48 test grids: the two splits are different images
+    assert any(row["val"] != row["test"] for row in payload["rows"])
+
+
+def test_selection_picks_the_best_validation_score(report: tuple[dict[str, Any], Path]) -> None:
+    payload, _ = report
+    (chosen,) = payload["selected"]
+    assert chosen["method"] == "mile"
+    scores = chosen["validation_scores"]
+    assert set(scores) == {f"mile.rho={rho}" for rho in RHOS}
+    assert scores[",".join(chosen["setting"])] == max(scores.values())
+    entry = next(entry for entry in payload["summary"] if entry["setting"] == chosen["setting"])
+    assert chosen["test"] == entry["test"]
+    assert scores[",".join(chosen["setting"])] == round(
+        (entry["val"]["top1"] + entry["val"]["map"]) / 2, 2
+    )
+
+
+def test_checkpoint_evaluation_reproduces_the_validation_metrics(
+    script: ModuleType, report: tuple[dict[str, Any], Path]
+) -> None:
+    """The test numbers come from the last checkpoint; on the validation grids the same
+    code must give the run's own validation metrics."""
+    payload, runs = report
+    row = next(row for row in payload["rows"] if row["method"] == "sigmoid")
+    config = compose_train_config(
+        [
+            "experiment=digits",
+            "method=sigmoid",
+            "data.fraction=1.0",
+            "seed=0",
+            "data.split_seed=0",
+            "checkpoint=scratch",
+            *RUN_OVERRIDES,
+        ]
+    )
+    (checkpoint,) = runs.glob("scratch_f1.0_s0_sigmoid/checkpoints/last.ckpt")
+    _, val = make_digit_grids(script.digit_grid_config(config.data))
+    metrics = script.evaluate_on_grids(config, checkpoint, val)
+    assert metrics["map"] * 100 == pytest.approx(row["val"]["map"])
+    assert metrics["top1"] * 100 == pytest.approx(row["val"]["top1"])
+
+
+def test_malformed_select_is_a_usage_error(script: ModuleType) -> None:
+    with pytest.raises(SystemExit):
+        script.parse_args(["--select", "mile.rho"])
+    with pytest.raises(SystemExit):
+        script.parse_args(["--select", "mile.rho="])
+    assert script.parse_args(
+        ["--select", "mile.rho=0.1,0.2", "--select", "optim.lr=0.05,0.1"]
+    ).settings == [
+        ("mile.rho=0.1", "optim.lr=0.05"),
+        ("mile.rho=0.1", "optim.lr=0.1"),
+        ("mile.rho=0.2", "optim.lr=0.05"),
+        ("mile.rho=0.2", "optim.lr=0.1"),
+    ]

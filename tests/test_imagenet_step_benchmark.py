@@ -1,0 +1,103 @@
+"""``benchmarks/imagenet_step.py --quick`` and ``benchmarks/gpu_check.sh`` on this machine."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+from PIL import Image
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPT = BENCHMARKS / "imagenet_step.py"
+
+
+def load_script(path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """Import a benchmark script as running it would: its folder on the path."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"benchmark_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_prints_every_measurement(tmp_path: Path) -> None:
+    command = [sys.executable, str(SCRIPT), "--quick", "--cache", str(tmp_path), "--workers", "1"]
+    # One thread: OpenMP threads spinning on a busy 2-core machine slow the run tenfold.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["device"] == "cpu" and report["quick"] is True
+    assert report["sizes"]["backbone"] == "resnet18" and report["sizes"]["image_size"] == 64
+    assert report["sizes"]["workers"] == 1
+    tree = Path(report["tree"]["root"])
+    assert tree.parent == tmp_path
+    jpegs = sorted(tree.glob("*/*/*.JPEG"))
+    assert len(jpegs) == report["tree"]["train_images"] + report["tree"]["val_images"]
+    with Image.open(jpegs[0]) as image:
+        assert (image.format, image.size) == ("JPEG", (500, 375))
+
+    eager = report["model_step"]["eager"]
+    assert eager["images_per_second"] > 0 and eager["peak_rss_mib"] > 0
+    assert "skipped" in report["model_step"]["compiled"]
+
+    assert set(report["backends"]) == {"torchvision", "dali"}
+    for name, backend in report["backends"].items():
+        if not backend["available"]:
+            assert name != "torchvision", backend
+            assert backend["reason"]
+            continue
+        pipeline = backend["pipeline"]
+        assert pipeline["images_per_second"] > 0 and pipeline["workers"] == 1
+        assert pipeline["images_per_second_per_worker"] == pipeline["images_per_second"]
+        for method in ("sigmoid", "mile"):
+            assert backend["training"][method]["images_per_second"] > 0
+            assert backend["training"][method]["peak_rss_mib"] > 0
+        assert backend["mile_over_sigmoid"] > 0
+        assert backend["sigmoid_over_model_step"] > 0
+        assert backend["cpu_cores_per_device"]["eager"] > 0
+
+
+def test_tree_is_written_once_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trees = load_script(BENCHMARKS / "synthetic_imagenet.py", monkeypatch)
+    root, written = trees.synthetic_tree(tmp_path, train_per_class=2, val_per_class=1)
+    assert written["written_seconds"] is not None
+    assert len(list((root / "train").glob("n*/n*_*.JPEG"))) == 2 * trees.CLASSES
+    assert sorted(path.name for path in (root / "val").glob("*/*.JPEG"))[0] == (
+        "ILSVRC2012_val_00000001.JPEG"
+    )
+    again, reused = trees.synthetic_tree(tmp_path, train_per_class=2, val_per_class=1)
+    assert again == root and reused["written_seconds"] is None
+    assert [path.name for path in tmp_path.iterdir()] == [root.name]
+
+
+def test_arguments_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    script = load_script(SCRIPT, monkeypatch)
+    with pytest.raises(SystemExit):
+        script.parse_args(["--workers", "0"])
+    with pytest.raises(SystemExit):
+        script.parse_args(["--backends", "pil"])
+    args = script.parse_args(["--quick", "--backends", "torchvision"])
+    assert (args.device, args.quick, args.backends) == ("cpu", True, ["torchvision"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the script runs the check")
+def test_gpu_check_refuses_to_run_without_cuda() -> None:
+    result = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_check.sh")], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("gpu_check.sh: no CUDA device visible to torch")
+    assert lines[0].endswith("this check needs a GPU")
