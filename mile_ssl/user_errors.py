@@ -38,8 +38,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 """Exception types that mean "the input is wrong", not "mile_ssl is wrong".
 
-``FloatingPointError`` is a run that diverged (``mile_ssl.finetune.divergence.DivergenceError``): the
-learning rate the user chose is at fault, and the message says which step and rate.
+``FloatingPointError`` is a run that diverged
+(``mile_ssl.finetune.divergence.DivergenceError``): the learning rate the user chose is at
+fault, and the message says which step and rate.
 """
 
 
