@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,14 @@ import yaml
 
 from mile_ssl.adapters.reading import read_checkpoint, resolve_checkpoint_path
 from mile_ssl.backbones import BackboneSpec, build_backbone
-from mile_ssl.config import MethodConfig, MileConfig, OptimConfig, TrainConfig, to_train_config
+from mile_ssl.config import (
+    TEACHER_METHODS,
+    MethodConfig,
+    MileConfig,
+    OptimConfig,
+    TrainConfig,
+    to_train_config,
+)
 from mile_ssl.finetune import CHECKPOINT_KEY, FineTuneModule, build_module
 from mile_ssl.preprocessing import Preprocessing
 
@@ -76,11 +83,16 @@ def module_from_checkpoint(checkpoint: Mapping[str, Any]) -> FineTuneModule:
     backbone, feature_dim = build_backbone(
         BackboneSpec(backbone_meta["name"], dict(backbone_meta["kwargs"]))
     )
+    method = MethodConfig(**state["method"])
+    if method.name in TEACHER_METHODS:
+        # The baselines' student is a softmax classifier; their fixed teacher is not part
+        # of the run, and evaluating the student does not need it.
+        method = replace(method, name="softmax")
     module = build_module(
         backbone,
         feature_dim,
         int(state["num_classes"]),
-        method=MethodConfig(**state["method"]),
+        method=method,
         mile=MileConfig(**state["mile"]) if "mile" in state else None,
         optim=OptimConfig(**state["optim"]),
         metadata=state["metadata"],

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mile_ssl.evaluate import evaluate_checkpoint
 from mile_ssl.train import run_training
 
 
@@ -52,6 +53,9 @@ def test_distill_and_self_train_learn_from_a_frozen_earlier_run(
         # Only the student is checkpointed; the teacher file is untouched.
         assert not any(key.startswith(("teacher.", "_fixed")) for key in saved["state_dict"])
         assert result.metrics["coverage"] == 1.0  # a softmax student predicts one label
+        # The run evaluates on its own, without its teacher's file.
+        evaluated = evaluate_checkpoint(result.last_checkpoint, config.data)
+        assert evaluated["top1"] == pytest.approx(result.metrics["top1"])
     after = torch.load(teacher_run.last_checkpoint, weights_only=True)["state_dict"]
     assert all(torch.equal(teacher_state[key], after[key]) for key in teacher_state)
     with pytest.raises(ValueError, match="distill.teacher_checkpoint"):
