@@ -35,6 +35,20 @@ TINY_OVERRIDES = [
 """A digit-grid run that takes a second: 256 grids, batch 32, an 8/16-channel ResNet."""
 
 
+def folder_run_overrides(root: Path) -> list[str]:
+    """A two-step MILe run (one cycle of kt = ks = 1) on the image folder ``root``."""
+    return [
+        "data=folder",
+        f"data.root={root}",
+        "data.image_size=32",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "trainer.max_steps=2",
+        "mile.kt=1",
+        "mile.ks=1",
+    ]
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """One torch thread for a module's tests: ResNet-50 loads and tiny forwards gain

@@ -17,7 +17,7 @@ from mile_ssl.finetune import MILeModule
 from mile_ssl.finished_run import read_finished_run
 from mile_ssl.preprocessing import Preprocessing
 from mile_ssl.train import run_training
-from tests.conftest import TINY_OVERRIDES, write_image_folder
+from tests.conftest import TINY_OVERRIDES, folder_run_overrides, write_image_folder
 
 NUM_CLASSES = 3
 
@@ -33,14 +33,7 @@ def run_checkpoint(module_tmp_path: Path, one_thread: None) -> Path:
         [
             *overrides,
             "backbone=resnet18",
-            "data=folder",
-            f"data.root={root}",
-            "data.image_size=32",
-            "data.batch_size=4",
-            "data.num_workers=0",
-            "trainer.max_steps=2",
-            "mile.kt=1",
-            "mile.ks=1",
+            *folder_run_overrides(root),
         ]
     )
     return run_training(config, module_tmp_path / "run").last_checkpoint

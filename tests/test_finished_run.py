@@ -15,7 +15,7 @@ from mile_ssl.config import TrainConfig, compose_train_config
 from mile_ssl.finished_run import read_finished_run
 from mile_ssl.preprocessing import Preprocessing
 from mile_ssl.train import run_training
-from tests.conftest import TINY_OVERRIDES, write_image_folder
+from tests.conftest import TINY_OVERRIDES, folder_run_overrides, write_image_folder
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +27,7 @@ def run_dir(module_tmp_path: Path) -> Path:
     config = compose_train_config(
         [
             *TINY_OVERRIDES,
-            "data=folder",
-            f"data.root={root}",
-            "data.image_size=32",
-            "data.batch_size=4",
-            "data.num_workers=0",
-            "trainer.max_steps=2",
-            "mile.kt=1",
-            "mile.ks=1",
+            *folder_run_overrides(root),
         ]
     )
     return run_training(config, module_tmp_path / "run").output_dir

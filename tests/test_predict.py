@@ -14,7 +14,7 @@ from mile_ssl.finished_run import read_finished_run
 from mile_ssl.predict import display_names, format_predictions, predict, prediction_failures
 from mile_ssl.preprocessing import Preprocessing
 from mile_ssl.train import run_training
-from tests.conftest import TINY_OVERRIDES
+from tests.conftest import TINY_OVERRIDES, folder_run_overrides
 
 WNIDS = ("n01440764", "n01443537", "n01484850")
 NAMES = ("tench", "goldfish", "great white shark")
@@ -44,14 +44,7 @@ def _train(root: Path, out: Path, method: str) -> Path:
         [
             *TINY_OVERRIDES,
             f"method={method}",
-            "data=folder",
-            f"data.root={root}",
-            "data.image_size=32",
-            "data.batch_size=4",
-            "data.num_workers=0",
-            "trainer.max_steps=2",
-            "mile.kt=1",
-            "mile.ks=1",
+            *folder_run_overrides(root),
         ]
     )
     return run_training(config, out).last_checkpoint

@@ -39,7 +39,12 @@ from mile_ssl.data.images import (
     describe_decode_error,
     load_rgb,
 )
-from mile_ssl.data.sampling import SemiSupervisedBatchSampler, StepBatchSampler, item_seed
+from mile_ssl.data.sampling import (
+    SemiSupervisedBatchSampler,
+    StepBatchSampler,
+    check_same_stream,
+    item_seed,
+)
 from mile_ssl.data.substitution import SubstitutingImages
 
 _QUEUE_BATCHES = 2
@@ -164,14 +169,7 @@ class DaliLoader:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Refuse to continue a run on a different labelled subset or shuffle seed."""
-        current = self.state_dict()
-        for key, value in state_dict.items():
-            if current.get(key) != value:
-                raise ValueError(
-                    f"cannot resume: the checkpoint's training stream has {key}={value}, this "
-                    f"run has {current.get(key)} (check data.fraction, data.split_file and "
-                    "data.split_seed)"
-                )
+        check_same_stream(state_dict, self.state_dict())
 
     def _stream(self) -> tuple[int, int]:
         """The seed and first step of the training stream."""

@@ -258,6 +258,21 @@ class FlaggedDataset(Dataset[dict[str, Any]]):
         return item
 
 
+def check_same_stream(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse to continue a run on a different labelled subset or shuffle seed.
+
+    Raises:
+        ValueError: Naming the first identity key (see ``identity()``) that differs.
+    """
+    for key, value in saved.items():
+        if current.get(key) != value:
+            raise ValueError(
+                f"cannot resume: the checkpoint's training stream has {key}={value}, this "
+                f"run has {current.get(key)} (check data.fraction, data.split_file and "
+                "data.split_seed)"
+            )
+
+
 class StepDataLoader(DataLoader[Any]):
     """A loader over a :class:`StepBatchSampler`, resumable through Lightning.
 
@@ -274,11 +289,4 @@ class StepDataLoader(DataLoader[Any]):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Refuse to continue a run on a different labelled subset or shuffle seed."""
-        current = self.state_dict()
-        for key, value in state_dict.items():
-            if current.get(key) != value:
-                raise ValueError(
-                    f"cannot resume: the checkpoint's training stream has {key}={value}, this "
-                    f"run has {current.get(key)} (check data.fraction, data.split_file and "
-                    "data.split_seed)"
-                )
+        check_same_stream(state_dict, self.state_dict())
