@@ -46,7 +46,10 @@ class MethodConfig:
 
 @dataclass
 class MileConfig:
-    """The learning bottleneck of MILe (paper Sec. 3).
+    """The learning bottleneck of MILe (paper Sec. 3), read by ``mile_ssl.finetune.mile``.
+
+    ``kt`` and ``ks`` place each step in its phase (``MILeModule.position``); ``rho``
+    thresholds the teacher's outputs (``MILeModule.pseudo_label``).
 
     What the student sees (``data.strong_student_view``) and how many unlabeled images
     join its batches (``data.unlabeled_ratio``) are data options: they drive the
