@@ -50,7 +50,7 @@ DEMO_RUNS = (
     DemoRun(
         "mile_semi 10 %",
         "mile_semi_10pct",
-        ("method=mile_semi", "mile.unlabeled_weight=1"),
+        ("method=mile_semi",),
         SEMI_SUPERVISED_EXPERIMENT,
     ),
 )

@@ -70,9 +70,8 @@ class MileConfig:
             ``1 / (1 + data.unlabeled_ratio)`` of it; a number ``w`` averages each stream
             on its own and adds them as ``L_labelled + w * L_unlabeled`` (FixMatch's
             lambda_u). The sum of two means doubles the student's gradient against one
-            mean, so it wants a smaller learning rate: on the digit grids ``w = 1`` leads
-            at half the default rate and collapsed once at the default
-            (benchmarks/README.md, semi-supervised rows).
+            mean, so it wants a smaller learning rate. On the digit grids validation
+            preferred one mean (benchmarks/README.md, semi-supervised rows).
         empty_pseudo_labels: Semi-supervised mode: ``ignore`` leaves images whose
             pseudo-label set is empty out of the student loss (the teacher is not
             confident about them, and training them as all-negative pushes the student
