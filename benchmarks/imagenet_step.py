@@ -83,7 +83,7 @@ class Bench:
 
 SIZES = {
     "quick": Sizes("resnet18", 64, 8, 2, 2, 1, 2, 5, 1, compile=False),
-    "cpu": Sizes("resnet50", 224, 16, 4, 4, 2, 15, 190, 10, compile=True),
+    "cpu": Sizes("resnet50", 224, 16, 4, 16, 4, 15, 190, 10, compile=True),
     "cuda": Sizes("resnet50", 224, 128, 10, 20, 5, 4, 190, 10, compile=True),
 }
 
