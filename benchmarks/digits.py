@@ -36,7 +36,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
@@ -50,9 +49,9 @@ from mile_ssl.data.digits import (
     make_digit_grids,
     make_test_grids,
 )
-from mile_ssl.finished_run import module_from_checkpoint, read_run_checkpoint
+from mile_ssl.evaluate import evaluate_module
+from mile_ssl.finished_run import read_finished_run
 from mile_ssl.metrics import classification_report
-from mile_ssl.preprocessing import Preprocessing
 from mile_ssl.pretrain import pretrain_digits_simclr
 from mile_ssl.train import RunResult, run_training
 from mile_ssl.trainer import resolve_precision
@@ -149,24 +148,18 @@ def digit_grid_config(data: DataConfig) -> DigitGridConfig:
 
 def evaluate_on_grids(config: TrainConfig, checkpoint: Path, grids: DigitGrids) -> dict[str, float]:
     """Metrics of the student in ``checkpoint`` on ``grids``, computed as in validation."""
-    module = module_from_checkpoint(read_run_checkpoint(checkpoint))
-    preprocessing = Preprocessing.from_dict(module.metadata["preprocessing"])
-    normalize = v2.Normalize(list(preprocessing.mean), list(preprocessing.std))
+    run = read_finished_run(checkpoint, exact_file=True)
+    normalize = v2.Normalize(list(run.preprocessing.mean), list(run.preprocessing.std))
     loader = DataLoader(
         DigitGridDataset(grids, transform=normalize),
         batch_size=config.data.eval_batch_size or config.data.batch_size,
     )
-    trainer = L.Trainer(
+    return evaluate_module(
+        run.build_module(),
+        loader,
+        precision=resolve_precision(config.trainer.precision, config.trainer.accelerator),
         accelerator=config.trainer.accelerator,
-        devices=1,
-        precision=resolve_precision(config.trainer.precision, config.trainer.accelerator),  # type: ignore[arg-type]
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
     )
-    trainer.validate(module, dataloaders=loader, verbose=False)
-    return dict(module.validation_metrics)
 
 
 def _scaled(metrics: dict[str, float]) -> dict[str, float]:

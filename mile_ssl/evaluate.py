@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+from torch.utils.data import DataLoader
 
 from mile_ssl.config import DataConfig
 from mile_ssl.data.datamodule import data_loader
 from mile_ssl.data.sources import validation_set
+from mile_ssl.finetune import FineTuneModule
 from mile_ssl.finished_run import FinishedRun, read_finished_run
 
 
@@ -23,9 +26,22 @@ def evaluate_run(
         precision: Lightning precision of the evaluation.
         accelerator: Lightning accelerator.
     """
-    module = run.build_module()
     # The validation set alone: the training folder is neither indexed nor needed.
     loader = data_loader(data, validation_set(data, run.preprocessing, run.class_names or None))
+    return evaluate_module(run.build_module(), loader, precision=precision, accelerator=accelerator)
+
+
+def evaluate_module(
+    module: FineTuneModule,
+    loader: DataLoader[Any],
+    *,
+    precision: str = "32-true",
+    accelerator: str = "auto",
+) -> dict[str, float]:
+    """All validation metrics of ``module``'s student on the batches of ``loader``.
+
+    Batches need what validation reads: ``image``, ``label``, ``label_set`` and ``index``.
+    """
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=1,
