@@ -36,6 +36,7 @@ from mile_ssl.config import (
 )
 from mile_ssl.finetune import CHECKPOINT_KEY, FineTuneModule, build_module
 from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.run_layout import CHECKPOINT_FOLDER, run_folder
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,6 @@ RESOLVED_CONFIG_FILE = "resolved_config.yaml"
 
 CONFIG_FILES = (Path(RESOLVED_CONFIG_FILE), Path(".hydra") / "config.yaml")
 """Config files of a run folder, in the order they are looked for."""
-
-CHECKPOINT_FOLDER = "checkpoints"
-"""Sub-folder of a run folder holding its Lightning checkpoints."""
 
 
 def resolve_run_checkpoint(path: str | Path) -> Path:
@@ -100,12 +98,6 @@ def module_from_checkpoint(checkpoint: Mapping[str, Any]) -> FineTuneModule:
     module.load_state_dict(checkpoint["state_dict"], strict=True)
     module.completed_steps = int(state["completed_steps"])
     return module
-
-
-def run_folder(checkpoint_path: Path) -> Path:
-    """The run folder a checkpoint belongs to: above ``checkpoints/``, else its own folder."""
-    parent = checkpoint_path.parent
-    return parent.parent if parent.name == CHECKPOINT_FOLDER else parent
 
 
 def find_run_config(folder: Path) -> Path | None:

@@ -15,6 +15,7 @@ from typing import Any
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from mile_ssl.config import TrainerConfig
+from mile_ssl.run_layout import run_folder
 
 
 class ContinuedCSVLogger(CSVLogger):
@@ -65,7 +66,7 @@ def build_logger(
             raise ValueError(
                 "trainer.logger=wandb needs Weights & Biases: pip install 'mile-ssl[wandb]'"
             ) from error
-        run_dir = Path(config.resume_from).parent.parent if config.resume_from else output_dir
+        run_dir = run_folder(config.resume_from) if config.resume_from else output_dir
         run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
         return WandbLogger(
             project=config.wandb_project,

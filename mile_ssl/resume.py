@@ -20,6 +20,7 @@ from typing import Any
 
 from mile_ssl.config import TrainConfig
 from mile_ssl.finished_run import read_finished_run
+from mile_ssl.run_layout import run_folder
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def read_resume_point(config: TrainConfig, labelled_digest: str | None = None) -
         )
     for key, before, after in changes:
         log.warning("changed on resume at step %d: %s %r -> %r", step, key, before, after)
-    logs = path.parent.parent / "logs"
+    logs = run_folder(path) / "logs"
     return ResumePoint(
         checkpoint=path,
         step=step,

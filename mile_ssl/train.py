@@ -35,6 +35,7 @@ from mile_ssl.preprocessing import Preprocessing
 from mile_ssl.public_checkpoints import get_public_checkpoint, resolve_public_checkpoint
 from mile_ssl.report import plot_pseudo_label_history, write_json
 from mile_ssl.resume import FIXED_DATA_KEYS, carry_tensorboard_events, read_resume_point
+from mile_ssl.run_layout import run_folder
 from mile_ssl.trainer import (
     LAST_CHECKPOINT,
     build_trainer,
@@ -200,7 +201,7 @@ def run_training(
     fixed_teacher = load_fixed_teacher(config, loaded)
     # Images an earlier run found unreadable keep their place even if since deleted.
     known_bad = (
-        read_bad_images(Path(config.trainer.resume_from).parent.parent)
+        read_bad_images(run_folder(config.trainer.resume_from))
         if config.trainer.resume_from
         else []
     )
