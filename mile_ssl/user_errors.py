@@ -50,14 +50,22 @@ def debugging() -> bool:
 
 
 def describe(error: BaseException) -> str:
-    """The message of ``error``, with the OmegaConf detail Hydra keeps in its cause."""
+    """The message of ``error``, with the OmegaConf detail Hydra keeps in its cause.
+
+    OmegaConf's lines naming the schema classes are left out: they name mile_ssl's
+    internals, not anything the user wrote (``full_key`` names the key).
+    """
     message = str(error).strip() or type(error).__name__
     cause = error.__cause__
     if isinstance(error, HydraException) and isinstance(cause, OmegaConfBaseException):
         detail = str(cause).strip()
         if detail and detail not in message:
             message = f"{message}\n{detail}"
-    return message
+    return "\n".join(
+        line
+        for line in message.splitlines()
+        if not line.strip().startswith(("reference_type=", "object_type="))
+    )
 
 
 @contextmanager
