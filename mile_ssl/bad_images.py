@@ -18,6 +18,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from mile_ssl.data.substitution import BAD_INDEX_KEY
+
 log = logging.getLogger(__name__)
 
 BAD_IMAGES_FILE = "bad_images.txt"
@@ -70,7 +72,7 @@ class BadImageMonitor(L.Callback):
         batch_idx: int,
     ) -> None:
         """Record this batch's unreadable images; stop when there are too many."""
-        marks = batch.get("bad_index") if isinstance(batch, dict) else None
+        marks = batch.get(BAD_INDEX_KEY) if isinstance(batch, dict) else None
         if marks is not None:
             new = [
                 path

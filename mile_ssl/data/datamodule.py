@@ -35,7 +35,7 @@ from mile_ssl.data.sampling import (
     stratified_fraction,
 )
 from mile_ssl.data.sources import SOURCES
-from mile_ssl.data.substitution import NO_BAD_INDEX, SubstitutingImages
+from mile_ssl.data.substitution import BAD_INDEX_KEY, SubstitutingImages, WithBadIndex
 from mile_ssl.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -266,6 +266,21 @@ class MILeDataModule(L.LightningDataModule):
             self.config, self.splits.val, sampler=sampler, workers=self._num_workers()
         )
 
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
+        """Move a batch to ``device``, all but its ``bad_index`` marks.
+
+        The marks are bookkeeping read on the host after every training step
+        (:class:`~mile_ssl.bad_images.BadImageMonitor`); read from an accelerator, they
+        would make every step wait for it.
+        """
+        if not isinstance(batch, dict) or BAD_INDEX_KEY not in batch:
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        rest = {key: value for key, value in batch.items() if key != BAD_INDEX_KEY}
+        moved = super().transfer_batch_to_device(rest, device, dataloader_idx)
+        return {**moved, BAD_INDEX_KEY: batch[BAD_INDEX_KEY]}
+
     def _devices_on_node(self) -> int:
         return self.trainer.num_devices if self.trainer is not None else local_devices()
 
@@ -354,33 +369,3 @@ def warn_about_minimum_labels(labels: Sequence[int], fraction: float) -> int:
             100 * labelled / len(labels),
         )
     return len(raised)
-
-
-class WithBadIndex(Dataset[dict[str, Any]]):
-    """Items of ``dataset`` with ``bad_index`` = -1 added where they lack one.
-
-    Datasets that read no files (the digit grids) never substitute an image; the key
-    lets their items collate with :class:`~mile_ssl.data.folder.UnlabeledImages`
-    items, and lets the training side read ``batch["bad_index"]`` whatever the dataset.
-    """
-
-    def __init__(self, dataset: Dataset[dict[str, Any]]) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return _with_bad_index(self.dataset[index])
-
-    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-        """Batched reads where the dataset has them (the digit grids' fast path)."""
-        batched = getattr(self.dataset, "__getitems__", None)
-        items = batched(indices) if batched is not None else [self.dataset[i] for i in indices]
-        return [_with_bad_index(item) for item in items]
-
-
-def _with_bad_index(item: dict[str, Any]) -> dict[str, Any]:
-    if "bad_index" in item:
-        return item
-    return {**item, "bad_index": torch.tensor(NO_BAD_INDEX)}

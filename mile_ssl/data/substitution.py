@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -14,6 +15,9 @@ from mile_ssl.data.augment import image_view
 from mile_ssl.data.images import UnreadableImageError
 
 log = logging.getLogger(__name__)
+
+BAD_INDEX_KEY = "bad_index"
+"""Item key marking a substituted image: the index of the item whose file was unreadable."""
 
 NO_BAD_INDEX = -1
 """``bad_index`` of an item whose own image was read."""
@@ -104,3 +108,33 @@ class SubstitutingImages(Dataset[dict[str, Tensor]]):
 
     def __len__(self) -> int:
         raise NotImplementedError
+
+
+class WithBadIndex(Dataset[dict[str, Any]]):
+    """Items of ``dataset`` with ``bad_index`` = -1 added where they lack one.
+
+    Datasets that read no files (the digit grids) never substitute an image; the key
+    lets their items collate with :class:`~mile_ssl.data.folder.UnlabeledImages`
+    items, and lets the training side read ``batch["bad_index"]`` whatever the dataset.
+    """
+
+    def __init__(self, dataset: Dataset[dict[str, Any]]) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return _with_bad_index(self.dataset[index])
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """Batched reads where the dataset has them (the digit grids' fast path)."""
+        batched = getattr(self.dataset, "__getitems__", None)
+        items = batched(indices) if batched is not None else [self.dataset[i] for i in indices]
+        return [_with_bad_index(item) for item in items]
+
+
+def _with_bad_index(item: dict[str, Any]) -> dict[str, Any]:
+    if BAD_INDEX_KEY in item:
+        return item
+    return {**item, BAD_INDEX_KEY: torch.tensor(NO_BAD_INDEX)}

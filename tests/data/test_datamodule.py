@@ -114,3 +114,15 @@ def test_flat_validation_folder_with_a_ground_truth_file(
     truth.write_text("ILSVRC2012_val_00000002.JPEG n99999999\n")
     with pytest.raises(ValueError, match=r"truth.txt:1: unknown class 'n99999999'"):
         _datamodule(root, f"data.val_dir={flat}", f"data.val_ground_truth={truth}")
+
+
+def test_bad_image_marks_stay_on_the_host_when_a_batch_moves(tiny_config) -> None:
+    datamodule = MILeDataModule(tiny_config().data, Preprocessing())
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    moved = datamodule.transfer_batch_to_device(batch, torch.device("meta"), 0)
+    assert moved.keys() == batch.keys()
+    assert moved["image"].device.type == "meta" and moved["label"].device.type == "meta"
+    # Read after every step: on the host, reading them never waits for the device.
+    assert moved["bad_index"].device.type == "cpu"
+    assert torch.equal(moved["bad_index"], batch["bad_index"])
