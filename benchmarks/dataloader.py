@@ -9,9 +9,9 @@ the training throughput (``benchmarks/throughput.py``): when the loader is slowe
     python benchmarks/dataloader.py --root /data/imagenet --data imagenet \
         --workers 8 --batch-size 128 --image-size 224 --batches 50 --backend dali
 
-``--synthetic N`` first writes N ImageNet-like JPEGs (500 x 375, quality 90, in 10
-classes) to ``--root`` when it has no ``train/`` yet. The first ``--warmup`` batches
-(worker start-up, file-system caches) are not timed.
+``--synthetic N`` first writes N ImageNet-like JPEGs (``synthetic_imagenet.py``: 500 x
+375, quality 90, in 10 classes) to ``--root`` when it has no ``train/`` yet. The first
+``--warmup`` batches (worker start-up, file-system caches) are not timed.
 """
 
 from __future__ import annotations
@@ -24,16 +24,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
+from synthetic_imagenet import CLASSES, write_tree
 
 from mile_ssl.config import compose_train_config
 from mile_ssl.data.datamodule import MILeDataModule
-from mile_ssl.data.loaders import choose_num_workers, local_devices
+from mile_ssl.data.loaders import choose_num_workers, local_devices, usable_cpu_count
 from mile_ssl.preprocessing import Preprocessing
-
-SYNTHETIC_SIZE = (500, 375)
-"""Width and height of synthetic images: a typical ImageNet photo."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,26 +60,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def write_synthetic_tree(root: Path, images: int, classes: int = 10) -> None:
-    """``images`` ImageNet-like JPEGs in ``root/train/<class>`` (and 2 per class in ``val``).
-
-    Smooth random colour fields with noise: they compress like photos (about 40 KB at
-    quality 90), unlike pure noise.
-    """
-    rng = np.random.default_rng(0)
-    width, height = SYNTHETIC_SIZE
-    for split, count in (("train", images), ("val", 2 * classes)):
-        for number in range(count):
-            folder = root / split / f"n{number % classes:08d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            coarse = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
-            smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC))
-            noisy = smooth.astype(np.int16) + rng.integers(-20, 21, smooth.shape)
-            Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(
-                folder / f"{split}_{number:06d}.JPEG", quality=90
-            )
-
-
 def endless(loader: Iterable[Any]) -> Iterator[Any]:
     """Batches of repeated passes over the labelled images (small folders end quickly)."""
     while True:
@@ -93,7 +69,7 @@ def endless(loader: Iterable[Any]) -> Iterator[Any]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.synthetic and not (Path(args.root) / "train").exists():
-        write_synthetic_tree(Path(args.root), args.synthetic)
+        write_tree(Path(args.root), -(-args.synthetic // CLASSES), 2)
     workers = "null" if args.workers is None else args.workers
     config = compose_train_config(
         [
@@ -133,9 +109,7 @@ def main(argv: list[str] | None = None) -> None:
                 "data": args.data,
                 "labelled_images": len(datamodule.train_indices),
                 "cpu_count": os.cpu_count(),
-                "cpus_available": len(os.sched_getaffinity(0))
-                if hasattr(os, "sched_getaffinity")
-                else os.cpu_count(),
+                "cpus_available": usable_cpu_count(),
             },
             indent=2,
         )

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader
 from mile_ssl.backbones import BackboneSpec, build_backbone
 from mile_ssl.config import BACKENDS, compose_train_config
 from mile_ssl.data.datamodule import MILeDataModule
+from mile_ssl.data.loaders import usable_cpu_count
 from mile_ssl.finetune import Classifier
 from mile_ssl.losses import one_hot_bce, sigmoid_head_bias
 from mile_ssl.preprocessing import Preprocessing
@@ -102,10 +103,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
     return args
-
-
-def available_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def progress(message: str) -> None:
@@ -358,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
         sizes=SIZES["quick" if args.quick else args.device],
         device=device,
         precision=resolve_precision("auto", "gpu" if device.type == "cuda" else "cpu"),
-        workers=args.workers or available_cpus(),
+        workers=args.workers or usable_cpu_count(),
     )
     with contextlib.redirect_stdout(sys.stderr):  # stdout holds the JSON alone
         root, tree = synthetic_tree(
@@ -383,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
         "quick": args.quick,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "cpus": available_cpus(),
+        "cpus": usable_cpu_count(),
         "precision": bench.precision,
         "channels_last": True,
         "sizes": {**asdict(bench.sizes), "workers": bench.workers},

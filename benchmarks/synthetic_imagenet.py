@@ -37,6 +37,18 @@ def synthetic_photo(rng: np.random.Generator, label: int) -> Image.Image:
     return Image.fromarray(np.clip(smooth + grain, 0, 255).astype(np.uint8))
 
 
+def write_tree(root: Path, train_per_class: int, val_per_class: int) -> None:
+    """Write the tree's ``train/`` and ``val/`` folders into ``root`` (same seed, same files)."""
+    rng = np.random.default_rng(0)
+    val_names = (f"ILSVRC2012_val_{index:08d}.JPEG" for index in range(1, 1_000_000))
+    for label, wnid in enumerate(imagenet_classes()[:CLASSES]):
+        files = [root / "train" / wnid / f"{wnid}_{i}.JPEG" for i in range(train_per_class)]
+        files += [root / "val" / wnid / next(val_names) for _ in range(val_per_class)]
+        for path in files:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            synthetic_photo(rng, label).save(path, quality=JPEG_QUALITY)
+
+
 def synthetic_tree(
     cache: Path, train_per_class: int, val_per_class: int
 ) -> tuple[Path, dict[str, Any]]:
@@ -63,14 +75,7 @@ def synthetic_tree(
     started = time.perf_counter()
     cache.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f"{name}.partial-", dir=cache))
-    rng = np.random.default_rng(0)
-    val_names = (f"ILSVRC2012_val_{index:08d}.JPEG" for index in range(1, 1_000_000))
-    for label, wnid in enumerate(imagenet_classes()[:CLASSES]):
-        files = [partial / "train" / wnid / f"{wnid}_{i}.JPEG" for i in range(train_per_class)]
-        files += [partial / "val" / wnid / next(val_names) for _ in range(val_per_class)]
-        for path in files:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            synthetic_photo(rng, label).save(path, quality=JPEG_QUALITY)
+    write_tree(partial, train_per_class, val_per_class)
     try:
         partial.rename(root)
     except OSError:  # another process finished the same tree first

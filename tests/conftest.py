@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -159,3 +161,19 @@ def write_imagenet_tree(root: Path) -> Path:
     write_jpeg(root / "val" / wnids[0] / "ILSVRC2012_val_00000002.JPEG", 10)
     write_jpeg(root / "val" / wnids[1] / "ILSVRC2012_val_00000003.JPEG", 11)
     return root
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """Import ``benchmarks/<name>.py`` as running it would: with its folder on the path."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.append(str(BENCHMARKS))
+    module_name = f"benchmark_{name}"
+    spec = importlib.util.spec_from_file_location(module_name, BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_image_folder
+from tests.conftest import BENCHMARKS, load_benchmark, write_image_folder
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "dataloader.py"
+SCRIPT = BENCHMARKS / "dataloader.py"
 
 
 def test_script_prints_throughput_json(tmp_path: Path) -> None:
@@ -50,10 +49,7 @@ def test_script_prints_throughput_json(tmp_path: Path) -> None:
 
 
 def test_arguments_are_checked() -> None:
-    spec = importlib.util.spec_from_file_location("dataloader_benchmark", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("dataloader")
     with pytest.raises(SystemExit):
         module.parse_args(["--root", "x", "--workers", "-1"])
     with pytest.raises(SystemExit):

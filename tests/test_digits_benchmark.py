@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -12,9 +11,8 @@ import pytest
 
 from mile_ssl.config import compose_train_config
 from mile_ssl.data.digits import make_digit_grids
-from tests.conftest import TINY_OVERRIDES
+from tests.conftest import TINY_OVERRIDES, load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "digits.py"
 RUN_OVERRIDES = [
     *(override for override in TINY_OVERRIDES if override != "checkpoint=scratch"),
     "optim.warmup_steps=0",
@@ -30,17 +28,9 @@ RUN_OVERRIDES = [
 RHOS = ("0.1", "0.3")
 
 
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("digits_benchmark", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def script() -> ModuleType:
-    return _load_script()
+    return load_benchmark("digits")
 
 
 @pytest.fixture(scope="module")

@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 from PIL import Image
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from tests.conftest import BENCHMARKS, load_benchmark
+
 SCRIPT = BENCHMARKS / "imagenet_step.py"
-
-
-def load_script(path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """Import a benchmark script as running it would: its folder on the path."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(f"benchmark_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_quick_run_prints_every_measurement(tmp_path: Path) -> None:
@@ -67,8 +55,8 @@ def test_quick_run_prints_every_measurement(tmp_path: Path) -> None:
         assert backend["cpu_cores_per_device"]["eager"] > 0
 
 
-def test_tree_is_written_once_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    trees = load_script(BENCHMARKS / "synthetic_imagenet.py", monkeypatch)
+def test_tree_is_written_once_and_reused(tmp_path: Path) -> None:
+    trees = load_benchmark("synthetic_imagenet")
     root, written = trees.synthetic_tree(tmp_path, train_per_class=2, val_per_class=1)
     assert written["written_seconds"] is not None
     assert len(list((root / "train").glob("n*/n*_*.JPEG"))) == 2 * trees.CLASSES
@@ -80,8 +68,8 @@ def test_tree_is_written_once_and_reused(tmp_path: Path, monkeypatch: pytest.Mon
     assert [path.name for path in tmp_path.iterdir()] == [root.name]
 
 
-def test_arguments_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    script = load_script(SCRIPT, monkeypatch)
+def test_arguments_are_checked() -> None:
+    script = load_benchmark("imagenet_step")
     with pytest.raises(SystemExit):
         script.parse_args(["--workers", "0"])
     with pytest.raises(SystemExit):
