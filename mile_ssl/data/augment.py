@@ -119,7 +119,10 @@ class TrainView:
     def __call__(self, image: Image.Image | Tensor) -> Tensor:
         """The view of a PIL image or a ``3 x H x W`` uint8 tensor."""
         pixels = image if isinstance(image, Tensor) else _to_tensor(image)
-        window = crop_window(pixels.shape[-2], pixels.shape[-1], item_rng())
+        return self.apply(pixels, crop_window(pixels.shape[-2], pixels.shape[-1], item_rng()))
+
+    def apply(self, pixels: Tensor, window: CropWindow) -> Tensor:
+        """The view of the ``3 x H x W`` uint8 tensor ``pixels`` through ``window``."""
         crop = pixels[
             :,
             window.top : window.top + window.height,

@@ -11,18 +11,23 @@ backbone's preprocessing. Label fractions, split lists, rank sharding, the unlab
 stream and exact resume therefore behave as with the torchvision backend, and both
 backends cut the same windows.
 
-A file DALI fails to decode is decoded once more with PIL to tell which file of the
-batch it was; unreadable ones are then substituted like any other, and the batch runs
-again on a fresh pipeline (DALI's is unusable after an error).
+When DALI fails on a batch, the files it refuses are found by running halves of the
+batch (on fresh pipelines: DALI's is unusable after an error). Those PIL cannot read
+either are substituted like any other unreadable image; those PIL reads (GIF, PNG and
+JPEG variants DALI's decoder lacks) are decoded by PIL from then on and given the
+torchvision backend's view of the item's window and flip, each named once in a
+warning. The batch then runs again.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import math
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +36,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from mile_ssl.data.augment import crop_window, item_rng
+from mile_ssl.data.augment import TrainView, crop_window, decode_rgb, eval_transform, item_rng
 from mile_ssl.data.dali_pipeline import EVAL, DaliPipelines, eval_geometry
 from mile_ssl.data.images import (
     DECODE_ERRORS,
@@ -46,6 +51,8 @@ from mile_ssl.data.sampling import (
     item_seed,
 )
 from mile_ssl.data.substitution import SubstitutingImages
+
+log = logging.getLogger(__name__)
 
 _QUEUE_BATCHES = 2
 """Batches prepared ahead of the training step by the loader's thread."""
@@ -67,8 +74,35 @@ def read_encoded(path: str) -> tuple[np.ndarray, int, int]:
     return np.frombuffer(data, dtype=np.uint8), height, width
 
 
+Key = int | tuple[int, bool]
+"""A batch sampler's item: an index, or ``(index, labelled)`` in semi-supervised batches."""
+
+
+def _index(key: Key) -> int:
+    return key[0] if isinstance(key, tuple) else key
+
+
+@dataclass
+class _Entry:
+    """One item of a batch as read: the file served (its own or a substitute) and more.
+
+    ``seed`` is the item's augmentation seed in training, ``None`` in validation.
+    """
+
+    path: str
+    data: np.ndarray
+    height: int
+    width: int
+    fields: dict[str, Tensor]
+    seed: int | None
+
+
 class DaliItems:
     """Training or validation items: which dataset holds an index, and its fields.
+
+    Remembers what DALI taught it about files: those no decoder reads
+    (``undecodable``: substituted from then on) and those only PIL reads
+    (``pil_decoded``: decoded by PIL from then on, with the reason DALI gave).
 
     Args:
         datasets: The datasets in index order (the training set, then appended
@@ -78,6 +112,7 @@ class DaliItems:
     def __init__(self, datasets: Sequence[SubstitutingImages]) -> None:
         self.datasets = list(datasets)
         self.undecodable: set[str] = set()
+        self.pil_decoded: dict[str, str] = {}
 
     def locate(self, index: int) -> tuple[SubstitutingImages, int]:
         """The dataset holding item ``index`` and the item's position in it."""
@@ -87,44 +122,45 @@ class DaliItems:
             index -= len(dataset)
         raise IndexError(f"item {index} is outside the dataset")
 
-    def _reader(self, path: str) -> tuple[np.ndarray, int, int]:
+    def _reader(self, path: str) -> tuple[str, np.ndarray, int, int]:
         if path in self.undecodable:
             raise UnreadableImageError(path, "cannot be decoded (found by DALI)")
-        return read_encoded(path)
+        return (path, *read_encoded(path))
 
-    def read(self, key: int | tuple[int, bool]) -> tuple[np.ndarray, int, int, dict[str, Tensor]]:
-        """The encoded image (or its substitute), its height and width, and the item's fields.
+    def read(self, key: Key) -> tuple[str, np.ndarray, int, int, dict[str, Tensor]]:
+        """The file served for ``key``, its bytes, height and width, and the item's fields.
 
+        The file is the item's own, or its substitute when that cannot be read.
         A ``(index, labelled)`` key marks the item as in
         :class:`~mile_ssl.data.sampling.FlaggedDataset` (label -1 when unlabeled).
         """
-        index = key[0] if isinstance(key, tuple) else key
-        dataset, position = self.locate(index)
-        (data, height, width), source = dataset.read(position, self._reader)
+        dataset, position = self.locate(_index(key))
+        (path, data, height, width), source = dataset.read(position, self._reader)
         fields = dataset.fields(position, source)
         if isinstance(key, tuple):
             fields["labelled"] = torch.tensor(key[1])
             if not key[1]:
                 fields["label"] = torch.tensor(-1)
-        return data, height, width, fields
+        return path, data, height, width, fields
 
-    def find_undecodable(self, keys: Sequence[int | tuple[int, bool]]) -> list[str]:
-        """Files of ``keys`` (as read) that PIL cannot decode either; remembered."""
-        found = []
-        for key in keys:
-            index = key[0] if isinstance(key, tuple) else key
-            dataset, position = self.locate(index)
-            _, source = dataset.read(position, self._reader)
-            path = dataset.file_of(source)
-            try:
-                load_rgb(path)
-            except UnreadableImageError:
-                found.append(path)
-        self.undecodable.update(found)
-        return found
+    def refused(self, path: str, reason: str) -> None:
+        """Record that DALI cannot decode ``path``.
 
-
-Key = int | tuple[int, bool]
+        PIL decodes it from then on; if PIL cannot either, it is substituted.
+        """
+        try:
+            load_rgb(path)
+        except UnreadableImageError:
+            self.undecodable.add(path)
+            return
+        self.pil_decoded[path] = reason
+        log.warning(
+            "%s: DALI cannot decode it (%s); PIL decodes it instead, into the torchvision "
+            "backend's view of it (%d such file(s) so far)",
+            path,
+            reason,
+            len(self.pil_decoded),
+        )
 
 
 class DaliLoader:
@@ -135,6 +171,10 @@ class DaliLoader:
     (its state is the stream's identity). Validation: ``batches`` of item indices,
     resized and centre-cropped. A thread prepares the next batches while the model
     trains on the current one.
+
+    Files DALI's decoder refuses but PIL reads (GIF, some PNG and JPEG variants) are
+    decoded by PIL and given the torchvision backend's view of the same window and
+    flip (:attr:`DaliItems.pil_decoded` lists them, each named once in a warning).
 
     Args:
         items: The dataset(s) the keys index.
@@ -157,6 +197,8 @@ class DaliLoader:
         self._pipeline: Any = None
         self._stop: threading.Event | None = None
         self._worker: threading.Thread | None = None
+        self._train_view = TrainView(pipelines.image_size, pipelines.preprocessing)
+        self._eval_view = eval_transform(pipelines.image_size, pipelines.preprocessing)
 
     def __len__(self) -> int:
         """Batches per pass."""
@@ -179,55 +221,143 @@ class DaliLoader:
         return stream.seed, stream.start_step()
 
     def run(self, keys: Sequence[Key], seed: int, step: int) -> dict[str, Tensor]:
-        """The batch of ``keys`` at training step ``step`` (any step in validation)."""
-        for _ in range(len(keys) + 1):
-            feed = self._feed(keys, seed, step)
-            if self._pipeline is None:
-                self._pipeline = self.pipelines.build(self.training)
-            for name, values in feed.items():
-                if name != "fields":
-                    self._pipeline.feed_input(name, values)
+        """The batch of ``keys`` at training step ``step`` (any step in validation).
+
+        When DALI refuses the batch, the files it refuses are found (by halving the
+        batch), and the batch is read again: with those PIL reads decoded by PIL, the
+        others substituted. Each retry learns at least one file, so this ends.
+        """
+        while True:
+            entries = [self._entry(key, seed, step) for key in keys]
+            by_pil = self._pil_views(entries)
+            if by_pil is None:
+                continue  # a file PIL read before no longer decodes: now substituted
+            by_dali = [entry for row, entry in enumerate(entries) if row not in by_pil]
             try:
-                (images,) = self._pipeline.run()
+                decoded = self._decode(by_dali) if by_dali else None
             except RuntimeError as error:
                 self._pipeline = None
-                if not self.items.find_undecodable(keys):
+                if not self._learn_refused(by_dali, error):
                     raise ValueError(
-                        "DALI cannot decode a batch whose files PIL reads: "
-                        f"{[self._path(key) for key in keys]}: {error}"
+                        "DALI cannot decode a batch whose files it decodes one by one: "
+                        f"{[entry.path for entry in by_dali]}: {error}"
                     ) from error
                 continue
-            fields: list[dict[str, Tensor]] = feed["fields"]
-            stacked = {key: torch.stack([item[key] for item in fields]) for key in fields[0]}
-            return {"image": self.pipelines.to_torch(images), **stacked}
-        raise AssertionError("unreachable: every retry marks at least one file")
+            images = self._merge(len(entries), decoded, by_pil)
+            stacked = {
+                name: torch.stack([entry.fields[name] for entry in entries])
+                for name in entries[0].fields
+            }
+            return {"image": images, **stacked}
 
-    def _path(self, key: Key) -> str:
-        dataset, position = self.items.locate(key[0] if isinstance(key, tuple) else key)
-        return dataset.file_of(position)
+    def _entry(self, key: Key, seed: int, step: int) -> _Entry:
+        path, data, height, width, fields = self.items.read(key)
+        item = item_seed(seed, step, _index(key)) if self.training else None
+        return _Entry(path, data, height, width, fields, item)
 
-    def _feed(self, keys: Sequence[Key], seed: int, step: int) -> dict[str, Any]:
-        encoded, anchors, shapes, flips, fields = [], [], [], [], []
-        geometry: list[list[np.ndarray]] = [[] for _ in EVAL]
-        for key in keys:
-            data, height, width, item = self.items.read(key)
-            encoded.append(data)
-            fields.append(item)
-            if not self.training:
-                values = eval_geometry(height, width, self.pipelines.image_size)
-                for column, value in zip(geometry, values, strict=True):
-                    column.append(np.array(value, dtype=np.float32))
-            else:
-                index = key[0] if isinstance(key, tuple) else key
-                generator = torch.Generator().manual_seed(item_seed(seed, step, index))
-                window = crop_window(height, width, item_rng(generator))
-                anchors.append(np.array([window.left, window.top], dtype=np.float32))
-                shapes.append(np.array([window.width, window.height], dtype=np.float32))
-                flips.append(np.array(int(window.flip), dtype=np.int32))
-        feed: dict[str, Any] = {"encoded": encoded, "fields": fields}
-        if self.training:
-            return feed | {"anchor": anchors, "shape": shapes, "flip": flips}
-        return feed | dict(zip(EVAL, geometry, strict=True))
+    def _pil_views(self, entries: Sequence[_Entry]) -> dict[int, Tensor] | None:
+        """The views of the rows whose files PIL decodes, by row.
+
+        ``None`` if one of them failed after all: the file is then marked undecodable.
+        """
+        views = {}
+        for row, entry in enumerate(entries):
+            if entry.path not in self.items.pil_decoded:
+                continue
+            try:
+                views[row] = self._pil_view(entry)
+            except UnreadableImageError:
+                del self.items.pil_decoded[entry.path]
+                self.items.undecodable.add(entry.path)
+                return None
+        return views
+
+    def _pil_view(self, entry: _Entry) -> Tensor:
+        """What the torchvision backend makes of the entry's file (same window and flip)."""
+        if entry.seed is None:
+            view: Tensor = self._eval_view(load_rgb(entry.path))
+            return view
+        pixels = decode_rgb(entry.path)
+        generator = torch.Generator().manual_seed(entry.seed)
+        window = crop_window(pixels.shape[-2], pixels.shape[-1], item_rng(generator))
+        return self._train_view.apply(pixels, window)
+
+    def _merge(self, rows: int, decoded: Tensor | None, by_pil: dict[int, Tensor]) -> Tensor:
+        """DALI's images and PIL's, each in its row."""
+        if not by_pil:
+            assert decoded is not None
+            return decoded
+        size = self.pipelines.image_size
+        device = decoded.device if decoded is not None else self.pipelines.device
+        images = torch.empty((rows, 3, size, size), dtype=torch.float32, device=device)
+        dali_rows = [row for row in range(rows) if row not in by_pil]
+        if decoded is not None:
+            images[dali_rows] = decoded
+        for row, view in by_pil.items():
+            images[row] = view.to(device)
+        return images
+
+    def _decode(self, entries: Sequence[_Entry]) -> Tensor:
+        """DALI's images of ``entries``.
+
+        Raises:
+            RuntimeError: If DALI fails on the batch (the pipeline is then unusable).
+        """
+        if self._pipeline is None:
+            self._pipeline = self.pipelines.build(self.training)
+        for name, values in self._feed(entries).items():
+            self._pipeline.feed_input(name, values)
+        (images,) = self._pipeline.run()
+        return self.pipelines.to_torch(images)
+
+    def _refused(self, entries: Sequence[_Entry], error: str) -> list[tuple[_Entry, str]]:
+        """The entries DALI refuses, with its words, found by halving ``entries``.
+
+        ``entries`` were refused together, with ``error``.
+        """
+        if len(entries) == 1:
+            return [(entries[0], error)]
+        found: list[tuple[_Entry, str]] = []
+        half = len(entries) // 2
+        for part in (entries[:half], entries[half:]):
+            try:
+                self._decode(part)
+            except RuntimeError as failure:
+                self._pipeline = None
+                found += self._refused(part, str(failure))
+        return found
+
+    def _learn_refused(self, entries: Sequence[_Entry], error: RuntimeError) -> bool:
+        """Find and record the files DALI refuses among ``entries``; whether it refused any.
+
+        ``entries`` were refused together, with ``error``. None refused alone means
+        the batch as a whole failed.
+        """
+        found = {entry.path: message for entry, message in self._refused(entries, str(error))}
+        for path, message in found.items():
+            self.items.refused(path, _decoder_message(message))
+        return bool(found)
+
+    def _feed(self, entries: Sequence[_Entry]) -> dict[str, list[np.ndarray]]:
+        """The pipeline's inputs for ``entries``: bytes, and windows or geometry."""
+        feed: dict[str, list[np.ndarray]] = {"encoded": [entry.data for entry in entries]}
+        if not self.training:
+            columns = zip(
+                *(eval_geometry(e.height, e.width, self.pipelines.image_size) for e in entries),
+                strict=True,
+            )
+            for name, column in zip(EVAL, columns, strict=True):
+                feed[name] = [np.array(value, dtype=np.float32) for value in column]
+            return feed
+        anchors, shapes, flips = [], [], []
+        for entry in entries:
+            assert entry.seed is not None
+            generator = torch.Generator().manual_seed(entry.seed)
+            window = crop_window(entry.height, entry.width, item_rng(generator))
+            anchors.append(np.array([window.left, window.top], dtype=np.float32))
+            shapes.append(np.array([window.width, window.height], dtype=np.float32))
+            flips.append(np.array(int(window.flip), dtype=np.int32))
+        return feed | {"anchor": anchors, "shape": shapes, "flip": flips}
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         """The batches of one pass (training: from the start step to the pass's end)."""
@@ -284,3 +414,15 @@ def validation_batches(
     order = list(range(num_items) if indices is None else indices)
     count = math.ceil(len(order) / batch_size)
     return [order[number * batch_size : (number + 1) * batch_size] for number in range(count)]
+
+
+def _decoder_message(error: str) -> str:
+    """What a DALI error says went wrong, shortened.
+
+    The line after ``encountered:`` (DALI's operator trace comes before it), else the
+    first line.
+    """
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    if "encountered:" in lines[:-1]:
+        lines = lines[lines.index("encountered:") + 1 :]
+    return (lines[0] if lines else "no reason given")[:200]

@@ -89,6 +89,7 @@ class DaliPipelines:
     ) -> None:
         self.dali = import_dali()
         self.image_size = image_size
+        self.preprocessing = preprocessing
         self.mean = [255 * value for value in preprocessing.mean]
         self.std = [255 * value for value in preprocessing.std]
         self.max_batch = max_batch
@@ -146,6 +147,13 @@ class DaliPipelines:
         built = pipeline()
         built.build()
         return built
+
+    @property
+    def device(self) -> torch.device:
+        """Where the pipelines' batches are: the CUDA device decoded on, or the CPU."""
+        if self.device_id is None:
+            return torch.device("cpu")
+        return torch.device("cuda", self.device_id)
 
     def to_torch(self, output: Any) -> Tensor:
         """A DALI batch of equal-shaped images as a float tensor on its device."""
