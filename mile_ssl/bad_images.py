@@ -5,7 +5,8 @@ class and marks the item with ``bad_index`` (the index of the unreadable file). 
 callback turns those marks into what the user needs: one warning per file, the list in
 the run's ``bad_images.txt`` (which a resume passes back to the data layer, so deleting
 the files afterwards does not shift the data), a count in ``metrics.json``, and a stop
-once more than ``data.max_bad_fraction`` of the training images are unreadable.
+(through :class:`~mile_ssl.run_guard.RunGuard`) once more than ``data.max_bad_fraction``
+of the training images are unreadable.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from mile_ssl.atomic_files import write_text_atomically
 from mile_ssl.data.substitution import BAD_INDEX_KEY
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,7 @@ class BadImageMonitor(L.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        """Record this batch's unreadable images; stop when there are too many."""
+        """Record this batch's unreadable images (the run guard stops on too many)."""
         marks = batch.get(BAD_INDEX_KEY) if isinstance(batch, dict) else None
         if marks is not None:
             new = [
@@ -83,17 +85,24 @@ class BadImageMonitor(L.Callback):
                 self.found.update(dict.fromkeys(new))
                 if trainer.is_global_zero:
                     self._write()
-        too_many = self.count > self.max_fraction * self.num_images
-        if trainer.world_size > 1:
-            too_many = trainer.strategy.reduce_boolean_decision(too_many, all=False)
-        if too_many:
-            shown = list(self.found)[:5]
-            raise ValueError(
-                f"{self.count} of {self.num_images} training images are unreadable, more than "
-                f"data.max_bad_fraction={self.max_fraction} allows (first: {shown}; all in "
-                f"{self.output}). Run mile-ssl check-data with the same data settings, then "
-                "repair or remove the files, or raise data.max_bad_fraction"
-            )
+
+    def exceeded(self) -> bool:
+        """Whether this process has seen more unreadable images than the limit allows.
+
+        :class:`~mile_ssl.run_guard.RunGuard` merges this with the other processes'
+        answers and the run's other stop reasons in one decision.
+        """
+        return self.count > self.max_fraction * self.num_images
+
+    def error(self) -> ValueError:
+        """The error that stops the run: how many, the first files, where the list is."""
+        shown = list(self.found)[:5]
+        return ValueError(
+            f"{self.count} of {self.num_images} training images are unreadable, more than "
+            f"data.max_bad_fraction={self.max_fraction} allows (first: {shown}; all in "
+            f"{self.output}). Run mile-ssl check-data with the same data settings, then "
+            "repair or remove the files, or raise data.max_bad_fraction"
+        )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Merge every rank's list, write it, and say how many images were replaced."""
@@ -112,5 +121,4 @@ class BadImageMonitor(L.Callback):
             )
 
     def _write(self) -> None:
-        self.output.parent.mkdir(parents=True, exist_ok=True)
-        self.output.write_text("".join(f"{path}\n" for path in self.found))
+        write_text_atomically(self.output, "".join(f"{path}\n" for path in self.found))

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from mile_ssl.atomic_files import write_text_atomically, write_with
 from mile_ssl.config import MULTI_LABEL_METHODS
 from mile_ssl.export_naming import exported_tensors, tensors_head_width
 from mile_ssl.finished_run import read_finished_run
@@ -97,15 +98,14 @@ def export_checkpoint(
     written: dict[str, Path] = {}
     if "torchvision" in chosen:
         path = out_dir / FILE_NAMES["torchvision"]
-        torch.save(tensors, path)
+        write_with(path, lambda file: torch.save(tensors, file))
         written["torchvision"] = path
     if "safetensors" in chosen:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         path = out_dir / FILE_NAMES["safetensors"]
-        save_file(
+        serialised = save(
             tensors,
-            str(path),
             metadata={
                 "format": "pt",
                 "naming": naming,
@@ -113,6 +113,7 @@ def export_checkpoint(
                 "num_classes": str(num_classes),
             },
         )
+        write_with(path, lambda file: file.write(serialised))
         written["safetensors"] = path
 
     method = dict(state["method"])
@@ -141,7 +142,7 @@ def export_checkpoint(
         "num_tensors": len(tensors),
     }
     json_path = out_dir / FILE_NAMES["json"]
-    json_path.write_text(json.dumps(description, indent=2) + "\n")
+    write_text_atomically(json_path, json.dumps(description, indent=2) + "\n")
     written["json"] = json_path
     log.info("exported %s (%s names, %d tensors) to %s", source, naming, len(tensors), out_dir)
     return written

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from mile_ssl.config import TrainerConfig
 from mile_ssl.run_layout import run_folder
@@ -34,9 +35,14 @@ class ContinuedCSVLogger(CSVLogger):
     def experiment(self) -> Any:
         """Lightning's CSV writer, holding the earlier rows until its first save."""
         writer = super().experiment
-        if self._previous_rows and hasattr(writer, "metrics"):
+        # Ranks other than 0 get Lightning's dummy writer, which writes nothing and whose
+        # attributes are all methods.
+        if self._previous_rows and isinstance(writer, ExperimentWriter):
+            # Lightning's writer has just deleted the file; written back at once, the
+            # earlier rows survive a kill before this run's first flush.
             writer.metrics[:0] = self._previous_rows
             self._previous_rows = []
+            writer.save()
         return writer
 
 

@@ -6,6 +6,8 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from mile_ssl.atomic_files import write_text_atomically, write_with
+
 TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("top1", "top-1"),
     ("real_acc", "ReaL-acc"),
@@ -55,11 +57,8 @@ def _chance_flag(metrics: Mapping[str, float]) -> str:
 
 
 def write_json(path: str | Path, payload: object) -> Path:
-    """Write ``payload`` as indented JSON, creating parent folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    return path
+    """Write ``payload`` as indented JSON, atomically, creating parent folders."""
+    return write_text_atomically(path, json.dumps(payload, indent=2) + "\n")
 
 
 def plot_metrics(
@@ -90,7 +89,7 @@ def plot_metrics(
     if title:
         axes.set_title(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    write_with(path, lambda file: figure.savefig(file, format="png", dpi=120))
     plt.close(figure)
     return path
 
@@ -138,6 +137,6 @@ def plot_pseudo_label_history(path: str | Path, history: Sequence[Mapping[str, f
             axis.set_ylim(0, 1.02)  # shares
         axis.legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    write_with(path, lambda file: figure.savefig(file, format="png", dpi=120))
     plt.close(figure)
     return path

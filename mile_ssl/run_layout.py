@@ -7,13 +7,43 @@ anywhere else is taken to sit in its own run's folder.
 
 from __future__ import annotations
 
+import os
+import secrets
+from datetime import datetime
 from pathlib import Path
 
 CHECKPOINT_FOLDER = "checkpoints"
 """Sub-folder of a run folder holding its Lightning checkpoints."""
+
+RUN_NAME_RESOLVER = "mile_ssl.run_name"
+"""The OmegaConf resolver of the default run folder name (``hydra.run.dir``)."""
 
 
 def run_folder(checkpoint_path: str | Path) -> Path:
     """The run folder a checkpoint belongs to: above ``checkpoints/``, else its own folder."""
     parent = Path(checkpoint_path).parent
     return parent.parent if parent.name == CHECKPOINT_FOLDER else parent
+
+
+def default_run_name() -> str:
+    """The run folder under ``runs/`` when the user names none.
+
+    - Under SLURM, ``slurm-<job>`` (``<array job>_<task>`` for arrays; ``.<step>`` for a
+      job's later ``srun`` steps): every task of the job finds the same folder, and a
+      requeued job finds its own again and resumes from it.
+    - Under another launcher that starts every rank itself (``torchrun``),
+      ``<date>/<time>`` with the rendezvous id where there is one: every rank must agree.
+    - Otherwise ``<date>/<time>-<6 hex digits>``: two runs started in the same second
+      do not share a folder.
+    """
+    environ = os.environ
+    job = environ.get("SLURM_ARRAY_JOB_ID") and environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{environ['SLURM_ARRAY_JOB_ID']}_{job}" if job else environ.get("SLURM_JOB_ID")
+    if job:
+        step = environ.get("SLURM_STEP_ID", "0")
+        return f"slurm-{job}" + (f".{step}" if step.isdigit() and step != "0" else "")
+    stamp = datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+    if "RANK" in environ or "LOCAL_RANK" in environ:
+        rendezvous = environ.get("TORCHELASTIC_RUN_ID", "none")
+        return stamp if rendezvous in ("", "none") else f"{stamp}-{rendezvous}"
+    return f"{stamp}-{secrets.token_hex(3)}"

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import OmegaConf
 from torch import nn
 
 from mile_ssl.adapters import LoadedBackbone, load_backbone
+from mile_ssl.atomic_files import remove_stale_temporaries, write_text_atomically
 from mile_ssl.backbones import BackboneSpec, build_backbone
 from mile_ssl.bad_images import BAD_IMAGES_FILE, BadImageMonitor, read_bad_images
 from mile_ssl.config import (
@@ -34,8 +35,14 @@ from mile_ssl.loggers import build_logger
 from mile_ssl.preprocessing import Preprocessing
 from mile_ssl.public_checkpoints import get_public_checkpoint, resolve_public_checkpoint
 from mile_ssl.report import plot_pseudo_label_history, write_json
-from mile_ssl.resume import FIXED_DATA_KEYS, carry_tensorboard_events, read_resume_point
+from mile_ssl.resume import (
+    FIXED_DATA_KEYS,
+    RunIdentity,
+    carry_tensorboard_events,
+    read_resume_point,
+)
 from mile_ssl.run_layout import run_folder
+from mile_ssl.run_lock import holding_run_folder
 from mile_ssl.trainer import (
     LAST_CHECKPOINT,
     build_trainer,
@@ -45,10 +52,6 @@ from mile_ssl.trainer import (
 )
 
 log = logging.getLogger(__name__)
-
-# A step checkpoint holds the state after that step's update, which is what resuming
-# from step N needs; Lightning warns about this for every manual-optimisation module.
-warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 METRICS_FILE = "metrics.json"
 PSEUDO_LABELS_FILE = "pseudo_labels.json"
@@ -184,6 +187,11 @@ def run_training(
 ) -> RunResult:
     """Fine-tune as ``config`` says and write the run directory.
 
+    The run holds the folder's lock (:mod:`mile_ssl.run_lock`) while it runs, so that a
+    second run into the same folder stops at once; a folder that already holds
+    ``checkpoints/last.ckpt`` is resumed from it (a requeued cluster job runs the same
+    command again), unless ``trainer.resume_from`` names another checkpoint.
+
     Args:
         config: Validated run configuration.
         output_dir: Directory for the resolved config, checkpoints, logs and metrics.
@@ -193,7 +201,31 @@ def run_training(
         Final metrics and where the run was written.
     """
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    # Only the first process takes the lock: the others of a multi-process run write
+    # into the same folder on its behalf.
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        return _run_locked(config, output_dir, callbacks)
+    with holding_run_folder(output_dir):
+        for stale in remove_stale_temporaries(output_dir):
+            log.warning("removed %s, left by a save that was killed", stale)
+        return _run_locked(config, output_dir, callbacks)
+
+
+def resume_point_in_folder(config: TrainConfig, output_dir: Path) -> TrainConfig:
+    """Resume from the run folder's own ``last.ckpt`` when no other checkpoint is named."""
+    found = output_dir / LAST_CHECKPOINT
+    if config.trainer.resume_from is not None or not found.is_file():
+        return config
+    log.warning("resuming from %s, found in the run folder", found)
+    return replace(config, trainer=replace(config.trainer, resume_from=str(found)))
+
+
+def _run_locked(
+    config: TrainConfig, output_dir: Path, callbacks: Sequence[L.Callback]
+) -> RunResult:
+    found_in_run_folder = config.trainer.resume_from is None
+    config = resume_point_in_folder(config, output_dir)
+    found_in_run_folder &= config.trainer.resume_from is not None
     config = replace(config, trainer=resolve_sync_batchnorm(config.trainer))
     L.seed_everything(config.seed, workers=True, verbose=False)
     loaded = initial_backbone(config.backbone, config.checkpoint)
@@ -213,9 +245,16 @@ def run_training(
         known_bad_images=known_bad,
     )
     config = resolve_epochs(config, len(datamodule.train_indices))
+    identity = RunIdentity(
+        data=datamodule.fingerprint(),
+        labelled_digest=datamodule.labelled_digest,
+        backbone=loaded.spec.name,
+        batch_size=config.data.batch_size,
+        world_size=world_size(config.trainer),
+    )
     # Checked before anything is written: a failed resume leaves the run folder as it was.
     resume = (
-        read_resume_point(config, datamodule.labelled_digest)
+        read_resume_point(config, identity, found_in_run_folder)
         if config.trainer.resume_from
         else None
     )
@@ -233,8 +272,8 @@ def run_training(
             "backbone": {"name": loaded.spec.name, "kwargs": dict(loaded.spec.kwargs)},
             "preprocessing": loaded.preprocessing.to_dict(),
             "class_names": list(datamodule.class_names),
-            "labelled_sha256": datamodule.labelled_digest,
             "data_stream": {key: getattr(config.data, key) for key in FIXED_DATA_KEYS},
+            **identity.metadata(),
         },
     )
     if config.trainer.compile:
@@ -253,14 +292,15 @@ def run_training(
         resolve_strategy(config.trainer.strategy, module),
         [bad_images, *callbacks],
         logger,
+        stop_conditions=[bad_images],
     )
     if resume is not None and config.trainer.logger == "tensorboard" and trainer.is_global_zero:
         carry_tensorboard_events(resume.previous_logs, output_dir / "logs")
     if trainer.is_global_zero:
         # The config as trained, epochs resolved to steps; written before training so
         # that an interrupted run still records it.
-        (output_dir / RESOLVED_CONFIG_FILE).write_text(
-            OmegaConf.to_yaml(OmegaConf.structured(config))
+        write_text_atomically(
+            output_dir / RESOLVED_CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.structured(config))
         )
     trainer.fit(module, datamodule=datamodule, ckpt_path=config.trainer.resume_from)
     last_checkpoint = output_dir / LAST_CHECKPOINT

@@ -2,8 +2,9 @@
 
 Precision, strategy and SyncBatchNorm are resolved against the hardware here, before
 any data is read, so that a setting the machine cannot honour fails early; the Trainer
-writes checkpoints atomically (:mod:`mile_ssl.checkpoint_io`) and turns Ctrl-C into a
-resumable checkpoint (:mod:`mile_ssl.interrupt`).
+writes checkpoints atomically (:mod:`mile_ssl.checkpoint_io`), and
+:class:`~mile_ssl.run_guard.RunGuard` decides when they are written and turns signals
+(Ctrl-C, a scheduler's SIGTERM / SIGUSR1) into a resumable checkpoint.
 """
 
 from __future__ import annotations
@@ -12,22 +13,24 @@ import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
 from mile_ssl.checkpoint_io import AtomicCheckpointIO
 from mile_ssl.config import TrainerConfig
 from mile_ssl.finetune import FineTuneModule
-from mile_ssl.interrupt import GracefulInterrupt
 from mile_ssl.loggers import build_logger
+from mile_ssl.run_guard import RunGuard, StopCondition
+from mile_ssl.run_layout import CHECKPOINT_FOLDER
 
 log = logging.getLogger(__name__)
 
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+LAST_CHECKPOINT = Path(CHECKPOINT_FOLDER) / "last.ckpt"
 """Where in the run directory the resumable checkpoint of the latest state is kept."""
 
 
@@ -61,25 +64,35 @@ def build_trainer(
     strategy: str | None = None,
     callbacks: Sequence[L.Callback] = (),
     logger: Logger | None = None,
+    stop_conditions: Sequence[StopCondition] = (),
 ) -> L.Trainer:
     """A Lightning Trainer writing checkpoints and logs under ``output_dir``.
+
+    Checkpoints are written by :class:`~mile_ssl.run_guard.RunGuard` alone (Lightning's
+    own ``ModelCheckpoint`` is off): ``last.ckpt`` is always the newest state, whatever
+    checkpoint a run resumed from, and never gets a ``-v1`` sibling.
 
     Args:
         config: Trainer settings.
         output_dir: Run directory.
         strategy: Replaces ``config.strategy`` (see :func:`resolve_strategy`).
-        callbacks: Lightning callbacks to add to the checkpointing and Ctrl-C ones.
+        callbacks: Lightning callbacks to add to the checkpointing one.
         logger: The run's logger (default: :func:`build_logger`'s).
+        stop_conditions: Reasons to stop the run merged into the guard's decision.
     """
     logger = logger or build_logger(config, output_dir)
-    checkpoint = ModelCheckpoint(
-        dirpath=output_dir / "checkpoints",
-        save_last=config.checkpoint_every_n_steps is not None,
-        save_top_k=-1 if config.checkpoint_every_n_steps else 0,
-        every_n_train_steps=config.checkpoint_every_n_steps,
-        filename="step{step}",
-        auto_insert_metric_name=False,
+    guard = RunGuard(
+        output_dir / CHECKPOINT_FOLDER,
+        every_minutes=config.checkpoint_every_minutes,
+        every_n_steps=config.checkpoint_every_n_steps,
+        decide_every_n_steps=config.log_every_n_steps,
+        conditions=stop_conditions,
     )
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        # The guard saves at the end of a step and requeues; Lightning's own handler
+        # would save from inside the signal handler, mid-step.
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     return L.Trainer(
         max_steps=config.max_steps,
         max_epochs=-1,
@@ -93,12 +106,9 @@ def build_trainer(
         num_sanity_val_steps=0,
         log_every_n_steps=config.log_every_n_steps,
         logger=logger,
-        callbacks=[
-            checkpoint,
-            GracefulInterrupt(output_dir / "checkpoints" / "last.ckpt"),
-            *callbacks,
-        ],
-        plugins=[AtomicCheckpointIO()],
+        callbacks=[guard, *callbacks],
+        enable_checkpointing=False,
+        plugins=plugins,
         enable_progress_bar=config.progress_bar,
         enable_model_summary=False,
         deterministic=config.deterministic,

@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 DEBUG_VARIABLE = "MILE_SSL_DEBUG"
 EXIT_USER_ERROR = 2
+EXIT_SIGINT = 130
 EXIT_BROKEN_PIPE = 141
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -93,6 +94,22 @@ def exit_on_user_error(command: str) -> Iterator[None]:
         raise SystemExit(EXIT_USER_ERROR) from None
 
 
+@contextmanager
+def interrupt_without_traceback(command: str) -> Iterator[None]:
+    """Ctrl-C outside training (start-up, evaluation): one line and status 130.
+
+    Training itself turns the first Ctrl-C into a resumable checkpoint
+    (:mod:`mile_ssl.run_guard`); before it starts there is nothing to save.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        if debugging():
+            raise
+        print(f"mile-ssl {command}: interrupted; nothing to resume", file=sys.stderr)
+        raise SystemExit(EXIT_SIGINT) from None
+
+
 def holds_only(directory: Path, names: set[str]) -> bool:
     """Whether ``directory`` exists and holds nothing but entries named in ``names``."""
     return directory.is_dir() and all(child.name in names for child in directory.iterdir())
@@ -116,6 +133,13 @@ def removed_on_user_error(directory: Path, own_files: set[str]) -> Iterator[None
     fresh = holds_only(directory, own_files)
     try:
         yield
+    except KeyboardInterrupt:
+        # Ctrl-C during start-up: as with bad input, a folder holding nothing of the run
+        # goes.
+        if fresh and holds_only(directory, own_files):
+            shutil.rmtree(directory, ignore_errors=True)
+            _remove_empty_parents(directory)
+        raise
     except SystemExit as stop:
         if fresh and stop.code == EXIT_USER_ERROR and holds_only(directory, own_files):
             shutil.rmtree(directory, ignore_errors=True)

@@ -89,8 +89,19 @@ class TrainConfig:
 
 
 def register_configs() -> None:
-    """Store the schema under ``base_config`` for the primary YAML's defaults list."""
+    """Register what the primary YAML refers to.
+
+    The schema under ``base_config`` (its defaults list) and the resolver of the default
+    run folder name (``hydra.run.dir``).
+    """
+    from omegaconf import OmegaConf
+
+    from mile_ssl.run_layout import RUN_NAME_RESOLVER, default_run_name
+
     ConfigStore.instance().store(name="base_config", node=TrainConfig)
+    OmegaConf.register_new_resolver(
+        RUN_NAME_RESOLVER, default_run_name, use_cache=True, replace=True
+    )
 
 
 def to_train_config(config: Any) -> TrainConfig:

@@ -69,7 +69,10 @@ class TrainerConfig:
         precision: Lightning precision; ``auto`` picks ``bf16-mixed`` where the
             hardware supports it, else ``32-true``.
         val_every_n_steps: Validation interval; ``null`` validates at the end only.
-        checkpoint_every_n_steps: Also keep a resumable checkpoint every n steps.
+        checkpoint_every_minutes: Save ``checkpoints/last.ckpt`` after this much wall
+            time since the last save (``null``: only at the end, on a signal and every
+            ``checkpoint_every_n_steps``); a preempted run loses at most this much.
+        checkpoint_every_n_steps: Also keep ``checkpoints/step<N>.ckpt`` every n steps.
         log_every_n_steps: Logging interval.
         logger: ``csv``, ``tensorboard`` or ``wandb`` (needs the ``wandb`` extra; a resumed
             run continues the W&B run of the directory it resumes from).
@@ -89,6 +92,7 @@ class TrainerConfig:
     strategy: str = "auto"
     precision: str = "auto"
     val_every_n_steps: int | None = None
+    checkpoint_every_minutes: float | None = 30.0
     checkpoint_every_n_steps: int | None = None
     log_every_n_steps: int = 10
     logger: str = "csv"
@@ -106,6 +110,12 @@ class TrainerConfig:
             "trainer.max_epochs",
             "> 0 or null",
             self.max_epochs,
+        )
+        require(
+            self.checkpoint_every_minutes is None or self.checkpoint_every_minutes > 0,
+            "trainer.checkpoint_every_minutes",
+            "> 0 or null",
+            self.checkpoint_every_minutes,
         )
         require_choice("trainer.logger", self.logger, LOGGERS)
         require_choice("trainer.precision", str(self.precision), PRECISIONS)

@@ -145,6 +145,28 @@ class MILeDataModule(L.LightningDataModule):
         """SHA-256 of the labelled indices: equal digests mean equal label splits."""
         return hashlib.sha256(",".join(map(str, self.train_indices)).encode()).hexdigest()
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the training data, stored in checkpoints to check resumes.
+
+        Class names in order, images per class, a SHA-256 of the labelled files' names
+        (indices for datasets without files) and the training crop size: two datasets of
+        the same shape but other classes or files differ here, where the labelled indices
+        alone (:attr:`labelled_digest`) agree.
+        """
+        counts = [0] * self.num_classes
+        for label in self.splits.train_labels:
+            counts[int(label)] += 1
+        names = self.splits.train_names
+        labelled = [
+            names[index] if names is not None else str(index) for index in self.train_indices
+        ]
+        return {
+            "class_names": list(self.class_names),
+            "images_per_class": counts,
+            "labelled_files_sha256": hashlib.sha256("\n".join(labelled).encode()).hexdigest(),
+            "image_size": self.config.image_size,
+        }
+
     def setup(self, stage: str) -> None:
         """Check that every rank selected the same labelled images."""
         if self.trainer is None or self.trainer.world_size == 1:
