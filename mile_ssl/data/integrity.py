@@ -5,15 +5,22 @@ A run replaces each image it cannot decode by another one of its class (see
 but a line in ``bad_images.txt``. This scan (``mile-ssl check-data``) lists them all
 up front, so they can be fixed before a long run starts.
 
-What is checked, per file: that it is not empty, that PIL identifies it and reads its
-header (format, size), and, for JPEG, PNG and GIF, that it ends with the format's end
-marker; a file without one (typically cut off by an interrupted copy) is decoded in
-full to tell truncated from merely padded. Decoding only those keeps the scan at a few
-header bytes per file; the price is that corrupt data inside an otherwise complete file
-shows only when training decodes it.
+What the default scan checks, per file: that it is not empty, that PIL identifies it
+and reads its header (format, size), and, for JPEG, PNG and GIF, that it ends with the
+format's end marker; a file without one (typically cut off by an interrupted copy) is
+decoded in full to tell truncated from merely padded. Decoding only those keeps the scan
+at a few header bytes per file; the price is that damage inside a file that looks
+complete passes: corrupt compressed data (a PNG's IDAT chunks, a JPEG's scan), or a
+file cut off and then given a new end marker. Training finds those when it decodes them.
 
-The scan is cached. Each file's result is stored with its size and modification time,
-so a second scan of an unchanged tree reads no image at all. The cache is one JSON file,
+The full scan (``decode=True``, ``mile-ssl check-data --decode``) decodes every file as
+training does (:func:`~mile_ssl.data.images.load_rgb`), so it finds those as well, at
+the cost of reading and decoding every byte.
+
+Both scans are cached. Each file's result is stored with its size and modification
+time, so a second scan of an unchanged tree reads no image at all; the two scans keep
+separate results, so that a header check never answers for a full decode (nor the
+other way round). The cache is one JSON file,
 ``<data.root>/.mile_ssl_image_check.json`` when the data root is writable (it then moves
 and is deleted with the data), else ``~/.cache/mile_ssl/image_check/<hash of the root>.json``
 (``$XDG_CACHE_HOME`` is honoured) for read-only datasets.
@@ -29,6 +36,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +61,13 @@ CACHE_NAME = ".mile_ssl_image_check.json"
 CACHE_VERSION = 1
 """Format version of the cache; a cache of another version is ignored."""
 
+HEADER_SECTION = "files"
+"""The cache's results of the header scan."""
+
+DECODE_SECTION = "decoded"
+"""The cache's results of the full decode: a separate section, never read as the
+header scan's (whose results an older mile_ssl also writes under ``files``)."""
+
 CHUNK = 256
 """Files per thread task: large enough to keep the pool's overhead small."""
 
@@ -75,31 +90,35 @@ class ScanResult:
         checked: Files checked in all (read now or answered by the cache).
         from_cache: Of ``checked``, those answered by the cache without reading.
         cache: The cache file used, if any.
+        decoded: Whether every file was decoded in full (else: the header scan).
     """
 
     bad: list[tuple[str, str]]
     checked: int
     from_cache: int
     cache: Path | None = None
+    decoded: bool = False
 
 
-def check_image(path: str | Path) -> str | None:
+def check_image(path: str | Path, decode: bool = False) -> str | None:
     """Why the image file ``path`` cannot be read, or ``None`` when it can.
 
     Reads the header, and the whole file only when its end marker is missing (see the
-    module's description).
+    module's description); ``decode=True`` decodes it in full whatever it looks like.
     """
     try:
         size = os.path.getsize(path)
     except OSError as error:
         return describe_decode_error(path, error)
-    return _reason(path, size)
+    return _reason(path, size, decode)
 
 
-def _reason(path: str | Path, size: int) -> str | None:
+def _reason(path: str | Path, size: int, decode: bool = False) -> str | None:
     """:func:`check_image` for a file of ``size`` bytes."""
     if size == 0:
         return "empty file (0 bytes)"
+    if decode:
+        return _decode_reason(path)
     try:
         with Image.open(path) as image:
             width, height = image.size
@@ -113,6 +132,17 @@ def _reason(path: str | Path, size: int) -> str | None:
             load_rgb(path)
         except UnreadableImageError as error:
             return error.reason
+    return None
+
+
+def _decode_reason(path: str | Path) -> str | None:
+    """Why decoding ``path`` in full fails, as training's would, or ``None``."""
+    try:
+        width, height = load_rgb(path).size
+    except UnreadableImageError as error:
+        return error.reason
+    if width < 1 or height < 1:
+        return f"image of {width} x {height} pixels"
     return None
 
 
@@ -141,8 +171,8 @@ def default_cache_path(root: str | Path) -> Path:
     return base / "mile_ssl" / "image_check" / f"{digest}.json"
 
 
-def _read_cache(path: Path) -> dict[str, list[Any]]:
-    """The cache's entries (absolute path -> [size, mtime_ns, reason]); empty if unusable."""
+def _read_sections(path: Path) -> dict[str, dict[str, list[Any]]]:
+    """Every section of the cache (name -> absolute path -> [size, mtime_ns, reason])."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -152,18 +182,30 @@ def _read_cache(path: Path) -> dict[str, list[Any]]:
         return {}
     if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
         return {}
-    files = data.get("files")
-    return files if isinstance(files, dict) else {}
+    return {
+        name: entries
+        for name in (HEADER_SECTION, DECODE_SECTION)
+        if isinstance(entries := data.get(name), dict)
+    }
 
 
-def _write_cache(path: Path, files: dict[str, list[Any]]) -> None:
-    """Replace the cache atomically; a cache that cannot be written is only a warning."""
+def _read_cache(path: Path, section: str = HEADER_SECTION) -> dict[str, list[Any]]:
+    """The entries of one scan's section of the cache; empty if unusable."""
+    return _read_sections(path).get(section, {})
+
+
+def _write_cache(path: Path, files: dict[str, list[Any]], section: str = HEADER_SECTION) -> None:
+    """Replace one section of the cache atomically, keeping the other one.
+
+    A cache that cannot be written is only a warning.
+    """
     temporary: str | None = None
     try:
+        sections = _read_sections(path) | {section: files}
         path.parent.mkdir(parents=True, exist_ok=True)
         descriptor, temporary = tempfile.mkstemp(prefix=f"{CACHE_NAME}.", dir=path.parent)
         with os.fdopen(descriptor, "w") as handle:
-            json.dump({"version": CACHE_VERSION, "files": files}, handle)
+            json.dump({"version": CACHE_VERSION, **sections}, handle)
         os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide it from the data's other users
         os.replace(temporary, path)
     except OSError as error:
@@ -174,7 +216,9 @@ def _write_cache(path: Path, files: dict[str, list[Any]]) -> None:
         )
 
 
-def _check_many(paths: Sequence[str]) -> list[tuple[str, int, int, str | None]]:
+def _check_many(
+    paths: Sequence[str], decode: bool = False
+) -> list[tuple[str, int, int, str | None]]:
     """``(path, size, mtime_ns, reason)`` of each file (size -1: it could not be stat'ed)."""
     results: list[tuple[str, int, int, str | None]] = []
     for path in paths:
@@ -183,26 +227,34 @@ def _check_many(paths: Sequence[str]) -> list[tuple[str, int, int, str | None]]:
         except OSError as error:
             results.append((path, -1, -1, describe_decode_error(path, error)))
             continue
-        results.append((path, stat.st_size, stat.st_mtime_ns, _reason(path, stat.st_size)))
+        reason = _reason(path, stat.st_size, decode)
+        results.append((path, stat.st_size, stat.st_mtime_ns, reason))
     return results
 
 
 def scan_images(
-    paths: Iterable[str | Path], cache: Path | None = None, workers: int | None = None
+    paths: Iterable[str | Path],
+    cache: Path | None = None,
+    workers: int | None = None,
+    *,
+    decode: bool = False,
 ) -> ScanResult:
     """Check every file of ``paths`` (see :func:`check_image`), in parallel threads.
 
     Args:
         paths: Image files.
         cache: JSON cache file (created if missing); ``None`` reads every file.
-        workers: Threads (default: 4 per CPU, at most 32; the work is mostly waiting
-            for the disk).
+        workers: Threads (default: 4 per CPU, at most 32, as the header scan mostly
+            waits for the disk; one per CPU when decoding, which PIL does without
+            holding the interpreter).
+        decode: Decode every file in full instead of the header scan.
 
     Returns:
         The unreadable files with reasons, and how many files were checked.
     """
+    section = DECODE_SECTION if decode else HEADER_SECTION
     files = sorted(dict.fromkeys(os.path.abspath(path) for path in paths))
-    cached = _read_cache(cache) if cache is not None else {}
+    cached = _read_cache(cache, section) if cache is not None else {}
     bad: list[tuple[str, str]] = []
     to_read: list[str] = []
     from_cache = 0
@@ -214,20 +266,27 @@ def scan_images(
                 bad.append((path, str(entry[2])))
         else:
             to_read.append(path)
-    threads = workers or min(32, 4 * (os.cpu_count() or 1))
-    chunks = [to_read[start : start + CHUNK] for start in range(0, len(to_read), CHUNK)]
+    cpus = os.cpu_count() or 1
+    threads = workers or (cpus if decode else min(32, 4 * cpus))
+    size = CHUNK // 16 if decode else CHUNK
+    chunks = [to_read[start : start + size] for start in range(0, len(to_read), size)]
     if to_read:
-        log.info("checking %d image files (%d known from the cache)", len(to_read), from_cache)
+        log.info(
+            "%s %d image files (%d known from the cache)",
+            "decoding" if decode else "checking",
+            len(to_read),
+            from_cache,
+        )
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        for results in pool.map(_check_many, chunks):
+        for results in pool.map(partial(_check_many, decode=decode), chunks):
             for path, size, mtime, reason in results:
                 if reason is not None:
                     bad.append((path, reason))
                 if size >= 0:
                     cached[path] = [size, mtime, reason]
     if cache is not None and to_read:
-        _write_cache(cache, cached)
-    return ScanResult(sorted(bad), len(files), from_cache, cache)
+        _write_cache(cache, cached, section)
+    return ScanResult(sorted(bad), len(files), from_cache, cache, decode)
 
 
 def _unchanged(path: str, entry: Any) -> bool:
@@ -284,6 +343,7 @@ def scan_data(
     cache: Path | None = None,
     use_cache: bool = True,
     workers: int | None = None,
+    decode: bool = False,
 ) -> ScanResult:
     """Check the training, validation and unlabeled images of ``config``.
 
@@ -292,6 +352,7 @@ def scan_data(
         cache: Cache file; default :func:`default_cache_path` of ``data.root``.
         use_cache: ``False`` reads every file and leaves the cache alone.
         workers: Threads (see :func:`scan_images`).
+        decode: Decode every file in full (see the module's description).
 
     Raises:
         ValueError: For a dataset without image files (``data=digits``).
@@ -300,19 +361,22 @@ def scan_data(
     files = data_files(config)
     assert config.root is not None
     cache_file = (cache or default_cache_path(config.root)) if use_cache else None
-    return scan_images(files, cache_file, workers)
+    return scan_images(files, cache_file, workers, decode=decode)
 
 
 def format_scan(result: ScanResult, config: DataConfig) -> str:
     """The report of a scan: counts, then one line per unreadable file with the reason."""
+    how = "decoded" if result.decoded else "checked the headers of"
     summary = (
-        f"checked {result.checked} image files under {config.root}: "
+        f"{how} {result.checked} image files under {config.root}: "
         f"{result.checked - len(result.bad)} readable, {len(result.bad)} unreadable"
     )
     if result.cache is not None and result.from_cache:
         summary += f" ({result.from_cache} answered by the cache {result.cache})"
     elif result.cache is not None:
         summary += f" (results cached in {result.cache})"
+    if not result.decoded:
+        summary += "; --decode also finds damage inside files that look complete"
     if not result.bad:
         return summary
     lines = [summary, "unreadable:"]
@@ -334,11 +398,15 @@ def empty_class_folders(config: DataConfig) -> list[str]:
     )
 
 
-def check_data_report(config: DataConfig) -> tuple[str, int]:
+def check_data_report(config: DataConfig, decode: bool = False) -> tuple[str, int]:
     """What ``mile-ssl check-data`` prints, and its exit status.
 
     Besides the unreadable files, the report names training class folders without
     images, which stop training unless ``data.allow_empty_classes=true``.
+
+    Args:
+        config: Data settings.
+        decode: Decode every file in full (``--decode``) instead of the header scan.
 
     Returns:
         The report, and ``0`` when every file is readable (and no empty class folder
@@ -348,7 +416,7 @@ def check_data_report(config: DataConfig) -> tuple[str, int]:
         ValueError: For a dataset without image files (``data=digits``).
         FileNotFoundError: Naming a missing data folder.
     """
-    result = scan_data(config)
+    result = scan_data(config, decode=decode)
     text = format_scan(result, config)
     empty = empty_class_folders(config)
     if not empty:
