@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,14 +20,23 @@ from omegaconf import DictConfig
 
 from mile_ssl.config import register_configs, to_train_config
 from mile_ssl.config.overrides import normalise_overrides
+from mile_ssl.run_lock import holding_named_run_folder
 from mile_ssl.solo_command import expand_solo_command, find_solo_recipe
 from mile_ssl.solo_learn import Translation
-from mile_ssl.user_errors import exit_on_user_error, removed_on_user_error
+from mile_ssl.user_errors import (
+    exit_on_user_error,
+    interrupt_without_traceback,
+    removed_on_user_error,
+)
 
 log = logging.getLogger("mile_ssl")
 
 EXIT_INTERRUPTED = 130
 """Exit status of a run stopped by Ctrl-C (128 + SIGINT, as shells report it)."""
+EXIT_PREEMPTED = 143
+"""Exit status of a run stopped by a scheduler's signal (SIGTERM, SIGUSR1, SIGUSR2) after
+saving its resumable checkpoint: 128 + SIGTERM, what a job killed by SIGTERM reports, so
+that a scheduler or script never reads a preempted run as a finished one."""
 
 COMMANDS = (
     "train",
@@ -71,13 +79,14 @@ commands:
 
 @hydra.main(config_path="pkg://mile_ssl.configs", config_name="config", version_base="1.3")
 def _train(config: DictConfig) -> None:
-    from mile_ssl.interrupt import RunInterruptedError
     from mile_ssl.report import format_metrics_table
+    from mile_ssl.run_guard import RunInterruptedError
+    from mile_ssl.run_lock import LOCK_FILE
     from mile_ssl.train import run_training
 
     hydra_config = HydraConfig.get()
     output_dir = Path(hydra_config.runtime.output_dir)
-    hydra_files = {f"{hydra_config.job.name}.log", str(hydra_config.output_subdir)}
+    hydra_files = {f"{hydra_config.job.name}.log", str(hydra_config.output_subdir), LOCK_FILE}
     with removed_on_user_error(output_dir, hydra_files), exit_on_user_error("train"):
         train_config = to_train_config(config)
         # Hydra already logs to the console and the run's log file; Lightning's own console
@@ -86,16 +95,8 @@ def _train(config: DictConfig) -> None:
         try:
             result = run_training(train_config, output_dir)
         except RunInterruptedError as stop:
-            overrides = [
-                item
-                for item in hydra_config.overrides.task
-                if not item.startswith("trainer.resume_from=")
-            ]
-            _print_on_rank_zero(
-                f"mile-ssl train: {stop}. Resume with:\n  mile-ssl train "
-                f"{shlex.join([*overrides, f'trainer.resume_from={stop.checkpoint}'])}"
-            )
-            raise SystemExit(EXIT_INTERRUPTED) from None
+            _print_on_rank_zero(stop.resume_message(hydra_config.overrides.task, output_dir))
+            raise SystemExit(EXIT_PREEMPTED if stop.preempted else EXIT_INTERRUPTED) from None
     _print_on_rank_zero(format_metrics_table({train_config.method.name: result.metrics}))
     _print_on_rank_zero(f"run directory: {result.output_dir}")
 
@@ -263,7 +264,12 @@ def _predict(argv: Sequence[str]) -> None:
     """Multi-label predictions for images or folders of images."""
     import json
 
-    from mile_ssl.predict import format_predictions, predict, prediction_failures
+    from mile_ssl.predict import (
+        format_predictions,
+        missing_inputs,
+        predict,
+        prediction_failures,
+    )
 
     parser = _command_parser(
         "predict",
@@ -288,6 +294,8 @@ def _predict(argv: Sequence[str]) -> None:
         top_k=args.top_k,
         image_size=args.image_size,
     )
+    for path, reason in missing_inputs(results):
+        print(f"mile-ssl predict: {path}: {reason}", file=sys.stderr)
     print(json.dumps(results, indent=2, default=str) if args.json else format_predictions(results))
     if prediction_failures(results):
         raise SystemExit(1)
@@ -378,14 +386,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"mile-ssl: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    with exit_on_user_error(command):
+    with exit_on_user_error(command), interrupt_without_traceback(command):
         if command == "train":
             # Hydra reports composition errors itself, with exit status 1; this lets them
             # reach exit_on_user_error like every other user error.
             os.environ["HYDRA_FULL_ERROR"] = "1"
             register_configs()
-            sys.argv = [sys.argv[0], *normalise_overrides(_expand_solo_recipe(rest))]
-            _train()
+            overrides = normalise_overrides(_expand_solo_recipe(rest))
+            sys.argv = [sys.argv[0], *overrides]
+            with holding_named_run_folder(overrides):
+                _train()
         else:
             COMMAND_FUNCTIONS[command](rest)
 
