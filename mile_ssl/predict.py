@@ -6,8 +6,10 @@ for softmax models, so what ``predict`` shows is what ReaL-F1 and coverage measu
 Images get the evaluation view (resize to ``size / 0.875``, centre crop) with the
 checkpoint's normalisation.
 
-An input that cannot be decoded does not stop the others: it gets a result with an
-``error`` and no classes, and :func:`prediction_failures` lists those.
+An input that cannot be used does not stop the others: a file that cannot be decoded,
+a file named that does not exist, a broken symbolic link (named, or found in a folder)
+gets a result with an ``error`` and no classes. :func:`prediction_failures` lists them
+all, :func:`missing_inputs` those that are not there.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from typing import Any
 import torch
 
 from mile_ssl.data.augment import eval_transform
-from mile_ssl.data.images import UnreadableImageError, collect_images, load_rgb
+from mile_ssl.data.images import (
+    BROKEN_LINK,
+    NOT_FOUND,
+    UnreadableImageError,
+    find_inputs,
+    load_rgb,
+)
 from mile_ssl.finished_run import read_finished_run
 from mile_ssl.metrics import class_probabilities, predicted_sets
 
@@ -102,13 +110,14 @@ def predict(
         "class_id", "probability"}`` sorted by decreasing probability; ``class_name``
         is human-readable (ImageNet wnids are translated), ``class_id`` the stored
         name. ``probabilities`` says whether they are sigmoid or softmax outputs.
-        ``error`` is ``None``, or for a file that cannot be decoded why (e.g. ``empty
-        file (0 bytes)``), with ``predicted`` and ``top_k`` empty: one bad file does
-        not cost the predictions of the others (:func:`prediction_failures`).
+        ``error`` is ``None``, or for a file that cannot be used why (e.g. ``empty
+        file (0 bytes)``, ``no such file or folder``, ``broken symbolic link to
+        ...``), with ``predicted`` and ``top_k`` empty: one bad input does not cost
+        the predictions of the others (:func:`prediction_failures`).
 
     Raises:
         ValueError: If an argument is out of range or a folder holds no images (named).
-        FileNotFoundError: If an input does not exist (named).
+        FileNotFoundError: If no input is there (each named): nothing to predict.
     """
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
@@ -118,7 +127,12 @@ def predict(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if image_size is not None and image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
-    paths = collect_images(inputs)
+    inputs_found = find_inputs(inputs)
+    if all(missing is not None for _, missing in inputs_found):
+        shown = "; ".join(f"{path}: {missing}" for path, missing in inputs_found[:5])
+        more = f" and {len(inputs_found) - 5} more" if len(inputs_found) > 5 else ""
+        raise FileNotFoundError(f"none of the inputs is there: {shown}{more}")
+    paths = [path for path, _ in inputs_found]
     run = read_finished_run(run_checkpoint)
     module = run.build_module()
     module.eval().to(device)
@@ -158,7 +172,10 @@ def predict(
 
     results: dict[Path, dict[str, Any]] = {}
     pending: list[tuple[Path, torch.Tensor]] = []
-    for path in paths:
+    for path, missing in inputs_found:
+        if missing is not None:
+            results[path] = _failure(path, missing, kind)
+            continue
         try:
             pending.append((path, transform(load_rgb(path))))
         except UnreadableImageError as error:
@@ -182,6 +199,19 @@ def prediction_failures(results: Sequence[dict[str, Any]]) -> list[tuple[str, st
     The command line prints them and exits non-zero when there are any.
     """
     return [(result["path"], result["error"]) for result in results if result.get("error")]
+
+
+def missing_inputs(results: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """``(path, reason)`` of the inputs of :func:`predict` that are not there.
+
+    Files named that do not exist and broken symbolic links: the command line names
+    each on stderr, besides listing every failure after its table.
+    """
+    return [
+        (path, reason)
+        for path, reason in prediction_failures(results)
+        if reason == NOT_FOUND or reason.startswith(BROKEN_LINK)
+    ]
 
 
 def _describe(entries: Sequence[dict[str, Any]]) -> str:

@@ -8,10 +8,18 @@ import pytest
 import torch
 from PIL import Image
 
+from mile_ssl.cli import main
 from mile_ssl.config import compose_train_config
 from mile_ssl.data.augment import eval_transform
+from mile_ssl.data.images import NOT_FOUND
 from mile_ssl.finished_run import read_finished_run
-from mile_ssl.predict import display_names, format_predictions, predict, prediction_failures
+from mile_ssl.predict import (
+    display_names,
+    format_predictions,
+    missing_inputs,
+    predict,
+    prediction_failures,
+)
 from mile_ssl.preprocessing import Preprocessing
 from mile_ssl.train import run_training
 from tests.conftest import TINY_OVERRIDES, folder_run_overrides
@@ -141,7 +149,8 @@ def test_imagenet_wnids_get_readable_names(mile_checkpoint: Path, image_root: Pa
 
 
 def test_bad_inputs_are_named(mile_checkpoint: Path, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+    # Nothing to predict: an error naming the input (with others, it is reported instead).
+    with pytest.raises(FileNotFoundError, match=f"missing.jpg: {NOT_FOUND}"):
         predict(mile_checkpoint, [tmp_path / "missing.jpg"])
     not_an_image = tmp_path / "notes.jpg"
     not_an_image.write_text("not a JPEG")
@@ -166,3 +175,42 @@ def test_the_crop_size_defaults_to_the_runs(mile_checkpoint: Path, image_root: P
     (larger,) = predict(mile_checkpoint, [path], image_size=64, top_k=3)
     assert default["top_k"] == trained["top_k"]
     assert default["top_k"] != larger["top_k"]
+
+
+def test_missing_files_and_broken_links_are_named_and_the_rest_predicted(
+    mile_checkpoint: Path, image_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    good = image_root / "val" / WNIDS[0] / f"{WNIDS[0]}_0.JPEG"
+    (photos / "a_good.jpg").symlink_to(good)
+    broken = photos / "b_gone.jpg"
+    broken.symlink_to(tmp_path / "deleted.jpg")
+    missing = tmp_path / "missing.jpg"
+    other = image_root / "val" / WNIDS[1] / f"{WNIDS[1]}_0.JPEG"
+
+    results = predict(mile_checkpoint, [missing, photos, other], image_size=32)
+    assert [result["path"] for result in results] == [
+        str(missing),
+        str(photos / "a_good.jpg"),
+        str(broken),
+        str(other),
+    ]
+    assert missing_inputs(results) == [
+        (str(missing), NOT_FOUND),
+        (str(broken), f"broken symbolic link to {tmp_path / 'deleted.jpg'}, which does not exist"),
+    ]
+    assert [bool(result["top_k"]) for result in results] == [False, True, False, True]
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", str(missing), str(photos), str(other), f"checkpoint={mile_checkpoint}"])
+    assert exit_info.value.code == 1
+    output = capsys.readouterr()
+    assert output.err.splitlines() == [
+        f"mile-ssl predict: {missing}: {NOT_FOUND}",
+        f"mile-ssl predict: {broken}: broken symbolic link to {tmp_path / 'deleted.jpg'}, "
+        "which does not exist",
+    ]
+    predicted = [line.split()[0] for line in output.out.splitlines() if "%" in line]
+    assert predicted == [str(photos / "a_good.jpg"), str(other)]
+    assert "2 of 4 images could not be read" in output.out

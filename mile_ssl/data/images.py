@@ -152,6 +152,61 @@ def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
     return list(found)
 
 
+NOT_FOUND = "no such file or folder"
+"""Why :func:`find_inputs` could not use an input that does not exist."""
+
+BROKEN_LINK = "broken symbolic link"
+"""Start of why :func:`find_inputs` could not use a link whose target does not exist."""
+
+
+def find_inputs(inputs: Iterable[str | Path]) -> list[tuple[Path, str | None]]:
+    """Image files named in ``inputs``, each with why it cannot be used, if it cannot.
+
+    As :func:`collect_images`, but an input that does not exist, or a symbolic link
+    whose target does not exist (given, or found in a folder), is listed with the
+    reason (:data:`NOT_FOUND`, or :data:`BROKEN_LINK` and its target) instead of
+    stopping the search or being passed over.
+
+    Raises:
+        ValueError: Naming a folder without images (broken links count as images), or
+            if no input was given.
+    """
+    found: dict[Path, str | None] = {}
+    for entry in inputs:
+        path = Path(entry)
+        if path.is_dir():
+            images = sorted(
+                child
+                for child in path.rglob("*")
+                if (child.is_file() or _is_broken_link(child))
+                and child.suffix.lower() in IMAGE_SUFFIXES
+                and not child.name.startswith(".")
+            )
+            if not images:
+                raise ValueError(
+                    f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {path}"
+                )
+            found.update((image, _missing_reason(image)) for image in images)
+        else:
+            found[path] = _missing_reason(path)
+    if not found:
+        raise ValueError("no images given: pass image files or folders")
+    return list(found.items())
+
+
+def _is_broken_link(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
+
+
+def _missing_reason(path: Path) -> str | None:
+    """Why the file ``path`` cannot be used because it is not there, or ``None``."""
+    if path.is_file():
+        return None
+    if _is_broken_link(path):
+        return f"{BROKEN_LINK} to {os.readlink(path)}, which does not exist"
+    return "not a regular file" if path.exists() else NOT_FOUND
+
+
 def holds_image(folder: str | Path) -> bool:
     """Whether ``folder`` holds an image file at any depth (stops at the first)."""
     for _, _, names in os.walk(folder, followlinks=True):
