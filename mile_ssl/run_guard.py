@@ -32,7 +32,8 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
@@ -110,6 +111,54 @@ class StopCondition(Protocol):
         ...
 
 
+class StopSignals:
+    """The first stop signal of this process, recorded from the start of a run.
+
+    Listening begins before the run reads its data, so that a scheduler's signal during
+    start-up is not lost: training then saves after its first step and stops. A second
+    Ctrl-C interrupts at once, as usual.
+    """
+
+    def __init__(self) -> None:
+        self.received = 0
+        self._previous: dict[int, Any] = {}
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        self.received = self.received or signum
+        if signum == signal.SIGINT:
+            previous = self._previous.get(signum)
+            fallback = signal.default_int_handler
+            signal.signal(signal.SIGINT, previous if callable(previous) else fallback)
+
+    def listen(self) -> None:
+        """Install the handlers (again: Lightning installs its own SIGTERM handler)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in STOP_SIGNALS:
+            previous = signal.signal(signum, self._record)
+            if previous != self._record and signum not in self._previous:
+                self._previous[signum] = previous
+
+    def restore(self) -> None:
+        """Give the signals back to whoever had them before :meth:`listen`."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
+
+
+@contextmanager
+def listening_for_stop_signals() -> Iterator[StopSignals]:
+    """Record stop signals for the block (a run), then restore the earlier handlers."""
+    signals = StopSignals()
+    signals.listen()
+    try:
+        yield signals
+    finally:
+        signals.restore()
+
+
 class RunGuard(L.Callback):
     """Save and stop at the end of a step, on signals, intervals and the last step.
 
@@ -121,6 +170,7 @@ class RunGuard(L.Callback):
         decide_every_n_steps: With several processes, the interval of the joint decision
             (the logging interval); other steps take no collective.
         conditions: Further reasons to stop, merged into the same decision.
+        signals: The run's signal recorder (default: one that listens from training on).
     """
 
     def __init__(
@@ -130,14 +180,15 @@ class RunGuard(L.Callback):
         every_n_steps: int | None = None,
         decide_every_n_steps: int = 1,
         conditions: Sequence[StopCondition] = (),
+        signals: StopSignals | None = None,
     ) -> None:
         self.checkpoint_dir = checkpoint_dir
         self.every_seconds = None if every_minutes is None else 60.0 * every_minutes
         self.every_n_steps = every_n_steps
         self.decide_every_n_steps = max(1, decide_every_n_steps)
         self.conditions = list(conditions)
-        self.signal_number = 0
-        self._previous: dict[int, Any] = {}
+        self._own_signals = signals is None
+        self.signals = signals or StopSignals()
         self._last_save = time.monotonic()
 
     @property
@@ -145,18 +196,13 @@ class RunGuard(L.Callback):
         """The newest state of the run: ``checkpoints/last.ckpt``."""
         return self.checkpoint_dir / "last.ckpt"
 
-    def _request(self, signum: int, frame: FrameType | None) -> None:
-        self.signal_number = self.signal_number or signum
-        if signum == signal.SIGINT:
-            # A second Ctrl-C interrupts at once, as usual.
-            signal.signal(signal.SIGINT, self._previous.get(signum) or signal.default_int_handler)
-
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Take over the stop signals (after Lightning installed its own SIGTERM handler)."""
+        """Take the stop signals back from the handler Lightning installed for SIGTERM."""
         self._last_save = time.monotonic()
-        if threading.current_thread() is threading.main_thread():
-            for signum in STOP_SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._request)
+        self.signals.listen()
+        # Lightning's handler may have seen a SIGTERM since; the recorder has it too, and
+        # Lightning would otherwise end the run with status 0 and no checkpoint.
+        trainer._signal_connector.received_sigterm = False
         epoch_loop = trainer.fit_loop.epoch_loop
         if trainer.world_size > 1 and hasattr(epoch_loop, "_broadcast_sigterm_tensor"):
             # Lightning 2.6 broadcasts its SIGTERM flag before every step; the flag is
@@ -198,11 +244,9 @@ class RunGuard(L.Callback):
             self._save(trainer, self.last_checkpoint)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Give the signals back to whoever had them before training."""
-        if threading.current_thread() is threading.main_thread():
-            for signum, previous in self._previous.items():
-                signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-        self._previous = {}
+        """Give the signals back, if this guard installed the recorder itself."""
+        if self._own_signals:
+            self.signals.restore()
 
     def _decide(self, trainer: L.Trainer) -> list[int]:
         """This rank's flags, merged with every other rank's by one all-reduce (maximum)."""
@@ -211,7 +255,7 @@ class RunGuard(L.Callback):
             and time.monotonic() - self._last_save >= self.every_seconds
         )
         local = [
-            self.signal_number,
+            self.signals.received,
             int(time_due),
             int(any(condition.exceeded() for condition in self.conditions)),
         ]

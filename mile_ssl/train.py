@@ -41,6 +41,7 @@ from mile_ssl.resume import (
     carry_tensorboard_events,
     read_resume_point,
 )
+from mile_ssl.run_guard import StopSignals, listening_for_stop_signals
 from mile_ssl.run_layout import run_folder
 from mile_ssl.run_lock import holding_run_folder
 from mile_ssl.trainer import (
@@ -203,12 +204,13 @@ def run_training(
     output_dir = Path(output_dir)
     # Only the first process takes the lock: the others of a multi-process run write
     # into the same folder on its behalf.
-    if getattr(rank_zero_only, "rank", 0) != 0:
-        return _run_locked(config, output_dir, callbacks)
-    with holding_run_folder(output_dir):
-        for stale in remove_stale_temporaries(output_dir):
-            log.warning("removed %s, left by a save that was killed", stale)
-        return _run_locked(config, output_dir, callbacks)
+    with listening_for_stop_signals() as signals:
+        if getattr(rank_zero_only, "rank", 0) != 0:
+            return _run_locked(config, output_dir, callbacks, signals)
+        with holding_run_folder(output_dir):
+            for stale in remove_stale_temporaries(output_dir):
+                log.warning("removed %s, left by a save that was killed", stale)
+            return _run_locked(config, output_dir, callbacks, signals)
 
 
 def resume_point_in_folder(config: TrainConfig, output_dir: Path) -> TrainConfig:
@@ -221,7 +223,10 @@ def resume_point_in_folder(config: TrainConfig, output_dir: Path) -> TrainConfig
 
 
 def _run_locked(
-    config: TrainConfig, output_dir: Path, callbacks: Sequence[L.Callback]
+    config: TrainConfig,
+    output_dir: Path,
+    callbacks: Sequence[L.Callback],
+    signals: StopSignals,
 ) -> RunResult:
     found_in_run_folder = config.trainer.resume_from is None
     config = resume_point_in_folder(config, output_dir)
@@ -293,6 +298,7 @@ def _run_locked(
         [bad_images, *callbacks],
         logger,
         stop_conditions=[bad_images],
+        signals=signals,
     )
     if resume is not None and config.trainer.logger == "tensorboard" and trainer.is_global_zero:
         carry_tensorboard_events(resume.previous_logs, output_dir / "logs")

@@ -25,7 +25,7 @@ from mile_ssl.checkpoint_io import AtomicCheckpointIO
 from mile_ssl.config import TrainerConfig
 from mile_ssl.finetune import FineTuneModule
 from mile_ssl.loggers import build_logger
-from mile_ssl.run_guard import RunGuard, StopCondition
+from mile_ssl.run_guard import RunGuard, StopCondition, StopSignals
 from mile_ssl.run_layout import CHECKPOINT_FOLDER
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ def build_trainer(
     callbacks: Sequence[L.Callback] = (),
     logger: Logger | None = None,
     stop_conditions: Sequence[StopCondition] = (),
+    signals: StopSignals | None = None,
 ) -> L.Trainer:
     """A Lightning Trainer writing checkpoints and logs under ``output_dir``.
 
@@ -79,6 +80,7 @@ def build_trainer(
         callbacks: Lightning callbacks to add to the checkpointing one.
         logger: The run's logger (default: :func:`build_logger`'s).
         stop_conditions: Reasons to stop the run merged into the guard's decision.
+        signals: The run's signal recorder, if it listens from before training.
     """
     logger = logger or build_logger(config, output_dir)
     guard = RunGuard(
@@ -87,6 +89,7 @@ def build_trainer(
         every_n_steps=config.checkpoint_every_n_steps,
         decide_every_n_steps=config.log_every_n_steps,
         conditions=stop_conditions,
+        signals=signals,
     )
     plugins: list[Any] = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():
