@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
+import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -138,6 +143,164 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def run_cli_in_process(
+    args: Sequence[str], cwd: Path, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``mile-ssl ARGS`` as :func:`run_cli` does, but in this process.
+
+    The installed script's only work before ``mile_ssl.cli.main`` is importing torch,
+    Lightning and Hydra, which a new interpreter pays for every time; here they are
+    already imported. Everything a command sees of its process is as in a new one: the
+    working directory, the environment, ``sys.argv``, no Hydra instance, and logging as
+    configured at start-up, writing into the captured stdout and stderr. An exception
+    leaving ``main`` is printed with its traceback and gives status 1, and ``SystemExit``
+    gives its status, as the interpreter does. All of it, and the signal handlers that
+    training takes over, is put back afterwards. Python warnings are left to pytest.
+
+    Commands that need a process of their own (several ranks, signals, the script's own
+    start-up) use :func:`run_cli`.
+    """
+    from mile_ssl import cli
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved_environ, saved_argv, saved_cwd = dict(os.environ), sys.argv, Path.cwd()
+    os.environ.pop("MILE_SSL_DEBUG", None)
+    os.environ.update({"HF_HUB_OFFLINE": "1", **env})
+    sys.argv = [MILE_SSL, *args]
+    returncode = 0
+    try:
+        os.chdir(cwd)
+        with (
+            _fresh_hydra(),
+            _signal_handlers_kept(),
+            _fresh_logging(stdout, stderr),
+            contextlib.redirect_stdout(stdout),
+            contextlib.redirect_stderr(stderr),
+        ):
+            try:
+                cli.main(list(args))
+            except SystemExit as stop:
+                returncode = _exit_status(stop.code)
+            except Exception:
+                traceback.print_exc()
+                returncode = 1
+    finally:
+        os.chdir(saved_cwd)
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_environ)
+    return subprocess.CompletedProcess(
+        [MILE_SSL, *args], returncode, stdout.getvalue(), stderr.getvalue()
+    )
+
+
+def _exit_status(code: object) -> int:
+    """The exit status of ``SystemExit(code)``; a message is printed to stderr, as Python does."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+@contextlib.contextmanager
+def _fresh_hydra() -> Iterator[None]:
+    """No Hydra instance or job config before the command, none left after it."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    def clear() -> None:
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None
+
+    clear()
+    try:
+        yield
+    finally:
+        clear()
+
+
+@contextlib.contextmanager
+def _signal_handlers_kept() -> Iterator[None]:
+    """The handlers of the signals training takes over, as they were before the command."""
+    names = ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
+    saved = {signum: signal.getsignal(signum) for signum in (getattr(signal, n) for n in names)}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def _fresh_logging(stdout: io.StringIO, stderr: io.StringIO) -> Iterator[None]:
+    """Logging as a new ``mile-ssl`` process starts with, writing into stdout/stderr.
+
+    The root logger starts without handlers at level WARNING (``main`` configures it;
+    Hydra replaces its handlers for a ``train`` job); pytest's capture handlers are taken
+    off every logger; stream handlers that write to the process's stdout or stderr (such
+    as Lightning's console handler) write into the captured streams. Afterwards every
+    logger is as before, and the handlers the command added (Hydra's job log file) are
+    closed.
+    """
+    manager = logging.Logger.manager
+    loggers = {"": logging.getLogger(), **manager.loggerDict}
+    saved = {
+        name: (list(logger.handlers), logger.level, logger.propagate, logger.disabled)
+        for name, logger in loggers.items()
+        if isinstance(logger, logging.Logger)
+    }
+    known = {handler for handlers, *_ in saved.values() for handler in handlers}
+    streams: dict[logging.StreamHandler, object] = {}
+    saved_disable = manager.disable
+    logging.disable(logging.NOTSET)
+    for name, (handlers, *_) in saved.items():
+        logger = logging.getLogger(name or None)
+        for handler in handlers:
+            if type(handler).__module__ == "_pytest.logging":
+                logger.removeHandler(handler)
+            elif isinstance(handler, logging.StreamHandler) and not isinstance(
+                handler, logging.FileHandler
+            ):
+                target = _captured_stream(handler.stream, stdout, stderr)
+                if target is not None:
+                    streams[handler] = handler.stream
+                    handler.stream = target
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for handler, stream in streams.items():
+            handler.stream = stream
+        for name, logger in [("", root), *manager.loggerDict.items()]:
+            if not isinstance(logger, logging.Logger):
+                continue
+            for handler in list(logger.handlers):
+                if handler not in known:
+                    logger.removeHandler(handler)
+                    handler.close()
+            if name in saved:
+                handlers, level, propagate, disabled = saved[name]
+                logger.handlers[:] = handlers
+                logger.setLevel(level)
+                logger.propagate = propagate
+                logger.disabled = disabled
+        logging.disable(saved_disable)
+
+
+def _captured_stream(stream: object, stdout: io.StringIO, stderr: io.StringIO) -> object:
+    """The captured stream standing in for ``stream``, if it is this process's stdout/stderr."""
+    if stream in (sys.stderr, sys.__stderr__):
+        return stderr
+    if stream in (sys.stdout, sys.__stdout__):
+        return stdout
+    return None
 
 
 def write_imagenet_tree(root: Path) -> Path:
