@@ -1,25 +1,21 @@
+"""The command line end to end.
+
+The first train run and the command dispatch go through the installed console script; the
+other cases run ``mile_ssl.cli.main`` in this process (:func:`run_cli_in_process`).
+"""
+
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-MILE_SSL = str(Path(sys.executable).with_name("mile-ssl"))
-
-
-def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [MILE_SSL, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
-    )
+from tests.conftest import run_cli, run_cli_in_process
 
 
 def test_train_writes_a_complete_run_directory(tmp_path: Path, tiny_overrides: list[str]) -> None:
-    result = _run(
+    result = run_cli(
         [
             "train",
             *tiny_overrides,
@@ -45,7 +41,7 @@ def test_train_writes_a_complete_run_directory(tmp_path: Path, tiny_overrides: l
 
 
 def test_sweep_runs_every_combination(tmp_path: Path, tiny_overrides: list[str]) -> None:
-    result = _run(
+    result = run_cli_in_process(
         [
             "train",
             "-m",
@@ -76,7 +72,7 @@ def test_sweep_runs_every_combination(tmp_path: Path, tiny_overrides: list[str])
 def test_invalid_config_fails_before_training_naming_the_key(
     override: str, message: str, tmp_path: Path, tiny_overrides: list[str]
 ) -> None:
-    result = _run(["train", *tiny_overrides, override, "hydra.run.dir=run"], tmp_path)
+    result = run_cli_in_process(["train", *tiny_overrides, override, "hydra.run.dir=run"], tmp_path)
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -87,7 +83,7 @@ def test_missing_checkpoint_is_refused_naming_the_file(
 ) -> None:
     overrides = [o for o in tiny_overrides if not o.startswith("checkpoint")]
     missing = tmp_path / "missing.pt"
-    result = _run(
+    result = run_cli_in_process(
         ["train", *overrides, f"checkpoint.path={missing}", "hydra.run.dir=run"], tmp_path
     )
     assert result.returncode != 0
@@ -95,8 +91,8 @@ def test_missing_checkpoint_is_refused_naming_the_file(
 
 
 def test_unknown_command_and_help(tmp_path: Path) -> None:
-    assert _run(["frobnicate"], tmp_path).returncode == 2
-    help_text = _run(["--help"], tmp_path)
+    assert run_cli(["frobnicate"], tmp_path).returncode == 2
+    help_text = run_cli(["--help"], tmp_path)
     assert help_text.returncode == 0 and "train" in help_text.stdout
 
 
@@ -111,10 +107,10 @@ def test_inspect_describes_a_checkpoint(tmp_path: Path) -> None:
     }
     state["module.queue"] = torch.zeros(8, 4)
     torch.save({"state_dict": state, "arch": "resnet18"}, tmp_path / "moco.pth.tar")
-    text = _run(["inspect", "moco.pth.tar"], tmp_path)
+    text = run_cli_in_process(["inspect", "moco.pth.tar"], tmp_path)
     assert text.returncode == 0, text.stderr
     assert "mocov2" in text.stdout and "torchvision:resnet18" in text.stdout
-    as_json = _run(["inspect", "moco.pth.tar", "--json"], tmp_path)
+    as_json = run_cli_in_process(["inspect", "moco.pth.tar", "--json"], tmp_path)
     description = json.loads(as_json.stdout)
     assert description["format"] == "mocov2"
     assert description["backbone"]["name"] == "torchvision:resnet18"
@@ -130,7 +126,7 @@ def test_eval_predict_export_on_a_trained_run(
         "data.batch_size=8",
         "data.num_workers=0",
     ]
-    trained = _run(
+    trained = run_cli_in_process(
         [
             "train",
             *tiny_overrides,
@@ -144,19 +140,21 @@ def test_eval_predict_export_on_a_trained_run(
     assert trained.returncode == 0, trained.stderr[-2000:]
     checkpoint = f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}"
 
-    evaluated = _run(["eval", checkpoint, *data, "--json"], tmp_path)
+    evaluated = run_cli_in_process(["eval", checkpoint, *data, "--json"], tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     metrics = json.loads(evaluated.stdout)["metrics"]
     assert metrics["num_samples"] == 6
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
     assert metrics["top1"] == pytest.approx(saved["top1"])
 
-    predicted = _run(["predict", str(image_folder / "val"), checkpoint, "--json"], tmp_path)
+    predicted = run_cli_in_process(
+        ["predict", str(image_folder / "val"), checkpoint, "--json"], tmp_path
+    )
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     results = json.loads(predicted.stdout)
     assert len(results) == 6 and all(result["predicted"] for result in results)
 
-    exported = _run(["export", checkpoint, "--out", "exported"], tmp_path)
+    exported = run_cli_in_process(["export", checkpoint, "--out", "exported"], tmp_path)
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert (tmp_path / "exported" / "model.json").exists()
     assert (tmp_path / "exported" / "model.safetensors").exists()
@@ -168,7 +166,7 @@ def test_train_from_a_lightning_checkpoint_name_with_equals_signs(
     from tests.layouts import lightly_benchmark
 
     checkpoint = lightly_benchmark(tmp_path)  # epoch=99-step=1.ckpt, as Lightning names it
-    result = _run(
+    result = run_cli_in_process(
         [
             "train",
             f"checkpoint.path={checkpoint}",

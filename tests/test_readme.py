@@ -8,7 +8,9 @@ later override does: two steps without warm-up, small images and batches, one un
 labelled one, the CPU, and ``data.allow_missing=true`` (a stand-in ImageNet cannot hold
 the files of the 1 % list). Commands that need hardware this machine lacks (8 GPUs,
 several nodes, SLURM) are composed with ``--cfg job`` instead of run:
-:data:`COMPOSED_ONLY` says which.
+:data:`COMPOSED_ONLY` says which. ``mile-ssl`` commands run in this process
+(:func:`run_cli_in_process`), except those that start processes of their own
+(:data:`OWN_PROCESSES`), which run the installed script, as do Python scripts.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pytest
 
 from tests.conftest import (
     MILE_SSL,
+    run_cli_in_process,
     write_image_folder,
     write_imagenet_tree,
     write_jpeg,
@@ -64,6 +67,8 @@ SMALL_SCRIPTS = {
 """Options appended to each script the README runs, for its smallest useful size."""
 COMPOSED_ONLY = ("torchrun", "srun", "trainer.devices=8")
 """Markers of commands that need GPUs or nodes: composed, not run."""
+OWN_PROCESSES = ("trainer=ddp_cpu",)
+"""Markers of commands that start processes (DDP ranks): run through the installed script."""
 
 
 def readme_commands() -> list[list[str]]:
@@ -129,9 +134,8 @@ def sandbox(module_tmp_path: Path) -> Path:
     write_jpeg(work / "photo.jpg", 1)
     write_jpeg(work / "more_photos" / "a.jpg", 2)
     (work / "examples").symlink_to(ROOT / "examples")
-    trained = subprocess.run(
+    trained = run_cli_in_process(
         [
-            MILE_SSL,
             "train",
             "checkpoint=scratch",
             "method=sigmoid",
@@ -140,10 +144,7 @@ def sandbox(module_tmp_path: Path) -> Path:
             *SMALL_TRAIN,
             "hydra.run.dir=runs/x",
         ],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        work,
     )
     assert trained.returncode == 0, trained.stderr[-3000:]
     return work
@@ -174,13 +175,20 @@ def _runnable(words: list[str], index: int) -> list[str]:
 @pytest.mark.parametrize("index", range(len(COMMANDS)), ids=[_name(w) for w in COMMANDS])
 def test_readme_command_runs(index: int, sandbox: Path) -> None:
     words = _runnable(_localised(COMMANDS[index], sandbox.parent / "data"), index)
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    environment["MILE_SSL_CACHE"] = str(sandbox.parent / "cache")
-    environment |= {"NODE_RANK": "0", "MASTER_ADDR": "127.0.0.1", "SLURM_JOB_ID": "7"}
+    added = {"HF_HUB_OFFLINE": "1", "MILE_SSL_CACHE": str(sandbox.parent / "cache")}
+    added |= {"NODE_RANK": "0", "MASTER_ADDR": "127.0.0.1", "SLURM_JOB_ID": "7"}
     words = [os.path.expandvars(word) if "$" in word else word for word in words]
-    result = subprocess.run(
-        words, cwd=sandbox, env=environment, capture_output=True, text=True, timeout=600
-    )
+    if words[0] == MILE_SSL and not any(marker in words for marker in OWN_PROCESSES):
+        result = run_cli_in_process(words[1:], sandbox, **added)
+    else:
+        result = subprocess.run(
+            words,
+            cwd=sandbox,
+            env={**os.environ, **added},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     assert result.returncode == 0, f"{shlex.join(words)}\n{result.stderr[-4000:]}"
     assert "Traceback" not in result.stderr
 

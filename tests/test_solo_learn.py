@@ -19,7 +19,7 @@ import yaml
 from mile_ssl.config import compose_train_config
 from mile_ssl.solo_command import expand_solo_command
 from mile_ssl.solo_learn import read_solo_config, translate_solo_config
-from tests.conftest import run_cli, write_image_folder
+from tests.conftest import run_cli_in_process, write_image_folder
 from tests.layouts import R18, R50, solo_learn_run, vit_shapes
 
 FIXTURES = Path(__file__).parent / "fixtures" / "solo_learn"
@@ -93,7 +93,7 @@ def _solo_command(recipe: str, checkpoint: Path, images: Path) -> list[str]:
 @pytest.mark.parametrize("recipe", sorted(RUNS))
 def test_published_recipe_trains_two_steps(recipe: str, images: Path, tmp_path: Path) -> None:
     checkpoint = _pretrained_run(tmp_path, recipe)
-    result = run_cli(
+    result = run_cli_in_process(
         [
             "train",
             *_solo_command(recipe, checkpoint, images),
@@ -191,7 +191,7 @@ def test_from_solo_takes_the_same_overrides(tmp_path: Path, images: Path) -> Non
     checkpoint = _pretrained_run(tmp_path, recipe)
     out = tmp_path / "translated.yaml"
     args = _solo_command(recipe, checkpoint, images)[4:]
-    result = run_cli(
+    result = run_cli_in_process(
         ["from-solo", str(FIXTURES / recipe), *args, "trainer.max_steps=2", "--out", str(out)],
         tmp_path,
     )
@@ -201,6 +201,6 @@ def test_from_solo_takes_the_same_overrides(tmp_path: Path, images: Path) -> Non
     assert written["checkpoint"]["path"] == str(checkpoint)
     assert written["trainer"]["max_steps"] == 2 and written["trainer"]["max_epochs"] is None
 
-    without = run_cli(["from-solo", str(FIXTURES / recipe), "--out", str(out)], tmp_path)
+    without = run_cli_in_process(["from-solo", str(FIXTURES / recipe), "--out", str(out)], tmp_path)
     assert without.returncode == 0, without.stderr
     assert "checkpoint.path is unset" in out.read_text()

@@ -1,18 +1,21 @@
 """Errors a user can cause: one message naming the culprit, exit status 2, no traceback.
 
-Every case runs the installed console script on real files, as a user would.
+Every case runs the command line on real files, as a user would: in this process
+(:func:`run_cli_in_process`), and for one case and the two-process run, through the
+installed console script.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import TINY_OVERRIDES, run_cli, write_image_folder
+from tests.conftest import TINY_OVERRIDES, run_cli, run_cli_in_process, write_image_folder
 from tests.layouts import moco
 
 FIXTURES = Path(__file__).parent / "fixtures" / "solo_learn"
@@ -112,7 +115,19 @@ def test_user_error_is_one_message_and_exit_status_2(
     case: str, files: Path, tmp_path: Path
 ) -> None:
     args, named = CASES[case]
+    result = run_cli_in_process([arg.replace("{files}", str(files)) for arg in args], tmp_path)
+    _assert_one_message(result, named, files, tmp_path)
+
+
+def test_installed_script_exits_with_status_2_on_a_user_error(files: Path, tmp_path: Path) -> None:
+    args, named = CASES["unrecognised checkpoint"]
     result = run_cli([arg.replace("{files}", str(files)) for arg in args], tmp_path)
+    _assert_one_message(result, named, files, tmp_path)
+
+
+def _assert_one_message(
+    result: subprocess.CompletedProcess[str], named: list[str], files: Path, tmp_path: Path
+) -> None:
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr + result.stdout
     last_line = result.stderr.strip().splitlines()[-1]
@@ -129,7 +144,7 @@ def test_user_error_is_one_message_and_exit_status_2(
 
 
 def test_debug_variable_shows_the_traceback(tmp_path: Path) -> None:
-    result = run_cli(_train("checkpoint.path=missing.pt"), tmp_path, MILE_SSL_DEBUG="1")
+    result = run_cli_in_process(_train("checkpoint.path=missing.pt"), tmp_path, MILE_SSL_DEBUG="1")
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "missing.pt" in result.stderr
 
@@ -138,7 +153,9 @@ def test_existing_run_directory_is_kept_after_an_error(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.json").write_text(json.dumps({"kept": True}))
-    result = run_cli(_train("checkpoint.path=missing.pt", f"hydra.run.dir={run}"), tmp_path)
+    result = run_cli_in_process(
+        _train("checkpoint.path=missing.pt", f"hydra.run.dir={run}"), tmp_path
+    )
     assert result.returncode == 2
     assert json.loads((run / "metrics.json").read_text()) == {"kept": True}
 
@@ -175,14 +192,14 @@ def test_error_in_a_two_process_run_exits_every_rank(files: Path, tmp_path: Path
     ],
 )
 def test_every_command_has_help_with_an_example(command: str, tmp_path: Path) -> None:
-    result = run_cli([command, "--help"], tmp_path)
+    result = run_cli_in_process([command, "--help"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"mile-ssl {command}" in result.stdout
     assert "example" in result.stdout.lower()
 
 
 def test_train_help_starts_with_mile_ssl(tmp_path: Path) -> None:
-    text = run_cli(["train", "--help"], tmp_path).stdout
+    text = run_cli_in_process(["train", "--help"], tmp_path).stdout
     assert text.startswith("mile-ssl train: fine-tune a self-supervised checkpoint")
     assert "powered by Hydra" not in text
     assert "method: distill, mile, mile_semi, self_train, sigmoid, softmax" in text
