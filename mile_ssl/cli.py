@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from mile_ssl.config import register_configs, to_train_config
 from mile_ssl.config.overrides import normalise_overrides
+from mile_ssl.run_layout import keep_run_records
 from mile_ssl.run_lock import holding_named_run_folder
 from mile_ssl.solo_command import expand_solo_command, find_solo_recipe
 from mile_ssl.solo_learn import Translation
@@ -392,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             # reach exit_on_user_error like every other user error.
             os.environ["HYDRA_FULL_ERROR"] = "1"
             register_configs()
-            overrides = normalise_overrides(_expand_solo_recipe(rest))
+            overrides = keep_run_records(normalise_overrides(_expand_solo_recipe(rest)))
             sys.argv = [sys.argv[0], *overrides]
             with holding_named_run_folder(overrides):
                 _train()

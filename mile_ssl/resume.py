@@ -40,14 +40,14 @@ class RunIdentity:
         data: The training data's fingerprint (:meth:`MILeDataModule.fingerprint`).
         labelled_digest: SHA-256 of the labelled indices (checkpoints older than the
             fingerprint record only this).
-        backbone: The architecture this run builds.
+        backbone: The architecture this run builds (``name`` and builder ``kwargs``).
         batch_size: Images per device and step.
         world_size: Processes (devices x nodes).
     """
 
     data: dict[str, Any]
     labelled_digest: str
-    backbone: str
+    backbone: dict[str, Any]
     batch_size: int
     world_size: int
 
@@ -175,11 +175,12 @@ def check_identity(path: Path, metadata: dict[str, Any], identity: RunIdentity) 
             f"{cannot} its class {index} is {saved_names[index]!r}, this run's is "
             f"{names[index]!r} (another dataset, or class folders renamed)"
         )
-    saved_backbone = (metadata.get("backbone") or {}).get("name")
-    if saved_backbone is not None and saved_backbone != identity.backbone:
+    saved_backbone = metadata.get("backbone")
+    if saved_backbone is not None and _spec(saved_backbone) != _spec(identity.backbone):
         raise ValueError(
-            f"{cannot} it fine-tunes a {saved_backbone}, this run builds a "
-            f"{identity.backbone}; resume with the checkpoint and backbone it was started with"
+            f"{cannot} it fine-tunes a {_spec(saved_backbone)}, this run builds a "
+            f"{_spec(identity.backbone)}; resume with the checkpoint and backbone settings "
+            "it was started with"
         )
     saved_counts = saved.get("images_per_class")
     if saved_counts is not None and list(saved_counts) != data["images_per_class"]:
@@ -208,6 +209,17 @@ def check_identity(path: Path, metadata: dict[str, Any], identity: RunIdentity) 
             f"{cannot} it was trained with data.image_size={saved_size}, this run sets "
             f"{data['image_size']}; resume with the same data.image_size"
         )
+
+
+def _spec(backbone: dict[str, Any]) -> str:
+    """``name`` or ``name {kwargs}``: an architecture as the messages show it."""
+    kwargs = {key: _plain(value) for key, value in (backbone.get("kwargs") or {}).items()}
+    return f"{backbone['name']} {kwargs}" if kwargs else str(backbone["name"])
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so that a setting compares equal before and after a checkpoint."""
+    return [_plain(item) for item in value] if isinstance(value, list | tuple) else value
 
 
 def _batch_changes(saved: dict[str, Any], identity: RunIdentity) -> list[tuple[str, Any, Any]]:

@@ -25,6 +25,26 @@ def run_folder(checkpoint_path: str | Path) -> Path:
     return parent.parent if parent.name == CHECKPOINT_FOLDER else parent
 
 
+def keep_run_records(overrides: list[str]) -> list[str]:
+    """Leave the ``.hydra`` records of an existing run folder as its first run wrote them.
+
+    Hydra rewrites them at every start, before the run can check anything; a resume that
+    is then refused (other data, a folder in use) must leave the folder as it was. The
+    resumed run's own settings are in its ``resolved_config.yaml`` and its log.
+
+    Args:
+        overrides: The ``mile-ssl train`` command line.
+
+    Returns:
+        ``overrides``, plus ``hydra.output_subdir=null`` where the named ``hydra.run.dir``
+        already holds Hydra's records.
+    """
+    named = [item.split("=", 1)[1] for item in overrides if item.startswith("hydra.run.dir=")]
+    if named and (Path(named[-1]) / ".hydra").is_dir():
+        return [*overrides, "hydra.output_subdir=null"]
+    return overrides
+
+
 def default_run_name() -> str:
     """The run folder under ``runs/`` when the user names none.
 

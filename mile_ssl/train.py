@@ -30,6 +30,7 @@ from mile_ssl.config import (
 )
 from mile_ssl.data.datamodule import MILeDataModule, UnlabeledStream
 from mile_ssl.finetune import MILeModule, build_module, module_class
+from mile_ssl.finetune.validation import BAD_VAL_IMAGES_FILE, UnreadableValidationImages
 from mile_ssl.finished_run import RESOLVED_CONFIG_FILE, read_finished_run
 from mile_ssl.loggers import build_logger
 from mile_ssl.preprocessing import Preprocessing
@@ -253,7 +254,7 @@ def _run_locked(
     identity = RunIdentity(
         data=datamodule.fingerprint(),
         labelled_digest=datamodule.labelled_digest,
-        backbone=loaded.spec.name,
+        backbone={"name": loaded.spec.name, "kwargs": dict(loaded.spec.kwargs)},
         batch_size=config.data.batch_size,
         world_size=world_size(config.trainer),
     )
@@ -274,7 +275,7 @@ def _run_locked(
         fixed_teacher=fixed_teacher,
         distill=config.distill,
         metadata={
-            "backbone": {"name": loaded.spec.name, "kwargs": dict(loaded.spec.kwargs)},
+            "backbone": identity.backbone,
             "preprocessing": loaded.preprocessing.to_dict(),
             "class_names": list(datamodule.class_names),
             "data_stream": {key: getattr(config.data, key) for key in FIXED_DATA_KEYS},
@@ -295,7 +296,11 @@ def _run_locked(
         config.trainer,
         output_dir,
         resolve_strategy(config.trainer.strategy, module),
-        [bad_images, *callbacks],
+        [
+            bad_images,
+            UnreadableValidationImages(datamodule.splits.val, output_dir / BAD_VAL_IMAGES_FILE),
+            *callbacks,
+        ],
         logger,
         stop_conditions=[bad_images],
         signals=signals,

@@ -19,6 +19,7 @@ import lightning as L
 import torch
 from torch.utils.data import Dataset
 
+from mile_ssl.atomic_files import write_text_atomically
 from mile_ssl.data.substitution import BAD_INDEX_KEY
 from mile_ssl.metrics import classification_report
 
@@ -163,5 +164,4 @@ class UnreadableValidationImages(L.Callback):
                 path,
             )
         if self.output is not None:
-            self.output.parent.mkdir(parents=True, exist_ok=True)
-            self.output.write_text("".join(f"{path}\n" for path in self.found))
+            write_text_atomically(self.output, "".join(f"{path}\n" for path in self.found))
