@@ -162,3 +162,73 @@ def test_two_process_ddp_draws_disjoint_unlabeled_shards(
     # Two student steps in one pass over the unlabeled pool, two disjoint shards.
     assert len(unlabeled_seen) == 2 * 2 * 16
     assert not labelled_pool & unlabeled_seen
+
+
+def _steps(checkpoint: Path) -> int:
+    return int(torch.load(checkpoint, weights_only=True)["mile_ssl"]["completed_steps"])
+
+
+def test_csv_logged_two_process_run_resumes_on_two_processes_in_its_folder(
+    tmp_path: Path, tiny_overrides: list[str]
+) -> None:
+    run = _ddp_run(tmp_path, tiny_overrides)
+    rows_before = (run / "logs" / "metrics.csv").read_text().splitlines()
+    # The same command with a longer run, in the same folder: it resumes from last.ckpt
+    # on every rank (rank 1's CSV logger is Lightning's dummy writer).
+    _run(
+        [
+            MILE_SSL,
+            "train",
+            *tiny_overrides,
+            *DDP_OVERRIDES,
+            "trainer.max_steps=8",
+            "trainer=ddp_cpu",
+            "trainer.precision=32-true",
+            "hydra.run.dir=ddp",
+        ],
+        tmp_path,
+    )
+    assert _steps(run / "checkpoints" / "last.ckpt") == 8
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 8
+    rows = (run / "logs" / "metrics.csv").read_text().splitlines()
+    logged_steps = [int(line.split(",")[rows[0].split(",").index("step")]) for line in rows[1:]]
+    assert logged_steps[: len(rows_before) - 1] == [
+        int(line.split(",")[rows_before[0].split(",").index("step")]) for line in rows_before[1:]
+    ], "the first run's rows are kept"
+    assert max(logged_steps) == 7
+
+
+def test_tensorboard_logged_runs_resume_from_one_to_two_and_two_to_one_process(
+    tmp_path: Path, tiny_overrides: list[str], tiny_config
+) -> None:
+    tensorboard = [*DDP_OVERRIDES, "trainer.logger=tensorboard"]
+    single = run_training(tiny_config(*tensorboard, "trainer.max_steps=4"), tmp_path / "one")
+    assert _steps(single.last_checkpoint) == 4
+    _run(
+        [
+            MILE_SSL,
+            "train",
+            *tiny_overrides,
+            *tensorboard,
+            "trainer=ddp_cpu",
+            "trainer.precision=32-true",
+            f"trainer.resume_from={single.last_checkpoint}",
+            "hydra.run.dir=two",
+        ],
+        tmp_path,
+    )
+    two = tmp_path / "two"
+    assert _steps(two / "checkpoints" / "last.ckpt") == 6
+    events = sorted(path.name for path in (two / "logs").glob("events.out.tfevents.*"))
+    assert len(events) >= 2, "the one-process run's events are carried over"
+    back = run_training(
+        tiny_config(
+            *tensorboard,
+            "trainer.max_steps=8",
+            f"trainer.resume_from={two / 'checkpoints' / 'last.ckpt'}",
+        ),
+        tmp_path / "back",
+    )
+    assert _steps(back.last_checkpoint) == 8
+    metadata = torch.load(back.last_checkpoint, weights_only=True)["mile_ssl"]["metadata"]
+    assert metadata["batch"] == {"batch_size": 16, "world_size": 1}
