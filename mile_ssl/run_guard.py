@@ -43,11 +43,10 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
 from mile_ssl.atomic_files import TEMPORARY_SUFFIX
+from mile_ssl.data.loaders import STOP_SIGNALS
 
 log = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-"""Signals that end a run at the end of the current step with a resumable checkpoint."""
 
 # Positions in the decision vector every rank contributes to (merged by maximum).
 _SIGNAL, _TIME_DUE, _TOO_MANY_BAD = range(3)

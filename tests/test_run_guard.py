@@ -29,7 +29,9 @@ WAIT = 300
 """Seconds to wait for a file a run writes: generous, for a loaded machine."""
 
 
-def _start(args: list[str], cwd: Path, **env: str) -> subprocess.Popen[str]:
+def _start(
+    args: list[str], cwd: Path, new_group: bool = False, **env: str
+) -> subprocess.Popen[str]:
     environment = {key: value for key, value in os.environ.items() if key != "MILE_SSL_DEBUG"}
     return subprocess.Popen(
         [MILE_SSL, "train", *args],
@@ -38,6 +40,7 @@ def _start(args: list[str], cwd: Path, **env: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=new_group,
     )
 
 
@@ -282,3 +285,29 @@ def test_atomic_write_is_what_the_kill_test_interrupts(tmp_path: Path) -> None:
         file.write(b"x")
     assert len(names) == 1 and names[0].startswith(".last.ckpt.") and names[0].endswith(".tmp")
     assert target.read_bytes() == b"x"
+
+
+def test_sigterm_to_every_process_of_the_job_spares_the_loader_workers(tmp_path: Path) -> None:
+    """SLURM signals every process of a job step, data loader workers included."""
+    root = write_image_folder(tmp_path / "images" / "train", classes=2, per_class=8).parent
+    write_image_folder(root / "val", classes=2, per_class=1)
+    overrides = [
+        "checkpoint=scratch",
+        "backbone=tiny_resnet",
+        "backbone.kwargs.widths=[8,16]",
+        "trainer.accelerator=cpu",
+        "trainer.progress_bar=false",
+        *folder_run_overrides(root),
+        "data.num_workers=2",
+        "trainer.max_steps=100000",
+        "trainer.checkpoint_every_n_steps=1",
+        "hydra.run.dir=run",
+    ]
+    job = _start(overrides, tmp_path, new_group=True)
+    _wait_for(tmp_path / "run" / "checkpoints" / "step2.ckpt", job)
+    os.killpg(job.pid, signal.SIGTERM)
+    stdout, stderr = job.communicate(timeout=WAIT)
+    assert job.returncode == 143, stderr[-3000:]
+    assert "preempted (SIGTERM)" in stdout and "Traceback" not in stderr
+    step = _state(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"]
+    assert f"after step {step};" in stdout

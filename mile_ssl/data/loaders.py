@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mile_ssl.config import DataConfig
@@ -59,6 +61,26 @@ def local_devices() -> int:
     return max(1, torch.cuda.device_count())
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+"""Signals that end a run at the end of a step with a resumable checkpoint (the run guard's),
+which a scheduler or terminal sends to every process of a job."""
+
+
+def leave_stop_signals_to_training(worker_id: int) -> None:
+    """``worker_init_fn``: loader processes ignore stop signals; training handles them.
+
+    SLURM signals every process of a job step and a terminal's Ctrl-C every process of
+    its group. A loader process ended by such a signal would make the next batch fail
+    ("DataLoader worker exited unexpectedly") before the run could save; the training
+    process instead finishes its step, saves and shuts its loaders down. Seeds the
+    worker as Lightning's own ``worker_init_fn`` would (``seed_everything(workers=True)``).
+    """
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        pl_worker_init_function(worker_id)
+
+
 def data_loader(
     config: DataConfig,
     dataset: Dataset[Any],
@@ -88,4 +110,5 @@ def data_loader(
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,
         prefetch_factor=PREFETCH_BATCHES if workers > 0 else None,
+        worker_init_fn=leave_stop_signals_to_training if workers > 0 else None,
     )
