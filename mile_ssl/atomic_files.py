@@ -69,7 +69,7 @@ def atomic_write(path: str | Path, binary: bool = True) -> Iterator[IO[Any]]:
         os.replace(temporary, path)
     except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        if _disk_full(error):
             raise OSError(
                 errno.ENOSPC,
                 f"no space left on the device while writing {path}; nothing was written "
@@ -118,6 +118,20 @@ def _made_by_atomic_write(candidate: Path) -> bool:
     stem = candidate.name[1 : -len(TEMPORARY_SUFFIX)]
     target, _, random_part = stem.rpartition(".")
     return bool(target) and len(random_part) == 8
+
+
+def _disk_full(error: BaseException | None) -> bool:
+    """Whether ``error``, or an error it arose from, is a full disk.
+
+    ``torch.save`` answers a full disk with a ``RuntimeError`` from its zip writer's
+    clean-up, raised while the ``OSError`` is handled; the cause is in the chain.
+    """
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 def _fsync_directory(directory: Path) -> None:

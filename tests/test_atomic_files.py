@@ -5,10 +5,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from mile_ssl import atomic_files
 from mile_ssl.atomic_files import remove_stale_temporaries, write_text_atomically
@@ -104,3 +106,32 @@ def test_only_temporary_files_of_interrupted_writes_are_removed(tmp_path: Path) 
         path.write_bytes(b"x")
     assert sorted(remove_stale_temporaries(tmp_path)) == sorted(stale)
     assert all(path.exists() for path in kept) and not any(path.exists() for path in stale)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 64 KiB file system (tmpfs), where the mount is permitted."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_real_full_disk_leaves_complete_files_only(tiny_disk: Path) -> None:
+    metrics = write_json(tiny_disk / "metrics.json", {"metrics": {"top1": 0.5}})
+    checkpoint = tiny_disk / "checkpoints" / "last.ckpt"
+    write_atomically({"step": 1}, checkpoint)
+    before = {path: path.read_bytes() for path in (metrics, checkpoint)}
+    with pytest.raises(OSError, match="no space left") as info:
+        write_json(metrics, {"metrics": {"top1": 0.6}, "padding": "x" * 200_000})
+    assert str(metrics) in str(info.value)
+    with pytest.raises(OSError, match="no space left") as info:
+        write_atomically({"step": 2, "weights": torch.zeros(50_000)}, checkpoint)
+    assert str(checkpoint) in str(info.value)
+    assert {path: path.read_bytes() for path in before} == before
+    assert not [path for path in tiny_disk.rglob("*.tmp")]
