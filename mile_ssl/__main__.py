@@ -1,5 +1,5 @@
 """``python -m mile_ssl``: the same as the ``mile-ssl`` command."""
 
-from mile_ssl.cli import main
+from mile_ssl.console import main
 
 main()

@@ -26,7 +26,9 @@ from mile_ssl.solo_command import expand_solo_command, find_solo_recipe
 from mile_ssl.solo_learn import Translation
 from mile_ssl.user_errors import (
     exit_on_user_error,
+    holding_interrupts,
     interrupt_without_traceback,
+    release_interrupts,
     removed_on_user_error,
 )
 
@@ -80,15 +82,19 @@ commands:
 
 @hydra.main(config_path="pkg://mile_ssl.configs", config_name="config", version_base="1.3")
 def _train(config: DictConfig) -> None:
-    from mile_ssl.report import format_metrics_table
-    from mile_ssl.run_guard import RunInterruptedError
     from mile_ssl.run_lock import LOCK_FILE
-    from mile_ssl.train import run_training
 
     hydra_config = HydraConfig.get()
     output_dir = Path(hydra_config.runtime.output_dir)
     hydra_files = {f"{hydra_config.job.name}.log", str(hydra_config.output_subdir), LOCK_FILE}
     with removed_on_user_error(output_dir, hydra_files), exit_on_user_error("train"):
+        release_interrupts()
+        # Imported here, where a Ctrl-C during the seconds they take still removes the
+        # run folder Hydra has just made.
+        from mile_ssl.report import format_metrics_table
+        from mile_ssl.run_guard import RunInterruptedError
+        from mile_ssl.train import run_training
+
         train_config = to_train_config(config)
         # Hydra already logs to the console and the run's log file; Lightning's own console
         # handler would print every Lightning message twice.
@@ -395,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             register_configs()
             overrides = keep_run_records(normalise_overrides(_expand_solo_recipe(rest)))
             sys.argv = [sys.argv[0], *overrides]
-            with holding_named_run_folder(overrides):
+            with holding_named_run_folder(overrides), holding_interrupts():
                 _train()
         else:
             COMMAND_FUNCTIONS[command](rest)

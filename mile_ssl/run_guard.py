@@ -134,6 +134,8 @@ class StopSignals:
         if threading.current_thread() is not threading.main_thread():
             return
         for signum in STOP_SIGNALS:
+            if signum == signal.SIGINT and signal.getsignal(signum) == signal.SIG_IGN:
+                continue  # started with Ctrl-C ignored (nohup, a background job): keep it so
             previous = signal.signal(signum, self._record)
             if previous != self._record and signum not in self._previous:
                 self._previous[signum] = previous

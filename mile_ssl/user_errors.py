@@ -12,10 +12,13 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import yaml
 from hydra.errors import HydraException
@@ -108,6 +111,51 @@ def interrupt_without_traceback(command: str) -> Iterator[None]:
             raise
         print(f"mile-ssl {command}: interrupted; nothing to resume", file=sys.stderr)
         raise SystemExit(EXIT_SIGINT) from None
+
+
+class _HeldInterrupt:
+    """A Ctrl-C held while Hydra prepares a run folder (see :func:`holding_interrupts`)."""
+
+    def __init__(self) -> None:
+        self.pending = False
+        self.previous: Any = None
+
+    def hold(self, signum: int, frame: Any) -> None:
+        self.pending = True
+
+
+_held = _HeldInterrupt()
+
+
+@contextmanager
+def holding_interrupts() -> Iterator[None]:
+    """Hold a Ctrl-C until :func:`release_interrupts`, for the block.
+
+    Hydra creates the run folder and writes its records before the job function runs; a
+    Ctrl-C landing there would leave that folder behind. Held, it is raised once the job
+    can remove the folder again (:func:`removed_on_user_error`).
+    """
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    ):
+        yield
+        return
+    _held.pending, _held.previous = False, signal.signal(signal.SIGINT, _held.hold)
+    try:
+        yield
+    finally:
+        release_interrupts(raise_held=False)
+
+
+def release_interrupts(raise_held: bool = True) -> None:
+    """Give Ctrl-C its usual meaning again; raise the one held, if any."""
+    if _held.previous is None:
+        return
+    signal.signal(signal.SIGINT, _held.previous)
+    _held.previous = None
+    if _held.pending and raise_held:
+        _held.pending = False
+        raise KeyboardInterrupt
 
 
 def holds_only(directory: Path, names: set[str]) -> bool:

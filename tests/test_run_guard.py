@@ -311,3 +311,23 @@ def test_sigterm_to_every_process_of_the_job_spares_the_loader_workers(tmp_path:
     assert "preempted (SIGTERM)" in stdout and "Traceback" not in stderr
     step = _state(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"]
     assert f"after step {step};" in stdout
+
+
+@pytest.mark.parametrize("moment", ["imports", "hydra_started", "data_read"])
+def test_ctrl_c_at_any_moment_of_start_up_prints_no_traceback(tmp_path: Path, moment: str) -> None:
+    """Ctrl-C during imports, after Hydra made the run folder, or once the data is read."""
+    process = _start([*RUN, "trainer.max_steps=100000", "hydra.run.dir=run"], tmp_path)
+    run = tmp_path / "run"
+    if moment == "imports":
+        time.sleep(0.3)
+    else:
+        marker = ".hydra" if moment == "hydra_started" else "resolved_config.yaml"
+        _wait_for(run / marker, process)
+    status, stdout, stderr = _stop(process, signal.SIGINT)
+    assert status == 130, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert "interrupted" in stdout + stderr
+    # Interrupted before training: nothing left; once the run listens: resumable.
+    assert not run.exists() or (run / "checkpoints" / "last.ckpt").is_file()
+    if moment == "data_read":
+        assert (run / "checkpoints" / "last.ckpt").is_file()
