@@ -88,8 +88,16 @@ def semi_supervised_bce(
 def one_hot_bce(
     logits: torch.Tensor, labels: torch.Tensor, row_weights: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """:func:`multi_label_bce` against the one-hot encoding of single labels."""
-    return multi_label_bce(logits, F.one_hot(labels, logits.shape[1]), row_weights)
+    """:func:`multi_label_bce` against the one-hot encoding of single labels.
+
+    The encoding is a scatter rather than ``F.one_hot``, which reads the labels' minimum
+    and maximum back to the host to check them on some devices: a wait in every step.
+    An out-of-range label still fails, in the scatter.
+    """
+    one_hot = torch.zeros(
+        labels.shape[0], logits.shape[1], dtype=torch.long, device=labels.device
+    ).scatter_(1, labels.unsqueeze(1), 1)
+    return multi_label_bce(logits, one_hot, row_weights)
 
 
 def softmax_cross_entropy(

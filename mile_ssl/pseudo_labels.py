@@ -164,24 +164,27 @@ class PhaseStatistics:
         """Record one step's :func:`pseudo_label_statistics`."""
         self._steps.append(values.detach())
 
-    def phase_means(self) -> dict[str, float]:
-        """Mean of each statistic over the steps it applies to; clears the phase.
+    def finish_phase(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The phase's means, still on the device; clears the phase (reads nothing).
 
-        Statistics that do not apply to the phase's last step are left out.
+        Returns:
+            Mean of each statistic over the steps it applies to, and which statistics
+            apply to the phase's last step (the others are left out when read, by
+            :func:`read_phase_means`); ``None`` for a phase without steps.
         """
         if not self._steps:
-            return {}
+            return None
         device = self._steps[-1].device
-        # One copy to the host; steps restored from a checkpoint join from the CPU.
-        steps = torch.stack([step.to(device) for step in self._steps]).cpu().double()
+        steps = torch.stack([step.to(device) for step in self._steps]).double()
         self._steps.clear()
         present = ~steps.isnan()
         means = torch.where(present, steps, 0.0).sum(dim=0) / present.sum(dim=0).clamp(min=1)
-        return {
-            name: float(means[index])
-            for index, name in enumerate(STATISTICS)
-            if bool(present[-1, index])
-        }
+        return means, present[-1]
+
+    def phase_means(self) -> dict[str, float]:
+        """:meth:`finish_phase`, read to the host at once."""
+        finished = self.finish_phase()
+        return {} if finished is None else read_phase_means(*finished)
 
     def state(self) -> list[dict[str, float]]:
         """The steps recorded so far, one mapping per step (the checkpoint's ``phase_stats``)."""
@@ -197,6 +200,15 @@ class PhaseStatistics:
         self._steps = [
             torch.tensor([float(step.get(name, nan)) for name in STATISTICS]) for step in steps
         ]
+
+
+def read_phase_means(means: torch.Tensor, present: torch.Tensor) -> dict[str, float]:
+    """The statistics :meth:`PhaseStatistics.finish_phase` kept, as numbers (one read)."""
+    host = torch.cat([means, present.to(means.dtype)]).cpu()
+    count = len(STATISTICS)
+    return {
+        name: float(host[index]) for index, name in enumerate(STATISTICS) if host[count + index]
+    }
 
 
 def self_training_targets(

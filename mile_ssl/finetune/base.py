@@ -203,11 +203,19 @@ class FineTuneModule(L.LightningModule):
         for group in optimizer.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
         self._non_finite_loss.record(self.completed_steps, loss)
-        if self.device.type == "cpu" or self.is_logging_step():
+        if self.reads_device_every_step() or self.is_logging_step():
             self.raise_if_loss_diverged("nothing from this step on was saved")
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         optimizer.step()
+
+    def reads_device_every_step(self) -> bool:
+        """Whether device values may be read in every step.
+
+        On the CPU reading makes nothing wait; on an accelerator device values are read
+        only at logging steps and saves.
+        """
+        return self.device.type == "cpu"
 
     def raise_if_loss_diverged(self, consequence: str) -> None:
         """Stop the run if any recorded loss was not finite (reads the device once).

@@ -47,6 +47,7 @@ from mile_ssl.pseudo_labels import (
     PseudoLabelStats,
     confident_row_weights,
     pseudo_label_statistics,
+    read_phase_means,
     threshold_pseudo_labels,
 )
 from mile_ssl.schedule import Phase, StepPosition, mile_position
@@ -116,6 +117,7 @@ class MILeModule(FineTuneModule):
         self.pseudo_label_history: list[dict[str, float]] = []
         """Per cycle: mean pseudo-label statistics of its student phase."""
         self._phase_statistics = PhaseStatistics()
+        self._finished_cycles: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
 
     @classmethod
     def unlabeled_steps(cls, mile: MileConfig) -> Callable[[int], bool] | None:
@@ -229,25 +231,48 @@ class MILeModule(FineTuneModule):
         )
 
     def _end_of_phase(self, statistics: torch.Tensor, position: StepPosition) -> None:
-        """Keep a student step's statistics; at the phase end, record the cycle's means.
+        """Keep a student step's statistics; at the phase end, keep the cycle's means.
 
-        Cycle means are read from the device once per phase, logged, appended to
-        :attr:`pseudo_label_history` (saved in checkpoints), and a cycle whose
-        pseudo-labels look collapsed is reported as a warning.
+        The means stay on the device until the next logging step (or checkpoint, or the
+        end of training), so that the last step of a phase waits for the device no more
+        than any other step; :meth:`record_finished_cycles` then reads them.
         """
         self._phase_statistics.add(statistics)
-        if position.step_in_phase != self.mile.ks - 1:
-            return
-        means = self._phase_statistics.phase_means()
-        for name, value in means.items():
-            self.log(f"train/cycle_{name}", torch.tensor(value))
-        self.pseudo_label_history.append(
-            {"cycle": position.cycle, "step": self.completed_steps + 1, **means}
-        )
-        summary = PseudoLabelStats(means["pseudo_labels_per_image"], means["pseudo_empty_fraction"])
-        reason = summary.collapse_reason(self.num_classes)
-        if reason is not None:
-            log.warning("MILe cycle %d: pseudo-labels collapsed: %s", position.cycle, reason)
+        if position.step_in_phase == self.mile.ks - 1:
+            finished = self._phase_statistics.finish_phase()
+            if finished is not None:
+                self._finished_cycles.append((position.cycle, self.completed_steps + 1, *finished))
+        if self.is_logging_step():
+            self.record_finished_cycles(log_means=True)
+
+    def record_finished_cycles(self, log_means: bool = False) -> None:
+        """Read the finished cycles' means (one device read), in :attr:`pseudo_label_history`.
+
+        A cycle whose pseudo-labels look collapsed is reported as a warning.
+
+        Args:
+            log_means: Also log the newest cycle's means (``train/cycle_*``), from a
+                training step.
+        """
+        for cycle, step, means, present in self._finished_cycles:
+            values = read_phase_means(means, present)
+            self.pseudo_label_history.append({"cycle": cycle, "step": step, **values})
+            summary = PseudoLabelStats(
+                values["pseudo_labels_per_image"], values["pseudo_empty_fraction"]
+            )
+            reason = summary.collapse_reason(self.num_classes)
+            if reason is not None:
+                log.warning("MILe cycle %d: pseudo-labels collapsed: %s", cycle, reason)
+        if log_means and self._finished_cycles:
+            newest = self.pseudo_label_history[-1]
+            for name in STATISTICS:
+                if name in newest:
+                    self.log(f"train/cycle_{name}", torch.tensor(newest[name]))
+        self._finished_cycles.clear()
+
+    def on_train_end(self) -> None:
+        """Read the cycles finished since the last logging step."""
+        self.record_finished_cycles()
 
     def checkpoint_settings(self) -> dict[str, Any]:
         """``method`` and ``mile``: a resume must keep both."""
@@ -255,6 +280,7 @@ class MILeModule(FineTuneModule):
 
     def checkpoint_extras(self) -> dict[str, Any]:
         """The pseudo-label history and the statistics of the phase in progress."""
+        self.record_finished_cycles()
         return {
             "pseudo_label_history": self.pseudo_label_history,
             "phase_stats": self._phase_statistics.state(),
