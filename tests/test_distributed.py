@@ -232,3 +232,82 @@ def test_tensorboard_logged_runs_resume_from_one_to_two_and_two_to_one_process(
     assert _steps(back.last_checkpoint) == 8
     metadata = torch.load(back.last_checkpoint, weights_only=True)["mile_ssl"]["metadata"]
     assert metadata["batch"] == {"batch_size": 16, "world_size": 1}
+
+
+COLLECTIVES_SCRIPT = '''
+"""2-process DDP run; each rank writes how many collectives each training step called."""
+import functools
+import json
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch.distributed as dist
+
+from mile_ssl.config import compose_train_config
+from mile_ssl.train import run_training
+
+NAMES = ("all_reduce", "broadcast", "barrier", "all_gather", "all_gather_object",
+         "broadcast_object_list", "reduce", "gather", "scatter")
+calls = []
+for name in NAMES:
+    original = getattr(dist, name)
+
+    def counted(*args, _name=name, _original=original, **kwargs):
+        calls.append(_name)
+        return _original(*args, **kwargs)
+
+    setattr(dist, name, counted)
+
+
+class PerStep(L.Callback):
+    def __init__(self, out):
+        self.out, self.steps, self.mark = out, [], None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self._close()
+        self.mark = len(calls)
+
+    def on_validation_start(self, trainer, module):
+        self._close()  # the last step ends where the final validation begins
+
+    def on_train_end(self, trainer, module):
+        self._close()
+        (self.out / f"collectives{trainer.global_rank}.json").write_text(json.dumps(self.steps))
+
+    def _close(self):
+        if self.mark is not None:
+            self.steps.append(calls[self.mark:])
+            self.mark = None
+
+
+out = Path(sys.argv[1])
+run_training(compose_train_config(sys.argv[2:]), out, callbacks=[PerStep(out)])
+'''
+
+
+def test_ddp_steps_between_decisions_call_no_collective(
+    tmp_path: Path, tiny_overrides: list[str]
+) -> None:
+    script = tmp_path / "count_collectives.py"
+    script.write_text(COLLECTIVES_SCRIPT)
+    overrides = [
+        *tiny_overrides,
+        *DDP_OVERRIDES,
+        "trainer.max_steps=8",
+        "trainer.log_every_n_steps=4",
+        "trainer.checkpoint_every_minutes=null",
+        "trainer=ddp_cpu",
+        "trainer.precision=32-true",
+    ]
+    _run([sys.executable, str(script), str(tmp_path / "run"), *overrides], tmp_path)
+    for rank in (0, 1):
+        steps = json.loads((tmp_path / "run" / f"collectives{rank}.json").read_text())
+        assert len(steps) == 8
+        # Steps 1..8: the joint stop decision is taken at steps 4 and 8 (logging steps,
+        # the last step): one all-reduce there, nothing in between; the last step also
+        # saves the final checkpoint (Lightning's barrier after the save).
+        for step, called in enumerate(steps, start=1):
+            expected = [] if step % 4 else ["all_reduce"]
+            expected += ["barrier"] if step == 8 else []
+            assert called == expected, (rank, step, called)
