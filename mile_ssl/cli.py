@@ -18,12 +18,12 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
+from mile_ssl.atomic_files import write_text_atomically
 from mile_ssl.config import register_configs, to_train_config
 from mile_ssl.config.overrides import normalise_overrides
 from mile_ssl.run_layout import keep_run_records
 from mile_ssl.run_lock import holding_named_run_folder
-from mile_ssl.solo_command import expand_solo_command, find_solo_recipe
-from mile_ssl.solo_learn import Translation
+from mile_ssl.solo_command import expand_solo_command, expand_solo_recipe
 from mile_ssl.user_errors import (
     exit_on_user_error,
     holding_interrupts,
@@ -31,8 +31,6 @@ from mile_ssl.user_errors import (
     release_interrupts,
     removed_on_user_error,
 )
-
-log = logging.getLogger("mile_ssl")
 
 EXIT_INTERRUPTED = 130
 """Exit status of a run stopped by Ctrl-C (128 + SIGINT, as shells report it)."""
@@ -128,28 +126,6 @@ def _demo(argv: Sequence[str]) -> None:
     run_demo(args.out, quick=args.quick)
 
 
-def _expand_solo_recipe(args: Sequence[str]) -> list[str]:
-    """Replace a solo-learn recipe given as the primary config by the overrides it means."""
-    recipe, rest = find_solo_recipe(args)
-    if recipe is None:
-        return list(args)
-    command = expand_solo_command(recipe, rest)
-    _log_translation(recipe, command.translation)
-    return command.arguments
-
-
-def _log_translation(path: Path, translation: Translation) -> None:
-    log.info("solo-learn recipe %s:\n%s", path, translation.report())
-    for warning in translation.warnings:
-        log.warning("%s: %s", path, warning)
-    if translation.unsupported:
-        log.warning(
-            "keys of %s that mile_ssl does not use: %s",
-            path,
-            ", ".join(key for key, _ in translation.unsupported),
-        )
-
-
 def _from_solo(argv: Sequence[str]) -> None:
     """Translate a solo-learn recipe into a mile_ssl config file."""
     from omegaconf import OmegaConf
@@ -176,10 +152,11 @@ def _from_solo(argv: Sequence[str]) -> None:
     unset = (
         "" if config.checkpoint.path else "# checkpoint.path is unset: add checkpoint.path=FILE\n"
     )
-    out.write_text(
+    write_text_atomically(
+        out,
         f"# Translated from the solo-learn recipe {args.recipe}\n"
         "# Run: mile-ssl train --config-dir <this folder> --config-name <this file>\n"
-        f"{unset}defaults:\n  - base_config\n  - _self_\n\n{body}"
+        f"{unset}defaults:\n  - base_config\n  - _self_\n\n{body}",
     )
     print(f"mapping of {args.recipe}:\n{command.translation.report()}")
     for warning in command.translation.warnings:
@@ -399,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             # reach exit_on_user_error like every other user error.
             os.environ["HYDRA_FULL_ERROR"] = "1"
             register_configs()
-            overrides = keep_run_records(normalise_overrides(_expand_solo_recipe(rest)))
+            overrides = keep_run_records(normalise_overrides(expand_solo_recipe(rest)))
             sys.argv = [sys.argv[0], *overrides]
             with holding_named_run_folder(overrides), holding_interrupts():
                 _train()

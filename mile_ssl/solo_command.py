@@ -11,6 +11,7 @@ translation derives.
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ from mile_ssl.solo_learn import (
     read_solo_config,
     translate_solo_config,
 )
+
+log = logging.getLogger("mile_ssl")
 
 MILE_ROOTS = frozenset({"method", "mile", "distill", "optim", "trainer", "experiment", "hydra"})
 """Top-level keys only mile_ssl has: overrides under them are never solo-learn's."""
@@ -157,3 +160,29 @@ def expand_solo_command(
             "on the command line, as with solo-learn: pretrained_feature_extractor=PATH"
         )
     return SoloCommand(recipe, translation, [*translation.overrides, *mile_args])
+
+
+def expand_solo_recipe(args: Sequence[str]) -> list[str]:
+    """``mile-ssl train`` arguments with a solo-learn recipe replaced by its overrides.
+
+    A recipe given as the primary config becomes the overrides it means (the
+    translation is logged); other arguments pass as they are.
+    """
+    recipe, rest = find_solo_recipe(args)
+    if recipe is None:
+        return list(args)
+    command = expand_solo_command(recipe, rest)
+    _log_translation(recipe, command.translation)
+    return command.arguments
+
+
+def _log_translation(path: Path, translation: Translation) -> None:
+    log.info("solo-learn recipe %s:\n%s", path, translation.report())
+    for warning in translation.warnings:
+        log.warning("%s: %s", path, warning)
+    if translation.unsupported:
+        log.warning(
+            "keys of %s that mile_ssl does not use: %s",
+            path,
+            ", ".join(key for key, _ in translation.unsupported),
+        )

@@ -20,7 +20,13 @@ import pytest
 import torch
 
 from mile_ssl.atomic_files import atomic_write
-from tests.conftest import MILE_SSL, TINY_OVERRIDES, folder_run_overrides, write_image_folder
+from tests.conftest import (
+    MILE_SSL,
+    TINY_OVERRIDES,
+    folder_run_overrides,
+    run_cli,
+    write_image_folder,
+)
 
 RUN = [*TINY_OVERRIDES, "mile.kt=3", "mile.ks=3"]
 """A tiny MILe run whose cycles are short enough to be stopped mid-cycle."""
@@ -134,14 +140,7 @@ def test_slurm_requeue_resumes_with_the_same_command(tmp_path: Path) -> None:
     assert 1 <= stopped_at < 40
 
     # The requeued job runs the very same command and continues the run.
-    again = subprocess.run(
-        [MILE_SSL, "train", *command],
-        cwd=tmp_path,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", **slurm},
-        capture_output=True,
-        text=True,
-        timeout=WAIT,
-    )
+    again = run_cli(["train", *command], tmp_path, timeout=WAIT, **slurm)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming from {run / 'checkpoints' / 'last.ckpt'}" in again.stdout
     assert "changed on resume" not in again.stdout
@@ -185,13 +184,8 @@ def test_a_checkpoint_is_kept_every_interval_and_a_kill_leaves_no_temporary_file
     assert _state(last)["global_step"] == saved, "the previous checkpoint is intact"
 
     # ... which the next start in that folder removes; the same command resumes.
-    again = subprocess.run(
-        [MILE_SSL, "train", *RUN, f"trainer.max_steps={saved + 2}", "hydra.run.dir=r"],
-        cwd=tmp_path,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=WAIT,
+    again = run_cli(
+        ["train", *RUN, f"trainer.max_steps={saved + 2}", "hydra.run.dir=r"], tmp_path, WAIT
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"removed {last.parent / leftovers[0]}" in again.stdout
@@ -202,20 +196,16 @@ def test_a_checkpoint_is_kept_every_interval_and_a_kill_leaves_no_temporary_file
 def test_last_checkpoint_is_the_newest_state_after_resuming_into_the_folder(
     tmp_path: Path,
 ) -> None:
-    first = subprocess.run(
+    first = run_cli(
         [
-            MILE_SSL,
             "train",
             *RUN,
             "trainer.max_steps=6",
             "trainer.checkpoint_every_n_steps=2",
             "hydra.run.dir=r",
         ],
-        cwd=tmp_path,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=WAIT,
+        tmp_path,
+        WAIT,
     )
     assert first.returncode == 0, first.stderr[-3000:]
     checkpoints = tmp_path / "r" / "checkpoints"
@@ -253,9 +243,8 @@ def test_a_failing_final_validation_keeps_the_final_training_checkpoint(tmp_path
     write_image_folder(root / "val", classes=2, per_class=2)
     for image in (root / "val" / "n00000001").iterdir():
         image.write_bytes(b"not an image at all")  # a wholly unreadable validation class
-    result = subprocess.run(
+    result = run_cli(
         [
-            MILE_SSL,
             "train",
             "checkpoint=scratch",
             "backbone=tiny_resnet",
@@ -265,11 +254,8 @@ def test_a_failing_final_validation_keeps_the_final_training_checkpoint(tmp_path
             *folder_run_overrides(root),
             "hydra.run.dir=run",
         ],
-        cwd=tmp_path,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=WAIT,
+        tmp_path,
+        WAIT,
     )
     assert result.returncode == 2, result.stderr[-3000:]
     assert "n00000001" in result.stderr and "Traceback" not in result.stderr
