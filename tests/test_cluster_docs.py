@@ -7,7 +7,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli_in_process
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cluster.md"
 
@@ -34,7 +34,7 @@ def test_the_srun_command_trains_in_the_jobs_own_folder(tmp_path: Path) -> None:
     script = next(block for block in _bash_blocks() if block.startswith("#!/bin/bash"))
     words = _command(script, "srun")
     assert words[1].endswith("mile-ssl") and words[2] == "train"
-    result = run_cli(
+    result = run_cli_in_process(
         [*words[2:], "--cfg", "hydra", "--resolve"],
         tmp_path,
         SLURM_JOB_ID="4242",
@@ -49,6 +49,6 @@ def test_the_torchrun_command_composes(tmp_path: Path) -> None:
     torchrun = next(block for block in _bash_blocks() if block.startswith("torchrun"))
     words = _command(torchrun, "torchrun")
     train = words[words.index("mile_ssl") + 1 :]
-    result = run_cli([*train, "--cfg", "job"], tmp_path)
+    result = run_cli_in_process([*train, "--cfg", "job"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "num_nodes: 2" in result.stdout and "strategy: ddp" in result.stdout

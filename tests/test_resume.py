@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_cli, write_image_folder
+from tests.conftest import run_cli_in_process, write_image_folder
 
 TRAIN = [
     "train",
@@ -43,7 +43,7 @@ def _tree(root: Path, classes: int = 2, names: tuple[str, ...] | None = None) ->
 def first_run(module_tmp_path: Path) -> Path:
     """Two steps on a two-class image folder, in run folder ``run``."""
     _tree(module_tmp_path / "data")
-    result = run_cli(
+    result = run_cli_in_process(
         [
             *TRAIN,
             f"data.root={module_tmp_path / 'data'}",
@@ -104,7 +104,7 @@ def test_a_resume_on_other_data_or_network_stops_naming_it_and_writes_nothing(
         extra = ["data.image_size=48"]
     before = _files(run)
     # The run folder holds last.ckpt: the same command there resumes from it.
-    result = run_cli(
+    result = run_cli_in_process(
         [*TRAIN, f"data.root={data}", "trainer.max_steps=4", *extra, f"hydra.run.dir={run}"],
         tmp_path,
     )
@@ -115,7 +115,7 @@ def test_a_resume_on_other_data_or_network_stops_naming_it_and_writes_nothing(
 
 
 def test_a_new_batch_size_is_applied_and_logged(first_run: Path, tmp_path: Path) -> None:
-    result = run_cli(
+    result = run_cli_in_process(
         [
             *TRAIN,
             f"data.root={first_run.parent / 'data'}",
@@ -140,7 +140,7 @@ def test_a_finished_run_folder_is_not_trained_again_silently(
     run = tmp_path / "run"
     shutil.copytree(first_run, run)
     before = _files(run)
-    result = run_cli(
+    result = run_cli_in_process(
         [
             *TRAIN,
             f"data.root={first_run.parent / 'data'}",

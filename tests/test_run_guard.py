@@ -24,7 +24,7 @@ from tests.conftest import (
     MILE_SSL,
     TINY_OVERRIDES,
     folder_run_overrides,
-    run_cli,
+    run_cli_in_process,
     write_image_folder,
 )
 
@@ -140,7 +140,7 @@ def test_slurm_requeue_resumes_with_the_same_command(tmp_path: Path) -> None:
     assert 1 <= stopped_at < 40
 
     # The requeued job runs the very same command and continues the run.
-    again = run_cli(["train", *command], tmp_path, timeout=WAIT, **slurm)
+    again = run_cli_in_process(["train", *command], tmp_path, **slurm)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming from {run / 'checkpoints' / 'last.ckpt'}" in again.stdout
     assert "changed on resume" not in again.stdout
@@ -184,8 +184,8 @@ def test_a_checkpoint_is_kept_every_interval_and_a_kill_leaves_no_temporary_file
     assert _state(last)["global_step"] == saved, "the previous checkpoint is intact"
 
     # ... which the next start in that folder removes; the same command resumes.
-    again = run_cli(
-        ["train", *RUN, f"trainer.max_steps={saved + 2}", "hydra.run.dir=r"], tmp_path, WAIT
+    again = run_cli_in_process(
+        ["train", *RUN, f"trainer.max_steps={saved + 2}", "hydra.run.dir=r"], tmp_path
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"removed {last.parent / leftovers[0]}" in again.stdout
@@ -196,7 +196,7 @@ def test_a_checkpoint_is_kept_every_interval_and_a_kill_leaves_no_temporary_file
 def test_last_checkpoint_is_the_newest_state_after_resuming_into_the_folder(
     tmp_path: Path,
 ) -> None:
-    first = run_cli(
+    first = run_cli_in_process(
         [
             "train",
             *RUN,
@@ -205,7 +205,6 @@ def test_last_checkpoint_is_the_newest_state_after_resuming_into_the_folder(
             "hydra.run.dir=r",
         ],
         tmp_path,
-        WAIT,
     )
     assert first.returncode == 0, first.stderr[-3000:]
     checkpoints = tmp_path / "r" / "checkpoints"
@@ -243,7 +242,7 @@ def test_a_failing_final_validation_keeps_the_final_training_checkpoint(tmp_path
     write_image_folder(root / "val", classes=2, per_class=2)
     for image in (root / "val" / "n00000001").iterdir():
         image.write_bytes(b"not an image at all")  # a wholly unreadable validation class
-    result = run_cli(
+    result = run_cli_in_process(
         [
             "train",
             "checkpoint=scratch",
@@ -255,7 +254,6 @@ def test_a_failing_final_validation_keeps_the_final_training_checkpoint(tmp_path
             "hydra.run.dir=run",
         ],
         tmp_path,
-        WAIT,
     )
     assert result.returncode == 2, result.stderr[-3000:]
     assert "n00000001" in result.stderr and "Traceback" not in result.stderr

@@ -12,7 +12,7 @@ import pytest
 
 from mile_ssl.run_layout import default_run_name
 from mile_ssl.run_lock import RunFolderBusyError, RunFolderLock, holding_run_folder
-from tests.conftest import TINY_OVERRIDES, run_cli
+from tests.conftest import TINY_OVERRIDES, run_cli_in_process
 
 HOLDER = (
     "import sys, time\n"
@@ -61,7 +61,7 @@ def test_a_second_run_into_a_folder_in_use_stops_before_writing(holder, tmp_path
     (folder / ".hydra").mkdir()
     (folder / ".hydra" / "overrides.yaml").write_text("- the first run's overrides\n")
     before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
-    result = run_cli(["train", *TINY_OVERRIDES, f"hydra.run.dir={folder}"], tmp_path)
+    result = run_cli_in_process(["train", *TINY_OVERRIDES, f"hydra.run.dir={folder}"], tmp_path)
     assert result.returncode == 2
     assert f"run folder {folder} is in use by process {process.pid}" in result.stderr
     assert "Traceback" not in result.stderr
