@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
 LOCK_FILE = ".lock"
 """The lock file inside a run folder."""
 
@@ -75,6 +77,16 @@ class RunFolderLock:
             self._file = None
 
 
+def first_process() -> bool:
+    """Whether this is the first process of its run, the one that holds the lock.
+
+    Told apart as Lightning does (``RANK``, ``LOCAL_RANK``, ``SLURM_PROCID``): the
+    processes Lightning starts, and every task but the first of an ``srun`` or
+    ``torchrun`` launch, write into the folder on the first one's behalf.
+    """
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
 _held: dict[Path, tuple[RunFolderLock, int]] = {}
 
 
@@ -117,7 +129,7 @@ def holding_named_run_folder(overrides: Sequence[str]) -> Iterator[None]:
         or "${" in str(folder)
         or not folder.is_dir()
         or {"-m", "--multirun"} & set(overrides)
-        or "LOCAL_RANK" in os.environ
+        or not first_process()
     ):
         yield
         return

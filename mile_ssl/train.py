@@ -13,7 +13,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -44,7 +43,7 @@ from mile_ssl.resume import (
 )
 from mile_ssl.run_guard import StopSignals, listening_for_stop_signals
 from mile_ssl.run_layout import run_folder
-from mile_ssl.run_lock import holding_run_folder
+from mile_ssl.run_lock import first_process, holding_run_folder
 from mile_ssl.trainer import (
     LAST_CHECKPOINT,
     build_trainer,
@@ -206,7 +205,7 @@ def run_training(
     # Only the first process takes the lock: the others of a multi-process run write
     # into the same folder on its behalf.
     with listening_for_stop_signals() as signals:
-        if getattr(rank_zero_only, "rank", 0) != 0:
+        if not first_process():
             return _run_locked(config, output_dir, callbacks, signals)
         with holding_run_folder(output_dir):
             for stale in remove_stale_temporaries(output_dir):

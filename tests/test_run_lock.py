@@ -9,9 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from mile_ssl.run_layout import default_run_name
-from mile_ssl.run_lock import RunFolderBusyError, RunFolderLock, holding_run_folder
+from mile_ssl.run_lock import (
+    RunFolderBusyError,
+    RunFolderLock,
+    holding_named_run_folder,
+    holding_run_folder,
+)
 from tests.conftest import TINY_OVERRIDES, run_cli_in_process
 
 HOLDER = (
@@ -88,3 +94,16 @@ def test_default_run_names_never_collide_locally_and_are_shared_by_a_job(
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "rdzv9")
     assert default_run_name().endswith("-rdzv9")
+
+
+def test_only_the_first_process_of_a_run_takes_the_lock(
+    holder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """srun starts every task itself: the others write on the first one's behalf."""
+    folder, _ = holder
+    overrides = [f"hydra.run.dir={folder}"]
+    with pytest.raises(RunFolderBusyError), holding_named_run_folder(overrides):
+        pass
+    monkeypatch.setattr(rank_zero_only, "rank", 3)  # as SLURM_PROCID=3 makes it
+    with holding_named_run_folder(overrides):
+        pass
