@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from mile_ssl.data.datamodule import MILeDataModule
 from mile_ssl.evaluate import evaluate_checkpoint
 from mile_ssl.preprocessing import Preprocessing
 from mile_ssl.train import run_training
+from tests.conftest import TINY_OVERRIDES
 
 MILE_SSL = str(Path(sys.executable).with_name("mile-ssl"))
 DDP_OVERRIDES = [
@@ -28,20 +30,80 @@ DDP_OVERRIDES = [
 ]
 
 
-def _ddp_run(tmp_path: Path, tiny_overrides: list[str]) -> Path:
+COLLECTIVES_SCRIPT = '''
+"""2-process DDP run; each rank writes how many collectives each training step called."""
+import functools
+import json
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch.distributed as dist
+
+from mile_ssl.config import compose_train_config
+from mile_ssl.train import run_training
+
+NAMES = ("all_reduce", "broadcast", "barrier", "all_gather", "all_gather_object",
+         "broadcast_object_list", "reduce", "gather", "scatter")
+calls = []
+for name in NAMES:
+    original = getattr(dist, name)
+
+    def counted(*args, _name=name, _original=original, **kwargs):
+        calls.append(_name)
+        return _original(*args, **kwargs)
+
+    setattr(dist, name, counted)
+
+
+class PerStep(L.Callback):
+    def __init__(self, out):
+        self.out, self.steps, self.mark = out, [], None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self._close()
+        self.mark = len(calls)
+
+    def on_validation_start(self, trainer, module):
+        self._close()  # the last step ends where the final validation begins
+
+    def on_train_end(self, trainer, module):
+        self._close()
+        (self.out / f"collectives{trainer.global_rank}.json").write_text(json.dumps(self.steps))
+
+    def _close(self):
+        if self.mark is not None:
+            self.steps.append(calls[self.mark:])
+            self.mark = None
+
+
+out = Path(sys.argv[1])
+run_training(compose_train_config(sys.argv[2:]), out, callbacks=[PerStep(out)])
+'''
+
+
+@pytest.fixture(scope="module")
+def ddp_run(module_tmp_path: Path) -> Path:
+    """Six MILe steps on two gloo processes, logging every third step; each rank also
+    records the collectives every training step called (``collectives<rank>.json``)."""
+    script = module_tmp_path / "count_collectives.py"
+    script.write_text(COLLECTIVES_SCRIPT)
+    run = module_tmp_path / "ddp"
     _run(
         [
-            MILE_SSL,
-            "train",
-            *tiny_overrides,
+            sys.executable,
+            str(script),
+            str(run),
+            *TINY_OVERRIDES,
             *DDP_OVERRIDES,
+            "trainer.log_every_n_steps=3",
+            "trainer.checkpoint_every_minutes=null",
             "trainer=ddp_cpu",
             "trainer.precision=32-true",
-            "hydra.run.dir=ddp",
         ],
-        tmp_path,
+        module_tmp_path,
     )
-    return tmp_path / "ddp"
+    return run
 
 
 def _run(command: list[str], cwd: Path) -> None:
@@ -57,10 +119,8 @@ def _run(command: list[str], cwd: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_two_process_ddp_matches_single_process(
-    tmp_path: Path, tiny_overrides: list[str], tiny_config
-) -> None:
-    run = _ddp_run(tmp_path, tiny_overrides)
+def test_two_process_ddp_matches_single_process(ddp_run: Path, tmp_path: Path, tiny_config) -> None:
+    run = ddp_run
     summary = json.loads((run / "metrics.json").read_text())
     assert summary["steps"] == 6
     config: TrainConfig = tiny_config(*DDP_OVERRIDES)
@@ -169,9 +229,10 @@ def _steps(checkpoint: Path) -> int:
 
 
 def test_csv_logged_two_process_run_resumes_on_two_processes_in_its_folder(
-    tmp_path: Path, tiny_overrides: list[str]
+    ddp_run: Path, tmp_path: Path, tiny_overrides: list[str]
 ) -> None:
-    run = _ddp_run(tmp_path, tiny_overrides)
+    run = tmp_path / "ddp"
+    shutil.copytree(ddp_run, run)
     rows_before = (run / "logs" / "metrics.csv").read_text().splitlines()
     # The same command with a longer run, in the same folder: it resumes from last.ckpt
     # on every rank (rank 1's CSV logger is Lightning's dummy writer).
@@ -234,80 +295,14 @@ def test_tensorboard_logged_runs_resume_from_one_to_two_and_two_to_one_process(
     assert metadata["batch"] == {"batch_size": 16, "world_size": 1}
 
 
-COLLECTIVES_SCRIPT = '''
-"""2-process DDP run; each rank writes how many collectives each training step called."""
-import functools
-import json
-import sys
-from pathlib import Path
-
-import lightning as L
-import torch.distributed as dist
-
-from mile_ssl.config import compose_train_config
-from mile_ssl.train import run_training
-
-NAMES = ("all_reduce", "broadcast", "barrier", "all_gather", "all_gather_object",
-         "broadcast_object_list", "reduce", "gather", "scatter")
-calls = []
-for name in NAMES:
-    original = getattr(dist, name)
-
-    def counted(*args, _name=name, _original=original, **kwargs):
-        calls.append(_name)
-        return _original(*args, **kwargs)
-
-    setattr(dist, name, counted)
-
-
-class PerStep(L.Callback):
-    def __init__(self, out):
-        self.out, self.steps, self.mark = out, [], None
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        self._close()
-        self.mark = len(calls)
-
-    def on_validation_start(self, trainer, module):
-        self._close()  # the last step ends where the final validation begins
-
-    def on_train_end(self, trainer, module):
-        self._close()
-        (self.out / f"collectives{trainer.global_rank}.json").write_text(json.dumps(self.steps))
-
-    def _close(self):
-        if self.mark is not None:
-            self.steps.append(calls[self.mark:])
-            self.mark = None
-
-
-out = Path(sys.argv[1])
-run_training(compose_train_config(sys.argv[2:]), out, callbacks=[PerStep(out)])
-'''
-
-
-def test_ddp_steps_between_decisions_call_no_collective(
-    tmp_path: Path, tiny_overrides: list[str]
-) -> None:
-    script = tmp_path / "count_collectives.py"
-    script.write_text(COLLECTIVES_SCRIPT)
-    overrides = [
-        *tiny_overrides,
-        *DDP_OVERRIDES,
-        "trainer.max_steps=8",
-        "trainer.log_every_n_steps=4",
-        "trainer.checkpoint_every_minutes=null",
-        "trainer=ddp_cpu",
-        "trainer.precision=32-true",
-    ]
-    _run([sys.executable, str(script), str(tmp_path / "run"), *overrides], tmp_path)
+def test_ddp_steps_between_decisions_call_no_collective(ddp_run: Path) -> None:
     for rank in (0, 1):
-        steps = json.loads((tmp_path / "run" / f"collectives{rank}.json").read_text())
-        assert len(steps) == 8
-        # Steps 1..8: the joint stop decision is taken at steps 4 and 8 (logging steps,
+        steps = json.loads((ddp_run / f"collectives{rank}.json").read_text())
+        assert len(steps) == 6
+        # Steps 1..6: the joint stop decision is taken at steps 3 and 6 (logging steps,
         # the last step): one all-reduce there, nothing in between; the last step also
         # saves the final checkpoint (Lightning's barrier after the save).
         for step, called in enumerate(steps, start=1):
-            expected = [] if step % 4 else ["all_reduce"]
-            expected += ["barrier"] if step == 8 else []
+            expected = [] if step % 3 else ["all_reduce"]
+            expected += ["barrier"] if step == 6 else []
             assert called == expected, (rank, step, called)
