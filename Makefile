@@ -17,7 +17,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/mile-ssl demo
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadscope tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check mile_ssl adapters configs tests benchmarks examples
