@@ -94,6 +94,22 @@ def tiny_overrides() -> list[str]:
     return list(TINY_OVERRIDES)
 
 
+@contextlib.contextmanager
+def mounted_tmpfs(mount: Path, options: str) -> Iterator[Path]:
+    """A real small file system at ``mount`` (``options``: e.g. ``size=64k`` or
+    ``size=64k,ro``); the test is skipped where this machine does not permit the mount."""
+    mount.mkdir(parents=True, exist_ok=True)
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
 def write_jpeg(path: Path, seed: int, size: tuple[int, int] = (36, 40)) -> Path:
     """Write a real JPEG of seeded random pixels, ``size`` = (height, width)."""
     from PIL import Image

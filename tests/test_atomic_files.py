@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from mile_ssl.atomic_files import remove_stale_temporaries, write_text_atomicall
 from mile_ssl.bad_images import BadImageMonitor
 from mile_ssl.checkpoint_io import write_atomically
 from mile_ssl.report import plot_pseudo_label_history, write_json
+from tests.conftest import mounted_tmpfs
 
 
 @pytest.fixture
@@ -111,15 +111,8 @@ def test_only_temporary_files_of_interrupted_writes_are_removed(tmp_path: Path) 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 64 KiB file system (tmpfs), where the mount is permitted."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
-    )
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=False)
+    with mounted_tmpfs(tmp_path / "disk", "size=64k") as mount:
+        yield mount
 
 
 def test_a_real_full_disk_leaves_complete_files_only(tiny_disk: Path) -> None:

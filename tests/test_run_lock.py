@@ -18,7 +18,7 @@ from mile_ssl.run_lock import (
     holding_named_run_folder,
     holding_run_folder,
 )
-from tests.conftest import TINY_OVERRIDES, run_cli_in_process
+from tests.conftest import TINY_OVERRIDES, mounted_tmpfs, run_cli_in_process
 
 HOLDER = (
     "import sys, time\n"
@@ -111,19 +111,10 @@ def test_only_the_first_process_of_a_run_takes_the_lock(
 
 def test_a_read_only_run_folder_is_named(tmp_path: Path) -> None:
     """A folder on a read-only file system (where this machine lets a test mount one)."""
-    mount = tmp_path / "readonly"
-    mount.mkdir()
-    made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(mount)], capture_output=True
-    )
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a file system here: {made.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "readonly", "size=64k,ro") as mount:
         result = run_cli_in_process(
             ["train", *TINY_OVERRIDES, f"hydra.run.dir={mount / 'run'}"], tmp_path
         )
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
     assert result.returncode == 2
     assert f"{mount / 'run'}" in result.stderr and "Read-only file system" in result.stderr
     assert "Traceback" not in result.stderr
