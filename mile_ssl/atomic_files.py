@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -94,6 +96,21 @@ def write_with(path: str | Path, writer: Callable[[IO[bytes]], object]) -> Path:
     with atomic_write(path) as file:
         writer(file)
     return Path(path)
+
+
+def link_atomically(source: Path, target: Path) -> None:
+    """Make ``target`` name the same file as ``source`` (a copy where links fail).
+
+    The link is made under a temporary name shaped like :func:`atomic_write`'s, then
+    renamed, so that a kill in between leaves nothing :func:`remove_stale_temporaries`
+    does not remove.
+    """
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}")
+    try:
+        os.link(source, temporary)
+    except OSError:
+        shutil.copyfile(source, temporary)
+    os.replace(temporary, target)
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

@@ -25,6 +25,7 @@ from mile_ssl.run_layout import keep_run_records
 from mile_ssl.run_lock import holding_named_run_folder
 from mile_ssl.solo_command import expand_solo_command, expand_solo_recipe
 from mile_ssl.user_errors import (
+    EXIT_SIGINT,
     exit_on_user_error,
     holding_interrupts,
     interrupt_without_traceback,
@@ -32,8 +33,6 @@ from mile_ssl.user_errors import (
     removed_on_user_error,
 )
 
-EXIT_INTERRUPTED = 130
-"""Exit status of a run stopped by Ctrl-C (128 + SIGINT, as shells report it)."""
 EXIT_PREEMPTED = 143
 """Exit status of a run stopped by a scheduler's signal (SIGTERM, SIGUSR1, SIGUSR2) after
 saving its resumable checkpoint: 128 + SIGTERM, what a job killed by SIGTERM reports, so
@@ -101,7 +100,7 @@ def _train(config: DictConfig) -> None:
             result = run_training(train_config, output_dir)
         except RunInterruptedError as stop:
             _print_on_rank_zero(stop.resume_message(hydra_config.overrides.task, output_dir))
-            raise SystemExit(EXIT_PREEMPTED if stop.preempted else EXIT_INTERRUPTED) from None
+            raise SystemExit(EXIT_PREEMPTED if stop.preempted else EXIT_SIGINT) from None
     _print_on_rank_zero(format_metrics_table({train_config.method.name: result.metrics}))
     _print_on_rank_zero(f"run directory: {result.output_dir}")
 

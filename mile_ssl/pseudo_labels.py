@@ -152,9 +152,9 @@ def statistics_dict(values: torch.Tensor | list[float]) -> dict[str, float]:
 class PhaseStatistics:
     """The per-step pseudo-label statistics of one student phase, kept on the device.
 
-    Nothing is read back until :meth:`phase_means`, once per phase; the steps recorded so
-    far are saved in checkpoints (:meth:`state`) so that a run resumed mid-phase ends the
-    phase with the same means.
+    Nothing is read back until :func:`read_phase_means` reads what :meth:`finish_phase`
+    kept, once per phase; the steps recorded so far are saved in checkpoints
+    (:meth:`state`) so that a run resumed mid-phase ends the phase with the same means.
     """
 
     def __init__(self) -> None:
@@ -180,11 +180,6 @@ class PhaseStatistics:
         present = ~steps.isnan()
         means = torch.where(present, steps, 0.0).sum(dim=0) / present.sum(dim=0).clamp(min=1)
         return means, present[-1]
-
-    def phase_means(self) -> dict[str, float]:
-        """:meth:`finish_phase`, read to the host at once."""
-        finished = self.finish_phase()
-        return {} if finished is None else read_phase_means(*finished)
 
     def state(self) -> list[dict[str, float]]:
         """The steps recorded so far, one mapping per step (the checkpoint's ``phase_stats``)."""

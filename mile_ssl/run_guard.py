@@ -7,9 +7,9 @@ SIGTERM, and a checkpoint written from inside a signal handler could catch the w
 half updated. Here a signal only sets a flag; the decision is taken at the end of a
 step, by every rank together, and the run then saves ``checkpoints/last.ckpt`` and
 stops with :class:`RunInterruptedError` (the command line prints the resume command and
-exits 130 for Ctrl-C, 143 for the scheduler's signals). Under SLURM, the requeue signal
-(SIGUSR1 unless Lightning's ``SLURMEnvironment`` names another) also asks ``scontrol``
-to requeue the job; the requeued job finds ``last.ckpt`` in its run folder and goes on.
+exits 130 for Ctrl-C, 143 for the scheduler's signals). Under SLURM, SIGUSR1 (the
+requeue signal of Lightning's ``SLURMEnvironment``) also asks ``scontrol`` to requeue
+the job; the requeued job finds ``last.ckpt`` in its run folder and goes on.
 
 The same end-of-step decision saves ``last.ckpt`` every ``trainer.checkpoint_every_minutes``
 of wall time, every ``trainer.checkpoint_every_n_steps`` steps (kept as ``step<N>.ckpt``
@@ -24,10 +24,7 @@ save anyway, and at the last step, so that no other step waits for the others.
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 import shlex
-import shutil
 import signal
 import subprocess
 import threading
@@ -42,8 +39,9 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
-from mile_ssl.atomic_files import TEMPORARY_SUFFIX
+from mile_ssl.atomic_files import link_atomically
 from mile_ssl.data.loaders import STOP_SIGNALS
+from mile_ssl.run_layout import slurm_job_id
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +235,7 @@ class RunGuard(L.Callback):
         if decision[_SIGNAL]:
             signum = int(decision[_SIGNAL])
             self._save(trainer, self.last_checkpoint)
-            requeued = self._requeue(trainer) if signum == _requeue_signal() else False
+            requeued = signum == signal.SIGUSR1 and self._requeue(trainer)
             raise RunInterruptedError(self.last_checkpoint, step, signum, requeued)
         if keep_step:
             self._save(trainer, self.checkpoint_dir / f"step{step}.ckpt", also_last=True)
@@ -270,12 +268,12 @@ class RunGuard(L.Callback):
         """Save on every rank's behalf; ``also_last`` makes ``last.ckpt`` the same file."""
         trainer.save_checkpoint(path)
         if also_last and trainer.is_global_zero:
-            _link_atomically(path, self.last_checkpoint)
+            link_atomically(path, self.last_checkpoint)
         self._last_save = time.monotonic()
 
     def _requeue(self, trainer: L.Trainer) -> bool:
-        """Ask SLURM to requeue this job (rank 0 only); whether it agreed."""
-        job = slurm_job_id()
+        """Under SLURM, ask it to requeue this job (rank 0 only); whether it agreed."""
+        job = slurm_job_id() if SLURMEnvironment.detect() else None
         if job is None or not trainer.is_global_zero:
             return job is not None
         try:
@@ -296,33 +294,3 @@ def _seen_elsewhere() -> Exception:
     return ValueError(
         "another process of this run found too many unreadable training images; its log names them"
     )
-
-
-def slurm_job_id() -> str | None:
-    """The SLURM job this process runs in (``ARRAYJOB_TASK`` for array jobs), if any."""
-    if not SLURMEnvironment.detect():
-        return None
-    array_job, array_task = (
-        os.environ.get("SLURM_ARRAY_JOB_ID"),
-        os.environ.get("SLURM_ARRAY_TASK_ID"),
-    )
-    if array_job and array_task:
-        return f"{array_job}_{array_task}"
-    return os.environ.get("SLURM_JOB_ID")
-
-
-def _requeue_signal() -> int:
-    """The signal that asks for a requeue under SLURM (Lightning's default: SIGUSR1)."""
-    return int(signal.SIGUSR1) if SLURMEnvironment.detect() else -1
-
-
-def _link_atomically(source: Path, target: Path) -> None:
-    """Make ``target`` name the same file as ``source`` (a copy where links fail)."""
-    # Named like atomic_write's temporaries, so that a kill here leaves nothing that the
-    # next start in this folder does not remove.
-    temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}")
-    try:
-        os.link(source, temporary)
-    except OSError:
-        shutil.copyfile(source, temporary)
-    os.replace(temporary, target)

@@ -39,10 +39,28 @@ def keep_run_records(overrides: list[str]) -> list[str]:
         ``overrides``, plus ``hydra.output_subdir=null`` where the named ``hydra.run.dir``
         already holds Hydra's records.
     """
-    named = [item.split("=", 1)[1] for item in overrides if item.startswith("hydra.run.dir=")]
-    if named and (Path(named[-1]) / ".hydra").is_dir():
+    folder = named_run_folder(overrides)
+    if folder is not None and (folder / ".hydra").is_dir():
         return [*overrides, "hydra.output_subdir=null"]
     return overrides
+
+
+def named_run_folder(overrides: list[str] | tuple[str, ...]) -> Path | None:
+    """The run folder a ``mile-ssl train`` command line names (``hydra.run.dir=``), if any.
+
+    The last one counts, as in Hydra.
+    """
+    named = [item.split("=", 1)[1] for item in overrides if item.startswith("hydra.run.dir=")]
+    return Path(named[-1]) if named else None
+
+
+def slurm_job_id() -> str | None:
+    """The SLURM job of this process (``<array job>_<task>`` for job arrays), if any."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    array_task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and array_task:
+        return f"{array_job}_{array_task}"
+    return os.environ.get("SLURM_JOB_ID") or None
 
 
 def default_run_name() -> str:
@@ -57,8 +75,7 @@ def default_run_name() -> str:
       do not share a folder.
     """
     environ = os.environ
-    job = environ.get("SLURM_ARRAY_JOB_ID") and environ.get("SLURM_ARRAY_TASK_ID")
-    job = f"{environ['SLURM_ARRAY_JOB_ID']}_{job}" if job else environ.get("SLURM_JOB_ID")
+    job = slurm_job_id()
     if job:
         step = environ.get("SLURM_STEP_ID", "0")
         return f"slurm-{job}" + (f".{step}" if step.isdigit() and step != "0" else "")

@@ -24,6 +24,8 @@ from typing import IO
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from mile_ssl.run_layout import named_run_folder
+
 LOCK_FILE = ".lock"
 """The lock file inside a run folder."""
 
@@ -122,8 +124,7 @@ def holding_named_run_folder(overrides: Sequence[str]) -> Iterator[None]:
     Args:
         overrides: The ``mile-ssl train`` command line.
     """
-    named = [item.split("=", 1)[1] for item in overrides if item.startswith("hydra.run.dir=")]
-    folder = Path(named[-1]) if named else None
+    folder = named_run_folder(list(overrides))
     if (
         folder is None
         or "${" in str(folder)

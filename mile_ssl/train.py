@@ -228,9 +228,9 @@ def _run_locked(
     callbacks: Sequence[L.Callback],
     signals: StopSignals,
 ) -> RunResult:
-    found_in_run_folder = config.trainer.resume_from is None
+    named_checkpoint = config.trainer.resume_from
     config = resume_point_in_folder(config, output_dir)
-    found_in_run_folder &= config.trainer.resume_from is not None
+    found_in_run_folder = named_checkpoint is None and config.trainer.resume_from is not None
     config = replace(config, trainer=resolve_sync_batchnorm(config.trainer))
     L.seed_everything(config.seed, workers=True, verbose=False)
     loaded = initial_backbone(config.backbone, config.checkpoint)

@@ -109,7 +109,9 @@ def build_trainer(
         num_sanity_val_steps=0,
         log_every_n_steps=config.log_every_n_steps,
         logger=logger,
-        callbacks=[guard, *callbacks],
+        # Last, so that it decides on what the other callbacks recorded in the same step
+        # (the unreadable images of its batch).
+        callbacks=[*callbacks, guard],
         enable_checkpointing=False,
         plugins=plugins,
         enable_progress_bar=config.progress_bar,

@@ -28,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 DEBUG_VARIABLE = "MILE_SSL_DEBUG"
 EXIT_USER_ERROR = 2
 EXIT_SIGINT = 130
+"""Exit status of a command stopped by Ctrl-C (128 + SIGINT, as shells report it)."""
 EXIT_BROKEN_PIPE = 141
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -181,15 +182,10 @@ def removed_on_user_error(directory: Path, own_files: set[str]) -> Iterator[None
     fresh = holds_only(directory, own_files)
     try:
         yield
-    except KeyboardInterrupt:
-        # Ctrl-C during start-up: as with bad input, a folder holding nothing of the run
-        # goes.
-        if fresh and holds_only(directory, own_files):
-            shutil.rmtree(directory, ignore_errors=True)
-            _remove_empty_parents(directory)
-        raise
-    except SystemExit as stop:
-        if fresh and stop.code == EXIT_USER_ERROR and holds_only(directory, own_files):
+    except (KeyboardInterrupt, SystemExit) as stop:
+        # Bad input, or Ctrl-C during start-up: a folder holding nothing of the run goes.
+        stopped_early = isinstance(stop, KeyboardInterrupt) or stop.code == EXIT_USER_ERROR
+        if fresh and stopped_early and holds_only(directory, own_files):
             shutil.rmtree(directory, ignore_errors=True)
             _remove_empty_parents(directory)
         raise

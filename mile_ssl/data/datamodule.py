@@ -153,9 +153,8 @@ class MILeDataModule(L.LightningDataModule):
         the same shape but other classes or files differ here, where the labelled indices
         alone (:attr:`labelled_digest`) agree.
         """
-        counts = [0] * self.num_classes
-        for label in self.splits.train_labels:
-            counts[int(label)] += 1
+        labels = torch.as_tensor(self.splits.train_labels, dtype=torch.long)
+        counts = torch.bincount(labels, minlength=self.num_classes).tolist()
         names = self.splits.train_names
         labelled = [
             names[index] if names is not None else str(index) for index in self.train_indices

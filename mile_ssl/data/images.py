@@ -131,18 +131,7 @@ def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
     for entry in inputs:
         path = Path(entry)
         if path.is_dir():
-            images = sorted(
-                child
-                for child in path.rglob("*")
-                if child.is_file()
-                and child.suffix.lower() in IMAGE_SUFFIXES
-                and not child.name.startswith(".")
-            )
-            if not images:
-                raise ValueError(
-                    f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {path}"
-                )
-            found.update(dict.fromkeys(images))
+            found.update(dict.fromkeys(_images_under(path)))
         elif path.is_file():
             found[path] = None
         else:
@@ -175,23 +164,35 @@ def find_inputs(inputs: Iterable[str | Path]) -> list[tuple[Path, str | None]]:
     for entry in inputs:
         path = Path(entry)
         if path.is_dir():
-            images = sorted(
-                child
-                for child in path.rglob("*")
-                if (child.is_file() or _is_broken_link(child))
-                and child.suffix.lower() in IMAGE_SUFFIXES
-                and not child.name.startswith(".")
-            )
-            if not images:
-                raise ValueError(
-                    f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {path}"
-                )
+            images = _images_under(path, broken_links=True)
             found.update((image, _missing_reason(image)) for image in images)
         else:
             found[path] = _missing_reason(path)
     if not found:
         raise ValueError("no images given: pass image files or folders")
     return list(found.items())
+
+
+def _images_under(folder: Path, broken_links: bool = False) -> list[Path]:
+    """Image files at any depth under ``folder``, sorted, hidden ones left out.
+
+    Args:
+        folder: The folder to search.
+        broken_links: Also list symbolic links to image names whose target is gone.
+
+    Raises:
+        ValueError: Naming the folder, if it holds no image.
+    """
+    images = sorted(
+        child
+        for child in folder.rglob("*")
+        if (child.is_file() or (broken_links and _is_broken_link(child)))
+        and child.suffix.lower() in IMAGE_SUFFIXES
+        and not child.name.startswith(".")
+    )
+    if not images:
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {folder}")
+    return images
 
 
 def _is_broken_link(path: Path) -> bool:
