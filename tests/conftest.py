@@ -26,16 +26,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 MILE_SSL = str(Path(sys.executable).with_name("mile-ssl"))
 """The installed console script, run as a user runs it."""
 
-TINY_OVERRIDES = [
+TINY_NETWORK = [
     "checkpoint=scratch",
-    "data.digits.num_train=256",
-    "data.digits.num_val=64",
-    "data.batch_size=32",
     "backbone=tiny_resnet",
     "backbone.kwargs.widths=[8,16]",
     "trainer.progress_bar=false",
     "trainer.precision=32-true",
     "trainer.accelerator=cpu",
+]
+"""An 8/16-channel ResNet from random weights, trained in fp32 on the CPU."""
+
+TINY_OVERRIDES = [
+    *TINY_NETWORK,
+    "data.digits.num_train=256",
+    "data.digits.num_val=64",
+    "data.batch_size=32",
     "trainer.log_every_n_steps=1",
     "optim.warmup_steps=1",
 ]

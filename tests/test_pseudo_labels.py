@@ -10,6 +10,7 @@ from mile_ssl.pseudo_labels import (
     PseudoLabelStats,
     confident_row_weights,
     pseudo_label_statistics,
+    read_phase_means,
     statistics_dict,
 )
 
@@ -72,8 +73,10 @@ def test_phase_means_average_each_statistic_over_the_steps_it_applies_to() -> No
     restored = PhaseStatistics()
     restored.load_state(phase.state())  # as after a resume mid-phase
     for statistics in (phase, restored):
-        means = statistics.phase_means()
+        finished = statistics.finish_phase()
+        assert finished is not None
+        means = read_phase_means(*finished)
         assert means["pseudo_labels_per_image"] == 1.0  # (1.0 + 1.0) / 2
         assert means["pseudo_empty_fraction"] == 0.25  # (0.5 + 0.0) / 2
         assert means["pseudo_precision"] == 0.5  # measured in the second step only
-        assert statistics.phase_means() == {}  # the phase was cleared
+        assert statistics.finish_phase() is None  # the phase was cleared

@@ -8,16 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_cli_in_process, write_image_folder
+from tests.conftest import TINY_NETWORK, run_cli_in_process, write_image_folder
 
 TRAIN = [
     "train",
-    "checkpoint=scratch",
-    "backbone=tiny_resnet",
-    "backbone.kwargs.widths=[8,16]",
-    "trainer.accelerator=cpu",
-    "trainer.progress_bar=false",
-    "trainer.precision=32-true",
+    *TINY_NETWORK,
     "data=folder",
     "data.image_size=32",
     "data.batch_size=4",

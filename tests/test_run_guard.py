@@ -22,6 +22,7 @@ import torch
 from mile_ssl.atomic_files import atomic_write
 from tests.conftest import (
     MILE_SSL,
+    TINY_NETWORK,
     TINY_OVERRIDES,
     folder_run_overrides,
     run_cli_in_process,
@@ -245,11 +246,7 @@ def test_a_failing_final_validation_keeps_the_final_training_checkpoint(tmp_path
     result = run_cli_in_process(
         [
             "train",
-            "checkpoint=scratch",
-            "backbone=tiny_resnet",
-            "backbone.kwargs.widths=[8,16]",
-            "trainer.accelerator=cpu",
-            "trainer.progress_bar=false",
+            *TINY_NETWORK,
             *folder_run_overrides(root),
             "hydra.run.dir=run",
         ],
@@ -276,11 +273,7 @@ def test_sigterm_to_every_process_of_the_job_spares_the_loader_workers(tmp_path:
     root = write_image_folder(tmp_path / "images" / "train", classes=2, per_class=8).parent
     write_image_folder(root / "val", classes=2, per_class=1)
     overrides = [
-        "checkpoint=scratch",
-        "backbone=tiny_resnet",
-        "backbone.kwargs.widths=[8,16]",
-        "trainer.accelerator=cpu",
-        "trainer.progress_bar=false",
+        *TINY_NETWORK,
         *folder_run_overrides(root),
         "data.num_workers=2",
         "trainer.max_steps=100000",
