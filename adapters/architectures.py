@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor
 
-from mile_ssl.backbones import BackboneSpec
+from mile_ssl.networks.backbones import BackboneSpec
 
 CLASSIFIER_PREFIX = "fc."
 """The ImageNet classifier of ResNet-style models; not part of the backbone."""

@@ -24,13 +24,13 @@ listed in ``dropped``. Haiku's ResNet v1 maps onto torchvision's ResNet-50/101/1
 for name (kernels HWIO -> OIHW, BatchNorm ``scale``/``offset`` and EMA ``average`` ->
 weight/bias/running stats; BYOL's BatchNorm uses ``eps=1e-5`` like torchvision), but
 Haiku convolutions and max-pooling use TF "SAME" padding, so the backbone is built with
-``tf_same_padding=True`` (:mod:`mile_ssl.tf_padding`). To convert the target network
+``tf_same_padding=True`` (:mod:`mile_ssl.networks.tf_padding`). To convert the target network
 instead, call :func:`convert_haiku_resnet` on ``experiment_state.target_params`` and
 ``target_state``.
 
 BYOL feeds the network images in [0, 1] normalised with the ImageNet mean and standard
 deviation (``normalize_images`` in ``byol/utils/dataset.py``), which is
-:class:`~mile_ssl.preprocessing.Preprocessing`'s default.
+:class:`~mile_ssl.networks.preprocessing.Preprocessing`'s default.
 
 ResNet-200 (x2) and the other wide ablation networks have no torchvision counterpart and
 are refused with the architecture found. BYOL weights already converted to torchvision
@@ -43,8 +43,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mile_ssl.backbones import BackboneSpec
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.backbones import BackboneSpec
+from mile_ssl.networks.preprocessing import Preprocessing
 
 from .conversion import AdapterOptions, ConvertedCheckpoint
 from .haiku_resnet import HaikuResNet, convert_haiku_resnet

@@ -15,8 +15,8 @@ from typing import Any
 
 from torch import Tensor
 
-from mile_ssl.backbones import BackboneSpec
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.backbones import BackboneSpec
+from mile_ssl.networks.preprocessing import Preprocessing
 
 from .errors import SHOWN
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from mile_ssl.backbones import BackboneSpec
+from mile_ssl.networks.backbones import BackboneSpec
 
 from .errors import SHOWN, CheckpointMismatchError
 from .state_dicts import DEFAULT_CONTAINER_KEYS, is_tensor_dict, unwrap

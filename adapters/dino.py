@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.preprocessing import Preprocessing
 
 from .architectures import CLASSIFIER_PREFIX, VIT_HEAD_PREFIX, infer_resnet_spec, infer_vit_spec
 from .conversion import AdapterOptions, ConvertedCheckpoint, refuse_projection_layers

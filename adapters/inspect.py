@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from mile_ssl.backbones import BackboneSpec
+from mile_ssl.networks.backbones import BackboneSpec
 
 from .diagnostics import group_keys
 from .loading import load_backbone

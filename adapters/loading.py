@@ -19,8 +19,8 @@ from typing import Any
 
 from torch import nn
 
-from mile_ssl.backbones import BackboneSpec, build_backbone
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.backbones import BackboneSpec, build_backbone
+from mile_ssl.networks.preprocessing import Preprocessing
 
 from .conversion import AdapterOptions
 from .diagnostics import check_state_dict, describe_source, describe_spec

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mile_ssl.backbones import BackboneSpec, build_backbone
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.backbones import BackboneSpec, build_backbone
+from mile_ssl.networks.preprocessing import Preprocessing
 
 from .conversion import AdapterOptions, ConvertedCheckpoint, refuse_projection_layers
 from .diagnostics import describe_mismatch

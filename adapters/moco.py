@@ -30,7 +30,7 @@ from typing import Any
 
 from torch import Tensor
 
-from mile_ssl.backbones import BackboneSpec
+from mile_ssl.networks.backbones import BackboneSpec
 
 from .architectures import CLASSIFIER_PREFIX, VIT_HEAD_PREFIX, infer_vit_spec
 from .prefixed import find_backbone_prefix, register_prefixed_adapter, resnet_from_arch

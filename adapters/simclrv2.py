@@ -7,7 +7,7 @@ one as ``r{50,101,152}_{1,2,3}x_sk{0,1}[_ema].pth`` holding
 ``fc.*`` classifier, and the 3-layer contrastive projection head (``layers.{0,3,6}``
 bias-free Linear, ``layers.{1,4,7}`` BatchNorm1d). ``_ema`` files have the same layout.
 
-The backbone is always :class:`mile_ssl.simclrv2_resnet.SimCLRv2ResNet`, whose
+The backbone is always :class:`mile_ssl.networks.simclrv2_resnet.SimCLRv2ResNet`, whose
 parameter names are the conversion's own, so the tensors pass through unrenamed; also
 for ``r50_1x_sk0``, which torchvision's ``resnet50`` could hold, so that every variant
 has one spec and can keep the projection head. The architecture is read from the
@@ -17,7 +17,7 @@ channels, the depth from the number of blocks in each stage.
 
 The converted models expect images in [0, 1] without mean/std normalisation (the
 conversion's ``verify.py`` feeds ``ToTensor()`` output), so the adapter reports
-:data:`mile_ssl.preprocessing.IDENTITY`.
+:data:`mile_ssl.networks.preprocessing.IDENTITY`.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from typing import Any
 
 from torch import Tensor
 
-from mile_ssl.backbones import BackboneSpec
-from mile_ssl.preprocessing import IDENTITY
-from mile_ssl.simclrv2_resnet import (
+from mile_ssl.networks.backbones import BackboneSpec
+from mile_ssl.networks.preprocessing import IDENTITY
+from mile_ssl.networks.simclrv2_resnet import (
     BASE_WIDTH,
     HEAD_LAYERS,
     STAGE_BLOCKS,
@@ -48,7 +48,7 @@ HEAD_KEY = "head"
 """Top-level key of the contrastive projection head's state dict."""
 
 HEAD_MODULE_PREFIX = "head."
-"""Where :class:`~mile_ssl.simclrv2_resnet.SimCLRv2ResNet` keeps the head's layers."""
+"""Where :class:`~mile_ssl.networks.simclrv2_resnet.SimCLRv2ResNet` keeps the head's layers."""
 
 CLASSIFIER_PREFIX = "fc."
 """The supervised ImageNet classifier of the backbone; not part of the features."""

@@ -47,8 +47,8 @@ from typing import Any
 
 from torch import Tensor
 
-from mile_ssl.backbones import BackboneSpec
-from mile_ssl.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from mile_ssl.networks.backbones import BackboneSpec
+from mile_ssl.networks.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 from .architectures import CLASSIFIER_PREFIX, VIT_HEAD_PREFIX, infer_vit_spec
 from .conversion import AdapterOptions, ConvertedCheckpoint, refuse_projection_layers

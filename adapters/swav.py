@@ -26,7 +26,7 @@ from typing import Any
 
 from torch import Tensor
 
-from mile_ssl.preprocessing import IMAGENET_MEAN, Preprocessing
+from mile_ssl.networks.preprocessing import IMAGENET_MEAN, Preprocessing
 
 from .architectures import STANDARD_STEM_WIDTH, infer_resnet_spec, resnet_stem_width
 from .conversion import AdapterOptions, ConvertedCheckpoint, refuse_projection_layers

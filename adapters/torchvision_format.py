@@ -17,8 +17,8 @@ from typing import Any
 
 from torch import Tensor
 
-from mile_ssl.backbones import BackboneSpec
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.backbones import BackboneSpec
+from mile_ssl.networks.preprocessing import Preprocessing
 
 from .architectures import CLASSIFIER_PREFIX, infer_resnet_spec, torchvision_arch_spec
 from .conversion import AdapterOptions, ConvertedCheckpoint, refuse_projection_layers

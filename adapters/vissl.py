@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import Tensor
 
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.preprocessing import Preprocessing
 
 from .architectures import CLASSIFIER_PREFIX, infer_resnet_spec
 from .conversion import AdapterOptions, ConvertedCheckpoint, refuse_projection_layers

@@ -29,7 +29,7 @@ from synthetic_imagenet import CLASSES, write_tree
 from mile_ssl.config import compose_train_config
 from mile_ssl.data.datamodule import MILeDataModule
 from mile_ssl.data.loaders import choose_num_workers, local_devices, usable_cpu_count
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.preprocessing import Preprocessing
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

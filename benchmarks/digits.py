@@ -40,7 +40,9 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from mile_ssl.backbones import BackboneSpec
+from mile_ssl.commands.evaluate import evaluate_module
+from mile_ssl.commands.pretrain import pretrain_digits_simclr
+from mile_ssl.commands.train import RunResult, run_training
 from mile_ssl.config import TEACHER_METHODS, DataConfig, TrainConfig, compose_train_config
 from mile_ssl.data.digits import (
     DigitGridConfig,
@@ -49,12 +51,10 @@ from mile_ssl.data.digits import (
     make_digit_grids,
     make_test_grids,
 )
-from mile_ssl.evaluate import evaluate_module
-from mile_ssl.finished_run import read_finished_run
 from mile_ssl.metrics import classification_report
-from mile_ssl.pretrain import pretrain_digits_simclr
-from mile_ssl.train import RunResult, run_training
-from mile_ssl.trainer import resolve_precision
+from mile_ssl.networks.backbones import BackboneSpec
+from mile_ssl.runs.finished_run import read_finished_run
+from mile_ssl.runs.trainer import resolve_precision
 
 # fmt: off
 METRIC_KEYS = (

@@ -37,15 +37,15 @@ import torch
 from synthetic_imagenet import CLASSES, synthetic_tree
 from torch.utils.data import DataLoader
 
-from mile_ssl.backbones import BackboneSpec, build_backbone
+from mile_ssl.commands.train import run_training
 from mile_ssl.config import BACKENDS, compose_train_config
 from mile_ssl.data.datamodule import MILeDataModule
 from mile_ssl.data.loaders import usable_cpu_count
 from mile_ssl.finetune import Classifier
 from mile_ssl.losses import one_hot_bce, sigmoid_head_bias
-from mile_ssl.preprocessing import Preprocessing
-from mile_ssl.train import run_training
-from mile_ssl.trainer import resolve_precision
+from mile_ssl.networks.backbones import BackboneSpec, build_backbone
+from mile_ssl.networks.preprocessing import Preprocessing
+from mile_ssl.runs.trainer import resolve_precision
 
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 STARTED = time.perf_counter()

@@ -20,10 +20,10 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from mile_ssl.backbones import BackboneSpec, build_backbone
 from mile_ssl.config import MethodConfig, MileConfig, OptimConfig
 from mile_ssl.finetune import Classifier, build_module
 from mile_ssl.losses import one_hot_bce, sigmoid_head_bias
+from mile_ssl.networks.backbones import BackboneSpec, build_backbone
 
 NUM_CLASSES = 100
 

@@ -23,10 +23,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from mile_ssl import MethodConfig, MileConfig, MILeModule, OptimConfig
-from mile_ssl.backbones import TinyResNet
+from mile_ssl.commands.pretrain import digit_views
 from mile_ssl.data.digits import DigitGridConfig, DigitGridDataset, make_digit_grids
-from mile_ssl.preprocessing import Preprocessing
-from mile_ssl.pretrain import digit_views
+from mile_ssl.networks.backbones import TinyResNet
+from mile_ssl.networks.preprocessing import Preprocessing
 
 
 class BYOL(L.LightningModule):

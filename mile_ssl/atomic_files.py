@@ -116,7 +116,7 @@ def link_atomically(source: Path, target: Path) -> None:
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Remove the temporary files an interrupted :func:`atomic_write` left in ``folder``.
 
-    Only call this while holding the folder's run lock (:mod:`mile_ssl.run_lock`): a
+    Only call this while holding the folder's run lock (:mod:`mile_ssl.runs.lock`): a
     temporary file of a live writer in another process looks the same.
 
     Returns:

@@ -21,9 +21,9 @@ from omegaconf import DictConfig
 from mile_ssl.atomic_files import write_text_atomically
 from mile_ssl.config import register_configs, to_train_config
 from mile_ssl.config.overrides import normalise_overrides
-from mile_ssl.run_layout import keep_run_records
-from mile_ssl.run_lock import holding_named_run_folder
-from mile_ssl.solo_command import expand_solo_command, expand_solo_recipe
+from mile_ssl.runs.layout import keep_run_records, register_run_name_resolver
+from mile_ssl.runs.lock import holding_named_run_folder
+from mile_ssl.solo.command_line import expand_solo_command, expand_solo_recipe
 from mile_ssl.user_errors import (
     EXIT_SIGINT,
     exit_on_user_error,
@@ -79,7 +79,7 @@ commands:
 
 @hydra.main(config_path="pkg://mile_ssl.configs", config_name="config", version_base="1.3")
 def _train(config: DictConfig) -> None:
-    from mile_ssl.run_lock import LOCK_FILE
+    from mile_ssl.runs.lock import LOCK_FILE
 
     hydra_config = HydraConfig.get()
     output_dir = Path(hydra_config.runtime.output_dir)
@@ -88,9 +88,9 @@ def _train(config: DictConfig) -> None:
         release_interrupts()
         # Imported here, where a Ctrl-C during the seconds they take still removes the
         # run folder Hydra has just made.
-        from mile_ssl.report import format_metrics_table
-        from mile_ssl.run_guard import RunInterruptedError
-        from mile_ssl.train import run_training
+        from mile_ssl.commands.train import run_training
+        from mile_ssl.runs.guard import RunInterruptedError
+        from mile_ssl.runs.report import format_metrics_table
 
         train_config = to_train_config(config)
         # Hydra already logs to the console and the run's log file; Lightning's own console
@@ -112,7 +112,7 @@ def _print_on_rank_zero(text: str) -> None:
 
 def _demo(argv: Sequence[str]) -> None:
     """Pretrain on the embedded digit grids with lightly, fine-tune, print the comparison."""
-    from mile_ssl.demo import run_demo
+    from mile_ssl.commands.demo import run_demo
 
     parser = _command_parser(
         "demo",
@@ -168,7 +168,7 @@ def _inspect(argv: Sequence[str]) -> None:
     import json
 
     from mile_ssl.adapters.inspect import describe_checkpoint, format_description
-    from mile_ssl.backbones import BackboneSpec
+    from mile_ssl.networks.backbones import BackboneSpec
 
     parser = _command_parser(
         "inspect",
@@ -217,8 +217,8 @@ def _eval(argv: Sequence[str]) -> None:
     """All validation metrics of a fine-tuned run on a dataset."""
     import json
 
+    from mile_ssl.commands.eval_report import eval_command_result, format_eval_result
     from mile_ssl.config import compose_train_config
-    from mile_ssl.eval_report import eval_command_result, format_eval_result
 
     parser = _command_parser(
         "eval",
@@ -247,7 +247,7 @@ def _predict(argv: Sequence[str]) -> None:
     """Multi-label predictions for images or folders of images."""
     import json
 
-    from mile_ssl.predict import (
+    from mile_ssl.commands.predict import (
         format_predictions,
         missing_inputs,
         predict,
@@ -286,7 +286,7 @@ def _predict(argv: Sequence[str]) -> None:
 
 def _export(argv: Sequence[str]) -> None:
     """Write the fine-tuned student as plain weights for torchvision / timm / safetensors."""
-    from mile_ssl.export import FORMATS, export_checkpoint
+    from mile_ssl.commands.export import FORMATS, export_checkpoint
 
     parser = _command_parser(
         "export",
@@ -375,6 +375,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             # reach exit_on_user_error like every other user error.
             os.environ["HYDRA_FULL_ERROR"] = "1"
             register_configs()
+            register_run_name_resolver()
             overrides = keep_run_records(normalise_overrides(expand_solo_recipe(rest)))
             sys.argv = [sys.argv[0], *overrides]
             with holding_named_run_folder(overrides), holding_interrupts():

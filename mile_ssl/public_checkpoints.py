@@ -47,7 +47,7 @@ class PublicCheckpoint:
     Attributes:
         name: Registry name (``checkpoint.name``).
         method: The SSL method, as its authors name it.
-        architecture: The backbone, as :class:`mile_ssl.backbones.BackboneSpec` names it.
+        architecture: The backbone, as :class:`mile_ssl.networks.backbones.BackboneSpec` names it.
         epochs: Pretraining epochs, where the source states them.
         file_name: Name of the file, also in the cache.
         adapter: The adapter that reads it.

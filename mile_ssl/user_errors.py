@@ -103,7 +103,7 @@ def interrupt_without_traceback(command: str) -> Iterator[None]:
     """Ctrl-C outside training (start-up, evaluation): one line and status 130.
 
     Training itself turns the first Ctrl-C into a resumable checkpoint
-    (:mod:`mile_ssl.run_guard`); before it starts there is nothing to save.
+    (:mod:`mile_ssl.runs.guard`); before it starts there is nothing to save.
     """
     try:
         yield

@@ -22,9 +22,9 @@ import torchvision
 from torch import Tensor, nn
 
 from mile_ssl.adapters import save_backbone_checkpoint
-from mile_ssl.backbones import BackboneSpec, build_backbone
-from mile_ssl.preprocessing import Preprocessing
-from mile_ssl.simclrv2_resnet import SimCLRv2ResNet
+from mile_ssl.networks.backbones import BackboneSpec, build_backbone
+from mile_ssl.networks.preprocessing import Preprocessing
+from mile_ssl.networks.simclrv2_resnet import SimCLRv2ResNet
 
 
 def _filler(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -13,9 +13,9 @@ import torch
 
 from mile_ssl import atomic_files
 from mile_ssl.atomic_files import remove_stale_temporaries, write_text_atomically
-from mile_ssl.bad_images import BadImageMonitor
-from mile_ssl.checkpoint_io import write_atomically
-from mile_ssl.report import plot_pseudo_label_history, write_json
+from mile_ssl.runs.bad_images import BadImageMonitor
+from mile_ssl.runs.checkpoint_io import write_atomically
+from mile_ssl.runs.report import plot_pseudo_label_history, write_json
 from tests.conftest import mounted_tmpfs
 
 

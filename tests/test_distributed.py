@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from mile_ssl.commands.evaluate import evaluate_checkpoint
+from mile_ssl.commands.train import run_training
 from mile_ssl.config import TrainConfig
 from mile_ssl.data.datamodule import MILeDataModule
-from mile_ssl.evaluate import evaluate_checkpoint
-from mile_ssl.preprocessing import Preprocessing
-from mile_ssl.train import run_training
+from mile_ssl.networks.preprocessing import Preprocessing
 from tests.conftest import TINY_OVERRIDES
 
 MILE_SSL = str(Path(sys.executable).with_name("mile-ssl"))
@@ -41,7 +41,7 @@ import lightning as L
 import torch.distributed as dist
 
 from mile_ssl.config import compose_train_config
-from mile_ssl.train import run_training
+from mile_ssl.commands.train import run_training
 
 NAMES = ("all_reduce", "broadcast", "barrier", "all_gather", "all_gather_object",
          "broadcast_object_list", "reduce", "gather", "scatter")
@@ -162,7 +162,7 @@ from pathlib import Path
 import lightning as L
 
 from mile_ssl.config import compose_train_config
-from mile_ssl.train import run_training
+from mile_ssl.commands.train import run_training
 
 
 class RecordIndices(L.Callback):

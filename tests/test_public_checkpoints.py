@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from mile_ssl import public_checkpoints as hub
+from mile_ssl.commands.train import initial_backbone
 from mile_ssl.config import compose_train_config
 from mile_ssl.public_checkpoints import (
     format_public_checkpoints,
@@ -23,7 +24,6 @@ from mile_ssl.public_checkpoints import (
     register_checkpoints,
     resolve_public_checkpoint,
 )
-from mile_ssl.train import initial_backbone
 from tests.layouts import Writer, byol, dino, moco, mocov3, plain_resnet50, simclrv2, swav
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from mile_ssl.commands.train import initial_backbone, run_training
 from mile_ssl.config import compose_train_config
-from mile_ssl.preprocessing import IDENTITY, Preprocessing
-from mile_ssl.train import initial_backbone, run_training
+from mile_ssl.networks.preprocessing import IDENTITY, Preprocessing
 from tests.conftest import write_imagenet_tree
 from tests.layouts import Writer, byol, moco, simclrv2, swav
 

@@ -89,19 +89,12 @@ class TrainConfig:
 
 
 def register_configs() -> None:
-    """Register what the primary YAML refers to.
+    """Register the schema the primary YAML's defaults list names (``base_config``).
 
-    The schema under ``base_config`` (its defaults list) and the resolver of the default
-    run folder name (``hydra.run.dir``).
+    The resolver of the default run folder name (``hydra.run.dir``) belongs to the run
+    folder's layout: :func:`mile_ssl.runs.layout.register_run_name_resolver`.
     """
-    from omegaconf import OmegaConf
-
-    from mile_ssl.run_layout import RUN_NAME_RESOLVER, default_run_name
-
     ConfigStore.instance().store(name="base_config", node=TrainConfig)
-    OmegaConf.register_new_resolver(
-        RUN_NAME_RESOLVER, default_run_name, use_cache=True, replace=True
-    )
 
 
 def to_train_config(config: Any) -> TrainConfig:

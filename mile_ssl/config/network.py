@@ -15,7 +15,7 @@ class BackboneConfig:
     """Architecture of the network that is fine-tuned.
 
     Attributes:
-        name: See :class:`mile_ssl.backbones.BackboneSpec`. ``null`` (``backbone=auto``,
+        name: See :class:`mile_ssl.networks.backbones.BackboneSpec`. ``null`` (``backbone=auto``,
             the default) takes the architecture the checkpoint states or its adapter
             infers; without a checkpoint (``checkpoint=scratch``) it is ``tiny_resnet``.
             A name the checkpoint contradicts is an error.

@@ -2,7 +2,7 @@
 
 The training view is the standard fine-tuning augmentation (random-resized crop to
 ``image_size``, horizontal flip, normalisation with the backbone's
-:class:`~mile_ssl.preprocessing.Preprocessing`). Its random choices come from one seed
+:class:`~mile_ssl.networks.preprocessing.Preprocessing`). Its random choices come from one seed
 per item (:func:`~mile_ssl.data.sampling.item_seed`: the stream's seed, the training
 step and the item's index), so a resumed run crops and flips exactly as an
 uninterrupted one, and the DALI pipeline (:mod:`mile_ssl.data.dali`) cuts the same
@@ -33,7 +33,7 @@ from torchvision.transforms.v2 import functional
 
 from mile_ssl.data.images import load_rgb
 from mile_ssl.data.views import image_fields
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.preprocessing import Preprocessing
 
 CROP_SCALE = (0.08, 1.0)
 """Share of the image area a random-resized crop keeps (torchvision's default)."""

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from mile_ssl.data.augment import eval_resize
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.preprocessing import Preprocessing
 
 INSTALL_HINT = "pip install 'mile-ssl[dali]'"
 

@@ -36,7 +36,7 @@ from mile_ssl.data.sampling import (
 )
 from mile_ssl.data.sources import SOURCES
 from mile_ssl.data.substitution import BAD_INDEX_KEY, SubstitutingImages, WithBadIndex
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +293,7 @@ class MILeDataModule(L.LightningDataModule):
         """Move a batch to ``device``, all but its ``bad_index`` marks.
 
         The marks are bookkeeping read on the host after every training step
-        (:class:`~mile_ssl.bad_images.BadImageMonitor`); read from an accelerator, they
+        (:class:`~mile_ssl.runs.bad_images.BadImageMonitor`); read from an accelerator, they
         would make every step wait for it.
         """
         if not isinstance(batch, dict) or BAD_INDEX_KEY not in batch:

@@ -37,7 +37,7 @@ from mile_ssl.data.imagenet import imagenet_classes, real_label_sets, shipped_sp
 from mile_ssl.data.images import holds_image
 from mile_ssl.data.label_files import read_ground_truth, read_label_sets
 from mile_ssl.data.views import WeakStrongViews, strong_digit_transform, strong_image_transform
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.preprocessing import Preprocessing
 
 
 @dataclass

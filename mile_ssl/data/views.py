@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.preprocessing import Preprocessing
 
 STRONG_VIEW_KEY = "image_strong"
 

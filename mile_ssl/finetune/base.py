@@ -247,7 +247,7 @@ class FineTuneModule(L.LightningModule):
 
         A resumed run restores the optimiser state saved with the checkpoint, settings
         included; the settings of this run's config replace them, so a resume with a new
-        ``optim.lr`` trains at that rate (``mile_ssl.resume`` logs the change).
+        ``optim.lr`` trains at that rate (``mile_ssl.runs.resume`` logs the change).
         """
         if self.completed_steps != self.trainer.global_step:
             raise RuntimeError(

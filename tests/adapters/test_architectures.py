@@ -4,7 +4,7 @@ import torch
 from torch import Tensor
 
 from mile_ssl.adapters.architectures import infer_vit_spec
-from mile_ssl.backbones import BackboneSpec
+from mile_ssl.networks.backbones import BackboneSpec
 
 
 def _filler(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -26,9 +26,9 @@ from torch.nn import functional as F
 
 from mile_ssl.adapters import AdapterOptions, CheckpointError, load_backbone
 from mile_ssl.adapters.byol import convert_byol
-from mile_ssl.backbones import BackboneSpec
-from mile_ssl.preprocessing import Preprocessing
-from mile_ssl.tf_padding import Conv2dSame, MaxPool2dSame
+from mile_ssl.networks.backbones import BackboneSpec
+from mile_ssl.networks.preprocessing import Preprocessing
+from mile_ssl.networks.tf_padding import Conv2dSame, MaxPool2dSame
 
 Params = dict[str, dict[str, np.ndarray]]
 

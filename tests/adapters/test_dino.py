@@ -11,8 +11,8 @@ from torch import Tensor, nn
 from mile_ssl.adapters import AdapterOptions, CheckpointError
 from mile_ssl.adapters.dino import convert_dino, detect_dino
 from mile_ssl.adapters.loading import load_backbone
-from mile_ssl.backbones import BackboneSpec
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.backbones import BackboneSpec
+from mile_ssl.networks.preprocessing import Preprocessing
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

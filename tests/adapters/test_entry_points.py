@@ -15,7 +15,7 @@ from mile_ssl.adapters import (
     registry,
     unregister_adapter,
 )
-from mile_ssl.backbones import BackboneSpec, build_backbone
+from mile_ssl.networks.backbones import BackboneSpec, build_backbone
 
 PLUGIN_MODULE = "mile_ssl_test_plugin_adapters"
 PLUGIN_ADAPTERS = ("test_plugin_format", "test_plugin_callable")
@@ -24,7 +24,7 @@ PLUGIN_SOURCE = textwrap.dedent(
     '''
     """A plugin package's adapter module: importing it registers ``test_plugin_format``."""
     from mile_ssl.adapters import ConvertedCheckpoint, register_adapter, unwrap
-    from mile_ssl.backbones import BackboneSpec
+    from mile_ssl.networks.backbones import BackboneSpec
 
 
     def detect(raw):

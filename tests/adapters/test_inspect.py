@@ -8,7 +8,7 @@ import torchvision
 from torch import Tensor, nn
 
 from mile_ssl.adapters.inspect import describe_checkpoint, format_description
-from mile_ssl.backbones import BackboneSpec
+from mile_ssl.networks.backbones import BackboneSpec
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 

@@ -16,8 +16,8 @@ from mile_ssl.adapters.lightly_format import (
     sequential_to_torchvision,
 )
 from mile_ssl.adapters.loading import load_backbone
-from mile_ssl.backbones import BackboneSpec
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.backbones import BackboneSpec
+from mile_ssl.networks.preprocessing import Preprocessing
 
 IMAGES = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 

@@ -7,7 +7,7 @@ import torch
 
 from mile_ssl.adapters.errors import CheckpointError, CheckpointMismatchError
 from mile_ssl.adapters.loading import load_backbone
-from mile_ssl.backbones import BackboneSpec, build_backbone
+from mile_ssl.networks.backbones import BackboneSpec, build_backbone
 
 
 def _tiny_state_dict() -> dict[str, torch.Tensor]:

@@ -14,8 +14,8 @@ from mile_ssl.adapters import (
     read_checkpoint,
     save_backbone_checkpoint,
 )
-from mile_ssl.backbones import BackboneSpec, build_backbone
-from mile_ssl.preprocessing import IDENTITY, Preprocessing
+from mile_ssl.networks.backbones import BackboneSpec, build_backbone
+from mile_ssl.networks.preprocessing import IDENTITY, Preprocessing
 
 SPEC = BackboneSpec("tiny_resnet", {"widths": [8, 16], "blocks_per_stage": 2})
 PREPROCESSING = Preprocessing(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))

@@ -11,8 +11,8 @@ from mile_ssl.adapters import AdapterOptions
 from mile_ssl.adapters.loading import load_backbone
 from mile_ssl.adapters.mmselfsup import convert_mmselfsup, detect_mmselfsup
 from mile_ssl.adapters.registry import matching_adapters
-from mile_ssl.backbones import BackboneSpec
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.backbones import BackboneSpec
+from mile_ssl.networks.preprocessing import Preprocessing
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,8 +13,8 @@ from mile_ssl.adapters import AdapterOptions, CheckpointError, CheckpointMismatc
 from mile_ssl.adapters.loading import load_backbone
 from mile_ssl.adapters.moco import convert_mocov2, convert_mocov3, detect_mocov2, detect_mocov3
 from mile_ssl.adapters.registry import matching_adapters
-from mile_ssl.backbones import BackboneSpec
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.backbones import BackboneSpec
+from mile_ssl.networks.preprocessing import Preprocessing
 
 IMAGES = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 

@@ -14,7 +14,7 @@ from mile_ssl.adapters.prefixed import (
     find_backbone_prefix,
     register_prefixed_adapter,
 )
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.preprocessing import Preprocessing
 
 T = torch.zeros(1)
 

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from mile_ssl.adapters.errors import CheckpointError
 from mile_ssl.adapters.loading import load_backbone
 from mile_ssl.adapters.reading import read_checkpoint
-from mile_ssl.backbones import BackboneSpec, build_backbone
+from mile_ssl.networks.backbones import BackboneSpec, build_backbone
 
 
 def _tiny_state_dict() -> dict[str, torch.Tensor]:

@@ -21,8 +21,8 @@ from mile_ssl.adapters import (
     unregister_adapter,
     unwrap,
 )
-from mile_ssl.backbones import BackboneSpec, build_backbone
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.backbones import BackboneSpec, build_backbone
+from mile_ssl.networks.preprocessing import Preprocessing
 
 MARKER = "test_registry_marker"
 

@@ -1,7 +1,7 @@
 """SimCLR-v2 conversion files, written by a stand-alone model with the conversion's layout.
 
 The reference below is written from the format description (Separius/SimCLRv2-Pytorch
-naming, SimCLR-v2's SK unit) independently of ``mile_ssl.simclrv2_resnet``; the
+naming, SimCLR-v2's SK unit) independently of ``mile_ssl.networks.simclrv2_resnet``; the
 backbone loaded through the adapter must reproduce its features.
 """
 
@@ -25,9 +25,9 @@ from mile_ssl.adapters import (
     read_checkpoint,
 )
 from mile_ssl.adapters.simclrv2 import convert_simclrv2, detect_simclrv2
-from mile_ssl.backbones import BackboneSpec
-from mile_ssl.preprocessing import IDENTITY
-from mile_ssl.simclrv2_resnet import SimCLRv2ResNet
+from mile_ssl.networks.backbones import BackboneSpec
+from mile_ssl.networks.preprocessing import IDENTITY
+from mile_ssl.networks.simclrv2_resnet import SimCLRv2ResNet
 
 BLOCKS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
 

@@ -19,8 +19,8 @@ from mile_ssl.adapters.solo_learn import (
     run_preprocessing,
     run_spec,
 )
-from mile_ssl.backbones import BackboneSpec
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.backbones import BackboneSpec
+from mile_ssl.networks.preprocessing import Preprocessing
 
 CIFAR10 = Preprocessing(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
 

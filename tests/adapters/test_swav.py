@@ -12,8 +12,8 @@ from mile_ssl.adapters import AdapterOptions, CheckpointError
 from mile_ssl.adapters.loading import load_backbone
 from mile_ssl.adapters.registry import matching_adapters
 from mile_ssl.adapters.swav import convert_swav, detect_swav
-from mile_ssl.backbones import BackboneSpec
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.backbones import BackboneSpec
+from mile_ssl.networks.preprocessing import Preprocessing
 
 IMAGES = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 

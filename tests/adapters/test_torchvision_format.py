@@ -17,8 +17,8 @@ from mile_ssl.adapters import (
     load_backbone,
     read_checkpoint,
 )
-from mile_ssl.backbones import BackboneSpec, build_backbone
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.backbones import BackboneSpec, build_backbone
+from mile_ssl.networks.preprocessing import Preprocessing
 
 RESNET18 = BackboneSpec("torchvision:resnet18")
 

@@ -12,8 +12,8 @@ from mile_ssl.adapters import AdapterOptions, CheckpointError
 from mile_ssl.adapters.loading import load_backbone
 from mile_ssl.adapters.registry import matching_adapters
 from mile_ssl.adapters.vissl import convert_vissl, detect_vissl
-from mile_ssl.backbones import BackboneSpec
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.backbones import BackboneSpec
+from mile_ssl.networks.preprocessing import Preprocessing
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -84,7 +84,7 @@ def test_every_mile_variant_composes(variant: str) -> None:
 
 
 def test_checkpoint_path_is_required_unless_scratch(tmp_path: Path) -> None:
-    from mile_ssl.train import run_training
+    from mile_ssl.commands.train import run_training
 
     config = compose_train_config([])  # checkpoint=file without a path
     assert config.checkpoint.path is None
@@ -101,7 +101,7 @@ def test_wandb_logger_without_wandb_installed_says_how_to_install(tmp_path: Path
         pass
     else:
         pytest.skip("wandb is installed")
-    from mile_ssl.loggers import build_logger
+    from mile_ssl.runs.loggers import build_logger
 
     config = compose_train_config(["checkpoint=scratch", "trainer.logger=wandb"])
     with pytest.raises(ValueError, match=r"mile-ssl\[wandb\]"):

@@ -12,7 +12,7 @@ from mile_ssl.data.augment import CROP_RATIO, TrainView, crop_window, train_tran
 from mile_ssl.data.folder import LabeledImageFolder
 from mile_ssl.data.images import load_rgb
 from mile_ssl.data.sampling import SeededBatchSampler, SeededItems, StepBatchSampler, item_seed
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.preprocessing import Preprocessing
 from tests.conftest import write_image_folder
 
 

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 import torch
 
+from mile_ssl.commands.train import run_training
 from mile_ssl.config import compose_train_config
 from mile_ssl.data.dali import DaliLoader
 from mile_ssl.data.datamodule import MILeDataModule, UnlabeledStream
 from mile_ssl.data.folder import LabeledImageFolder
-from mile_ssl.preprocessing import Preprocessing
-from mile_ssl.train import run_training
+from mile_ssl.networks.preprocessing import Preprocessing
 from tests.broken_images import corrupt_idat, cut_and_close_png, write_image
 from tests.conftest import TINY_OVERRIDES, write_image_folder
 

@@ -9,7 +9,7 @@ from PIL import Image
 from mile_ssl.config import compose_train_config
 from mile_ssl.data.datamodule import MILeDataModule
 from mile_ssl.data.imagenet import imagenet_classes, shipped_split
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.preprocessing import Preprocessing
 
 
 def _jpeg(path: Path, value: int) -> None:

@@ -11,7 +11,7 @@ import pytest
 from mile_ssl.config import compose_train_config
 from mile_ssl.data.datamodule import MILeDataModule
 from mile_ssl.data.loaders import choose_num_workers
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.preprocessing import Preprocessing
 from tests.conftest import TINY_OVERRIDES
 
 CORES = len(os.sched_getaffinity(0))

@@ -9,7 +9,7 @@ import torch
 from mile_ssl.config import compose_train_config
 from mile_ssl.data.datamodule import MILeDataModule, UnlabeledStream
 from mile_ssl.data.views import STRONG_VIEW_KEY
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.preprocessing import Preprocessing
 from tests.conftest import TINY_OVERRIDES
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mile_ssl.evaluate import evaluate_checkpoint
-from mile_ssl.train import run_training
+from mile_ssl.commands.evaluate import evaluate_checkpoint
+from mile_ssl.commands.train import run_training
 
 
 def test_distillation_loss_is_cross_entropy_to_tempered_teacher() -> None:

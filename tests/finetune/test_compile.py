@@ -13,10 +13,10 @@ from typing import Any
 import lightning as L
 import torch
 
-from mile_ssl.backbones import BackboneSpec, build_backbone
+from mile_ssl.commands.train import run_training
 from mile_ssl.config import MileConfig
 from mile_ssl.finetune import MILeModule
-from mile_ssl.train import run_training
+from mile_ssl.networks.backbones import BackboneSpec, build_backbone
 
 
 def test_compiling_keeps_state_dict_names_and_the_tensors_a_refresh_copies_into() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mile_ssl.backbones import BackboneSpec, build_backbone
+from mile_ssl.commands.train import unlabeled_stream
 from mile_ssl.config import METHODS, MethodConfig, MileConfig
 from mile_ssl.finetune import (
     METHOD_CLASSES,
@@ -14,7 +14,7 @@ from mile_ssl.finetune import (
     SupervisedModule,
     build_module,
 )
-from mile_ssl.train import unlabeled_stream
+from mile_ssl.networks.backbones import BackboneSpec, build_backbone
 
 
 def _backbone() -> tuple[torch.nn.Module, int]:

@@ -21,8 +21,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from mile_ssl.commands.train import run_training
 from mile_ssl.finetune import FineTuneModule
-from mile_ssl.train import run_training
 
 aten = torch.ops.aten
 VALUE_READS = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.equal.default}

@@ -10,12 +10,12 @@ import lightning as L
 import pytest
 import torch
 
-from mile_ssl.backbones import BackboneSpec, build_backbone
+from mile_ssl.commands.train import run_training
 from mile_ssl.config import MileConfig, TrainConfig
 from mile_ssl.finetune import MILeModule, copy_weights_
 from mile_ssl.losses import multi_label_bce, per_image_bce
+from mile_ssl.networks.backbones import BackboneSpec, build_backbone
 from mile_ssl.pseudo_labels import threshold_pseudo_labels
-from mile_ssl.train import run_training
 
 
 def _flat(module: torch.nn.Module) -> torch.Tensor:

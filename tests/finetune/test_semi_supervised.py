@@ -11,14 +11,14 @@ import lightning as L
 import pytest
 import torch
 
+from mile_ssl.commands.train import run_training
 from mile_ssl.config import TrainConfig
 from mile_ssl.data.datamodule import MILeDataModule, UnlabeledStream
 from mile_ssl.data.sampling import SemiSupervisedBatchSampler, StepBatchSampler
 from mile_ssl.finetune import MILeModule
 from mile_ssl.losses import multi_label_bce
-from mile_ssl.preprocessing import Preprocessing
+from mile_ssl.networks.preprocessing import Preprocessing
 from mile_ssl.pseudo_labels import threshold_pseudo_labels
-from mile_ssl.train import run_training
 
 SEMI = (
     "method=mile",

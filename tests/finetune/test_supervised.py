@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from mile_ssl.commands.train import run_training
 from mile_ssl.finetune.base import ground_truth
 from mile_ssl.losses import one_hot_bce, softmax_cross_entropy
-from mile_ssl.train import run_training
 
 
 @pytest.mark.parametrize("method", ["softmax", "sigmoid"])

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from mile_ssl.commands.train import run_training
 from mile_ssl.config import compose_train_config
 from mile_ssl.finetune.validation import (
     BAD_VAL_IMAGES_FILE,
     UNREADABLE_KEY,
 )
-from mile_ssl.train import run_training
 from tests.broken_images import corrupt_idat, cut_and_close_png, write_image
 from tests.conftest import TINY_OVERRIDES, folder_run_overrides, write_image_folder
 

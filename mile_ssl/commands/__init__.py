@@ -1,0 +1,1 @@
+"""The command-line commands of ``mile-ssl``, one module each (train, eval, predict, export...)."""

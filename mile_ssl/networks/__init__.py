@@ -1,0 +1,1 @@
+"""Networks checkpoints load into: backbone builders, SimCLR-v2 ResNets, preprocessing."""

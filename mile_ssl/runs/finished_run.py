@@ -1,0 +1,232 @@
+"""Reading a finished fine-tuning run: its checkpoint, typed config, classes and network.
+
+``mile-ssl train`` writes a run folder::
+
+    <run>/resolved_config.yaml      the config as trained (epochs resolved to steps)
+    <run>/.hydra/config.yaml        the composed config (command-line runs only)
+    <run>/checkpoints/last.ckpt     Lightning checkpoint with the fine-tuning module's entry
+
+Evaluation, prediction, export, resuming and distillation all start from such a run,
+given as the folder or as one of its ``.ckpt`` files; this module is the one place that
+reads it, so that every command accepts the same inputs and fails with the same messages.
+The checkpoint itself holds the weights, the method, the classes and the normalisation;
+the config adds what the checkpoint does not record, such as the training image size.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mile_ssl.adapters.reading import read_checkpoint, resolve_checkpoint_path
+from mile_ssl.networks.backbones import BackboneSpec, build_backbone
+from mile_ssl.config import (
+    TEACHER_METHODS,
+    MethodConfig,
+    MileConfig,
+    OptimConfig,
+    TrainConfig,
+    to_train_config,
+)
+from mile_ssl.finetune import CHECKPOINT_KEY, FineTuneModule, build_module
+from mile_ssl.networks.preprocessing import Preprocessing
+from mile_ssl.runs.layout import CHECKPOINT_FOLDER, run_folder
+
+log = logging.getLogger(__name__)
+
+RESOLVED_CONFIG_FILE = "resolved_config.yaml"
+"""Where in the run folder training writes the config it ran with."""
+
+CONFIG_FILES = (Path(RESOLVED_CONFIG_FILE), Path(".hydra") / "config.yaml")
+"""Config files of a run folder, in the order they are looked for."""
+
+
+def resolve_run_checkpoint(path: str | Path) -> Path:
+    """The run checkpoint that ``path`` designates: a file, a run folder or its ``checkpoints/``.
+
+    Raises:
+        FileNotFoundError: If nothing exists at ``path``.
+        ValueError: If a folder holds no ``.ckpt`` file, or several and no ``last.ckpt``.
+    """
+    path = Path(path)
+    if path.is_dir() and (path / CHECKPOINT_FOLDER).is_dir():
+        path = path / CHECKPOINT_FOLDER
+    return resolve_checkpoint_path(path)
+
+
+def read_run_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a Lightning checkpoint written by a mile_ssl run (tensors only, no code).
+
+    Raises:
+        FileNotFoundError: If there is no such file.
+        ValueError: If the file is unreadable, truncated or corrupt (naming it), or was
+            not written by a mile_ssl fine-tuning module.
+    """
+    checkpoint = read_checkpoint(Path(path))
+    if CHECKPOINT_KEY not in checkpoint or "metadata" not in checkpoint[CHECKPOINT_KEY]:
+        raise ValueError(f"{path} is not a checkpoint of a mile_ssl fine-tuning run")
+    return checkpoint
+
+
+def module_from_checkpoint(checkpoint: Mapping[str, Any]) -> FineTuneModule:
+    """Rebuild the fine-tuned module, with its weights, from a run checkpoint."""
+    state = checkpoint[CHECKPOINT_KEY]
+    backbone_meta = state["metadata"]["backbone"]
+    backbone, feature_dim = build_backbone(
+        BackboneSpec(backbone_meta["name"], dict(backbone_meta["kwargs"]))
+    )
+    method = MethodConfig(**state["method"])
+    if method.name in TEACHER_METHODS:
+        # The baselines' student is a softmax classifier; their fixed teacher is not part
+        # of the run, and evaluating the student does not need it.
+        method = replace(method, name="softmax")
+    module = build_module(
+        backbone,
+        feature_dim,
+        int(state["num_classes"]),
+        method=method,
+        mile=MileConfig(**state["mile"]) if "mile" in state else None,
+        optim=OptimConfig(**state["optim"]),
+        metadata=state["metadata"],
+    )
+    module.load_state_dict(checkpoint["state_dict"], strict=True)
+    module.completed_steps = int(state["completed_steps"])
+    return module
+
+
+def find_run_config(folder: Path) -> Path | None:
+    """The config file of the run in ``folder`` (see :data:`CONFIG_FILES`), if there is one."""
+    for name in CONFIG_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def read_run_config(path: Path) -> TrainConfig:
+    """The typed config in ``path``, a YAML file that training or Hydra wrote.
+
+    It is merged into the :class:`TrainConfig` schema and validated like a config
+    given on the command line, so a key that mile_ssl no longer knows is an error.
+
+    Raises:
+        ValueError: Naming ``path`` if it is not valid YAML or not a valid config.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(path))
+        return to_train_config(merged)
+    except (OSError, ValueError, TypeError, yaml.YAMLError, OmegaConfBaseException) as error:
+        raise ValueError(f"cannot read the run config {path}: {error}") from error
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A fine-tuning run read back from disk.
+
+    Attributes:
+        checkpoint_path: The ``.ckpt`` file read.
+        checkpoint: Its contents (``state_dict`` plus the fine-tuning module's entry).
+        folder: The run folder the checkpoint belongs to.
+    """
+
+    checkpoint_path: Path
+    checkpoint: dict[str, Any]
+    folder: Path
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """What the fine-tuning module saved: steps, method, MILe and optimiser settings."""
+        state: dict[str, Any] = self.checkpoint[CHECKPOINT_KEY]
+        return state
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Backbone, preprocessing, class names and labelled-image digest of the run."""
+        metadata: dict[str, Any] = self.state["metadata"]
+        return metadata
+
+    @property
+    def num_classes(self) -> int:
+        """Width of the classifier head."""
+        return int(self.state["num_classes"])
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in head order; empty if the run stored none."""
+        return list(self.metadata.get("class_names") or [])
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The normalisation the network expects (ImageNet statistics if none is stored)."""
+        stored = self.metadata.get("preprocessing")
+        return Preprocessing.from_dict(dict(stored)) if stored else Preprocessing()
+
+    @property
+    def config_path(self) -> Path | None:
+        """The run's config file, if the run folder has one."""
+        return find_run_config(self.folder)
+
+    @functools.cached_property
+    def config(self) -> TrainConfig:
+        """The config the run trained with, read on first use.
+
+        Raises:
+            FileNotFoundError: Naming the run folder and the files looked for, if the
+                checkpoint has no config next to it.
+            ValueError: Naming the config file, if it cannot be read as a config.
+        """
+        path = self.config_path
+        if path is None:
+            names = " or ".join(str(name) for name in CONFIG_FILES)
+            raise FileNotFoundError(
+                f"no run config next to {self.checkpoint_path}: expected {names} in {self.folder}"
+            )
+        return read_run_config(path)
+
+    @property
+    def image_size(self) -> int | None:
+        """Training image size, if the run's config is there and sets one.
+
+        The checkpoint does not record it. Digit-grid runs have a fixed 24 x 24 input,
+        so they report none; so does a run whose config is missing or unreadable (a
+        warning names the file), since the caller can still choose a size.
+        """
+        if self.config_path is None:
+            return None
+        try:
+            data = self.config.data
+        except ValueError as error:
+            log.warning("%s", error)
+            return None
+        return None if data.name == "digits" else data.image_size
+
+    def build_module(self) -> FineTuneModule:
+        """The fine-tuned module with its trained weights (see :func:`module_from_checkpoint`)."""
+        return module_from_checkpoint(self.checkpoint)
+
+
+def read_finished_run(path: str | Path, *, exact_file: bool = False) -> FinishedRun:
+    """Read the run that ``path`` designates: its folder, ``checkpoints/`` or a ``.ckpt`` file.
+
+    Args:
+        path: The run.
+        exact_file: Accept only a checkpoint file (resuming continues from that exact
+            file, so a folder would be a guess).
+
+    Raises:
+        FileNotFoundError: If nothing exists at ``path``.
+        IsADirectoryError: If ``exact_file`` is set and ``path`` is a folder.
+        ValueError: Naming the file if it is unreadable, truncated or not a checkpoint
+            of a mile_ssl run, or naming a folder with no single checkpoint to choose.
+    """
+    checkpoint_path = Path(path) if exact_file else resolve_run_checkpoint(path)
+    checkpoint = read_run_checkpoint(checkpoint_path)
+    return FinishedRun(checkpoint_path, checkpoint, run_folder(checkpoint_path))

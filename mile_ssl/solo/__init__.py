@@ -1,0 +1,1 @@
+"""solo-learn recipes: translating their configs and running them with solo-learn's command line."""

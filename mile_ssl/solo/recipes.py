@@ -1,0 +1,398 @@
+"""Read solo-learn's linear / fine-tuning YAML recipes as mile_ssl configurations.
+
+solo-learn users keep their runs in YAML files such as ``scripts/linear/imagenet/byol.yaml``
+(keys ``pretrained_feature_extractor``, ``backbone``, ``data``, ``optimizer``,
+``scheduler``, ``max_epochs``, ``devices``...). :func:`translate_solo_config` turns one
+into Hydra overrides of mile_ssl's own schema, so the run is validated and recorded like
+any other; every key is either mapped, or reported as unsupported, never dropped
+silently. A ``mile:`` section in the file sets MILe's own options.
+
+:mod:`mile_ssl.solo.command_line` runs a recipe with solo-learn's command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mile_ssl.config.overrides import MOVED_KEYS
+
+log = logging.getLogger(__name__)
+
+SOLO_MARKERS = ("pretrained_feature_extractor", "pretrain_method")
+CIFAR_DATASETS = ("cifar10", "cifar100")
+PRECISIONS = {
+    "16": "16-mixed",
+    "16-mixed": "16-mixed",
+    "bf16": "bf16-mixed",
+    "bf16-mixed": "bf16-mixed",
+    "32": "32-true",
+    "32-true": "32-true",
+}
+SCHEDULERS_AS_COSINE = ("warmup_cosine", "cosine", "none")
+IGNORED = {
+    "name": "run names come from the Hydra run directory",
+    "wandb": "mile_ssl logs with CSV or TensorBoard (trainer.logger)",
+    "checkpoint": "mile_ssl keeps last.ckpt and, with trainer.checkpoint_every_n_steps, more",
+    "auto_resume": "resume explicitly with trainer.resume_from",
+    "hydra": "mile_ssl sets its own run directory",
+}
+
+
+@dataclass
+class Translation:
+    """A solo-learn recipe as mile_ssl overrides.
+
+    Attributes:
+        overrides: Hydra overrides for ``mile-ssl train``.
+        mapping: ``(solo-learn key, mile_ssl setting)`` pairs, for the log.
+        unsupported: ``(solo-learn key, reason)`` pairs for keys that have no effect.
+        warnings: Settings that change how the run behaves compared with solo-learn.
+        needs_checkpoint: The recipe's ``pretrained_feature_extractor`` is unset
+            (``None``, as published): the command line must give it.
+    """
+
+    overrides: list[str] = field(default_factory=list)
+    mapping: list[tuple[str, str]] = field(default_factory=list)
+    unsupported: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    needs_checkpoint: bool = False
+
+    def set(self, solo_key: str, override: str) -> None:
+        """Record that ``solo_key`` became ``override``."""
+        self.overrides.append(override)
+        self.mapping.append((solo_key, override))
+
+    def skip(self, solo_key: str, reason: str) -> None:
+        """Record that ``solo_key`` is not used, and why."""
+        self.unsupported.append((solo_key, reason))
+
+    def drop_overridden(self, keys: frozenset[str]) -> None:
+        """Remove derived overrides of ``keys``, which the user sets on the command line.
+
+        Setting ``trainer.max_steps`` also removes the ``trainer.max_epochs`` the recipe's
+        ``max_epochs`` became (it would replace the steps), and likewise for warm-up.
+        """
+        replaced = set(keys)
+        for given, derived in REPLACED_BY:
+            if given in keys:
+                replaced.add(derived)
+        self.overrides = [item for item in self.overrides if override_key(item) not in replaced]
+        self.mapping = [
+            (solo_key, f"{value} (replaced on the command line)")
+            if override_key(value) in replaced
+            else (solo_key, value)
+            for solo_key, value in self.mapping
+        ]
+
+    def report(self) -> str:
+        """The mapping and the unsupported keys as readable lines."""
+        lines = [f"  {key} -> {value}" for key, value in self.mapping]
+        if self.unsupported:
+            lines.append("not used:")
+            lines += [f"  {key}: {reason}" for key, reason in self.unsupported]
+        return "\n".join(lines)
+
+
+def is_solo_config(data: Mapping[str, Any]) -> bool:
+    """Whether a YAML mapping looks like a solo-learn linear / fine-tune recipe."""
+    return any(marker in data for marker in SOLO_MARKERS)
+
+
+def read_solo_config(path: str | Path) -> dict[str, Any]:
+    """Load a solo-learn YAML file as Hydra would (``5e-4`` is a number, not a string).
+
+    Raises:
+        FileNotFoundError: If there is no such file.
+        ValueError: If the file is not valid YAML or not a solo-learn recipe (naming it).
+    """
+    from omegaconf import OmegaConf
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"solo-learn recipe not found: {path}")
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except (yaml.YAMLError, ValueError) as exc:
+        raise ValueError(f"cannot read solo-learn recipe {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a solo-learn recipe: it holds no mapping")
+    recipe = {str(key): value for key, value in data.items()}
+    if not is_solo_config(recipe):
+        raise ValueError(
+            f"{path} is not a solo-learn linear/fine-tune recipe: it has none of the keys "
+            f"{list(SOLO_MARKERS)}"
+        )
+    return recipe
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            yield from _flatten(value, f"{dotted}.")
+        else:
+            yield dotted, value
+
+
+def _value(value: Any) -> str:
+    """A value in Hydra override syntax."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_value(item) for item in value) + "]"
+    if isinstance(value, str):
+        return f"'{value}'" if any(char in value for char in " ,=[]{}'\"") else value
+    return str(value)
+
+
+def _devices_count(devices: Any) -> int:
+    if isinstance(devices, list | tuple):
+        return len(devices)
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    return 1
+
+
+def translate_solo_config(solo: Mapping[str, Any], source: str | Path) -> Translation:
+    """Map a solo-learn recipe onto mile_ssl's configuration.
+
+    Args:
+        solo: The parsed YAML.
+        source: The file it came from (relative paths in it are taken relative to the
+            current directory, as solo-learn does).
+
+    Returns:
+        The overrides, the mapping and the unsupported keys.
+
+    Raises:
+        ValueError: Naming the key, if a required value is missing or cannot be honoured.
+    """
+    translation = Translation()
+    handled: set[str] = set()
+
+    def take(key: str) -> Any:
+        handled.add(key)
+        node: Any = solo
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    checkpoint = take("pretrained_feature_extractor")
+    if checkpoint in (None, "None", "none", ""):
+        translation.needs_checkpoint = True
+        checkpoint = None
+    else:
+        translation.set(
+            "pretrained_feature_extractor", f"checkpoint.path={_value(str(checkpoint))}"
+        )
+    method = take("pretrain_method")
+    if method is not None:
+        translation.mapping.append(
+            ("pretrain_method", f"{method} (recorded; the adapter reads the file)")
+        )
+
+    dataset = str(take("data.dataset") or "custom")
+    backbone = take("backbone.name")
+    backbone_kwargs = take("backbone.kwargs") or {}
+    run_args = _run_args(checkpoint)
+    if run_args is not None:
+        _check_run_backbone(run_args, backbone, source)
+        translation.mapping.append(("backbone.name", "taken from the run's args.json"))
+        for key in dict(backbone_kwargs):
+            translation.skip(
+                f"backbone.kwargs.{key}", "the architecture comes from the run's args.json"
+            )
+    elif backbone is not None:
+        translation.set("backbone.name", f"backbone.name={_backbone_spec_name(str(backbone))}")
+        for key, value in dict(backbone_kwargs).items():
+            translation.set(f"backbone.kwargs.{key}", f"+backbone.kwargs.{key}={_value(value)}")
+    handled.add("backbone.kwargs")
+
+    if dataset in CIFAR_DATASETS:
+        raise ValueError(
+            f"{source}: data.dataset={dataset} reads torchvision's CIFAR archives; mile_ssl "
+            "reads image folders (root/<class>/<image>): write the images to folders and "
+            "set data.dataset: custom with train_path/val_path"
+        )
+    translation.mapping.append(("data.dataset", f"{dataset} (image folders)"))
+    train_path, val_path = take("data.train_path"), take("data.val_path")
+    if train_path is None or val_path is None:
+        raise ValueError(f"{source}: data.train_path and data.val_path are required")
+    train_abs, val_abs = os.path.abspath(str(train_path)), os.path.abspath(str(val_path))
+    root = os.path.commonpath([train_abs, val_abs])
+    translation.overrides.append("data=folder")
+    translation.set("data.train_path", f"data.root={_value(root)}")
+    translation.set("data.train_path", f"data.train_dir={_value(os.path.relpath(train_abs, root))}")
+    translation.set("data.val_path", f"data.val_dir={_value(os.path.relpath(val_abs, root))}")
+    data_format = take("data.format")
+    if data_format == "dali":
+        translation.set("data.format", "data.backend=dali")
+    elif data_format not in (None, "image_folder"):
+        translation.skip("data.format", f"{data_format!r} is read as image folders by torchvision")
+        translation.warnings.append(
+            f"data.format: {data_format} is not available in mile_ssl; the images are read "
+            "as image folders with torchvision and PIL instead (same files, same labels)"
+        )
+    workers = take("data.num_workers")
+    if workers is not None:
+        translation.set("data.num_workers", f"data.num_workers={workers}")
+    fraction = take("data.fraction")
+    if fraction is not None and float(fraction) > 0:
+        translation.set("data.fraction", f"data.fraction={fraction}")
+
+    optimizer = take("optimizer.name")
+    if optimizer not in (None, "sgd"):
+        translation.skip("optimizer.name", f"{optimizer!r}: mile_ssl trains with SGD (optim.*)")
+    batch_size = int(take("optimizer.batch_size") or 256)
+    translation.set("optimizer.batch_size", f"data.batch_size={batch_size}")
+    devices = take("devices")
+    nodes = int(take("num_nodes") or 1)
+    lr = take("optimizer.lr")
+    if lr is not None:
+        scale = batch_size * _devices_count(devices) * nodes / 256
+        scaled = float(lr) * scale
+        translation.set("optimizer.lr", f"optim.lr={scaled:.6g}")
+        log.info(
+            "solo-learn's LR rule: lr %.6g x (batch %d x devices %d x nodes %d / 256) = %.6g",
+            float(lr),
+            batch_size,
+            _devices_count(devices),
+            nodes,
+            scaled,
+        )
+    weight_decay = take("optimizer.weight_decay")
+    if weight_decay is not None:
+        translation.set("optimizer.weight_decay", f"optim.weight_decay={weight_decay}")
+    for key, value in dict(take("optimizer.kwargs") or {}).items():
+        if key in ("momentum", "nesterov"):
+            translation.set(f"optimizer.kwargs.{key}", f"optim.{key}={_value(value)}")
+        else:
+            translation.skip(f"optimizer.kwargs.{key}", "no such option for mile_ssl's SGD")
+
+    scheduler = take("scheduler.name")
+    if scheduler is not None and scheduler not in SCHEDULERS_AS_COSINE:
+        translation.skip("scheduler.name", f"{scheduler!r} replaced by warm-up + cosine")
+    for key in ("lr_decay_steps", "min_lr", "warmup_start_lr", "interval"):
+        if take(f"scheduler.{key}") is not None:
+            translation.skip(f"scheduler.{key}", "mile_ssl uses warm-up + cosine to zero")
+    warmup = take("scheduler.warmup_epochs")
+    if warmup is not None and scheduler == "warmup_cosine":
+        translation.set("scheduler.warmup_epochs", f"optim.warmup_epochs={warmup}")
+
+    seed = take("seed")
+    if seed is not None:
+        translation.set("seed", f"seed={seed}")
+    max_epochs = take("max_epochs")
+    if max_epochs is not None:
+        translation.set("max_epochs", f"trainer.max_epochs={max_epochs}")
+    for key in ("accelerator", "strategy", "sync_batchnorm", "num_nodes"):
+        value = take(key)
+        if value is not None:
+            translation.set(key, f"trainer.{key}={_value(value)}")
+    if devices is not None:
+        translation.set("devices", f"trainer.devices={_value(devices)}")
+    precision = take("precision")
+    if precision is not None:
+        if str(precision) not in PRECISIONS:
+            raise ValueError(
+                f"{source}: precision={precision!r} is not one of {sorted(PRECISIONS)}"
+            )
+        translation.set("precision", f"trainer.precision={PRECISIONS[str(precision)]}")
+    finetune = take("finetune")
+    if not finetune:
+        translation.skip(
+            "finetune",
+            "absent/false means a frozen backbone (linear probe) in solo-learn; MILe fine-tunes "
+            "the whole network",
+        )
+
+    translation.overrides.append("method=mile")
+    for key, value in dict(take("mile") or {}).items():
+        moved = MOVED_KEYS.get(f"mile.{key}")
+        if moved is not None:
+            raise ValueError(
+                f"{source}: mile.{key} moved to {moved}, which a solo-learn recipe cannot "
+                f"set; give it on the command line ({moved}={_value(value)})"
+            )
+        translation.set(f"mile.{key}", f"mile.{key}={_value(value)}")
+    handled.add("mile")
+
+    defaults = solo.get("defaults") or []
+    handled.add("defaults")
+    for entry in defaults:
+        if isinstance(entry, Mapping):
+            for group in entry:
+                if not str(group).startswith("override hydra"):
+                    reason = IGNORED.get(str(group), "no such config group in mile_ssl")
+                    translation.skip(f"defaults: {group}", reason)
+
+    for key, _ in _flatten(solo):
+        top = key.split(".")[0]
+        if key in handled or top in ("mile",) or any(key.startswith(h + ".") for h in handled):
+            continue
+        translation.skip(key, IGNORED.get(top, "not supported by mile_ssl"))
+    return translation
+
+
+REPLACED_BY = (
+    ("trainer.max_steps", "trainer.max_epochs"),
+    ("optim.warmup_steps", "optim.warmup_epochs"),
+)
+"""(mile_ssl key given on the command line, derived key it makes obsolete)."""
+
+
+def override_key(override: str) -> str:
+    """The dotted key of a Hydra override string (``+a.b=1`` -> ``a.b``)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+SOLO_VITS = {
+    f"vit_{size}": f"vit_{size}_patch16_224" for size in ("tiny", "small", "base", "large")
+}
+"""solo-learn's ViT names and the timm models they build (``solo/backbones/vit``)."""
+
+
+def _backbone_spec_name(name: str) -> str:
+    """solo-learn's backbone name as a mile_ssl ``backbone.name``."""
+    if ":" in name:
+        return name
+    if name.startswith(("resnet", "wide_resnet")):
+        return f"torchvision:{name}"
+    return f"timm:{SOLO_VITS.get(name, name)}"
+
+
+def _run_args(checkpoint: Any) -> dict[str, Any] | None:
+    """The ``args.json`` of the run that wrote ``checkpoint`` (a file or its folder)."""
+    from mile_ssl.adapters.solo_learn import ARGS_FILE, read_run_args
+
+    if checkpoint is None:
+        return None
+    path = Path(str(checkpoint))
+    return read_run_args(path / ARGS_FILE if path.is_dir() else path)
+
+
+def _check_run_backbone(run_args: Mapping[str, Any], backbone: Any, source: str | Path) -> None:
+    """Refuse a recipe whose ``backbone.name`` is not the pretrained run's backbone.
+
+    solo-learn would load such a pair with ``strict=False`` and fine-tune mostly random
+    weights; here it is an error that says which name to use.
+    """
+    from mile_ssl.adapters.solo_learn import backbone_name
+
+    trained = backbone_name(run_args)
+    if backbone is not None and trained is not None and str(backbone) != trained:
+        raise ValueError(
+            f"{source}: backbone.name={backbone} but the pretrained run's args.json says "
+            f"{trained!r}; pass backbone.name={trained} on the command line"
+        )
