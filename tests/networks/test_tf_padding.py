@@ -1,11 +1,16 @@
+import math
+import pickle
 from collections.abc import Iterator
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 from torch import nn
 from torch.nn import functional as F
 
+from mile_ssl.adapters import load_backbone
 from mile_ssl.networks.backbones import BackboneSpec, build_backbone
 from mile_ssl.networks.tf_padding import (
     Conv2dSame,
@@ -13,6 +18,7 @@ from mile_ssl.networks.tf_padding import (
     same_padding,
     use_tf_same_padding,
 )
+from tests.layouts import byol
 
 # (size, kernel, stride) -> (before, after), worked out by hand from TF's rule: output
 # ceil(size / stride), total padding max((out - 1) * stride + kernel - size, 0), the
@@ -142,3 +148,84 @@ def test_unsupported_layers_are_refused() -> None:
         )
     with pytest.raises(ValueError, match="ceil_mode"):
         use_tf_same_padding(nn.Sequential(nn.MaxPool2d(3, 2, ceil_mode=True)))
+
+
+# Input size and F.pad arguments (left, right, top, bottom) of each strided ResNet-50 layer
+# for a 65 x 64 (height x width) image, from TF's rule: the 7x7/2 stem on 65 x 64 pads
+# (3, 3) x (2, 3) and outputs 33 x 32; every 3x3/2 layer after it sees odd x even and pads
+# (1, 1) x (0, 1). The 1x1/2 shortcut convolutions need no padding in either convention.
+BYOL_PADS_65x64 = {
+    "conv1": ((65, 64), (2, 3, 3, 3)),
+    "maxpool": ((33, 32), (0, 1, 1, 1)),
+    "layer2.0.conv2": ((17, 16), (0, 1, 1, 1)),
+    "layer3.0.conv2": ((9, 8), (0, 1, 1, 1)),
+    "layer4.0.conv2": ((5, 4), (0, 1, 1, 1)),
+}
+
+
+def _byol_file_with_random_weights(folder: Path) -> Path:
+    """BYOL's pickle layout (tests/layouts.py) filled with random, well-scaled values."""
+    path = byol(folder)
+    with path.open("rb") as handle:
+        checkpoint = pickle.load(handle)
+    rng = np.random.default_rng(0)
+    experiment = checkpoint["experiment_state"]
+    for name, values in experiment["online_params"].items():
+        for key, array in values.items():
+            if key == "w":
+                std = math.sqrt(2.0 / math.prod(array.shape[:-1]))
+                values[key] = (rng.standard_normal(array.shape) * std).astype(np.float32)
+            else:
+                low, high = {"scale": (0.5, 1.0), "offset": (-0.1, 0.1)}[key]
+                if key == "scale" and name.endswith("batchnorm_2"):
+                    low, high = 0.1, 0.3  # keeps the 16 residual sums in a sane range
+                values[key] = rng.uniform(low, high, array.shape).astype(np.float32)
+    for name, values in experiment["online_state"].items():
+        low, high = (-0.2, 0.2) if name.endswith("mean_ema") else (0.5, 1.5)
+        values["average"] = rng.uniform(low, high, values["average"].shape).astype(np.float32)
+    path.write_bytes(pickle.dumps(checkpoint, protocol=2))
+    return path
+
+
+def _explicitly_padded(state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """A plain torchvision ResNet-50 whose strided layers get the hand-computed pads."""
+    model = torchvision.models.resnet50(weights=None)
+    model.fc = nn.Identity()
+    model.load_state_dict(state_dict)
+    modules = dict(model.named_modules())
+    for name, (size, pads) in BYOL_PADS_65x64.items():
+        layer = modules[name]
+        pooling = isinstance(layer, nn.MaxPool2d)
+        layer.padding = 0 if pooling else (0, 0)
+
+        def pad(
+            _: nn.Module,
+            args: tuple[torch.Tensor],
+            size: tuple[int, int] = size,
+            pads: tuple[int, ...] = pads,
+            value: float = float("-inf") if pooling else 0.0,
+        ) -> tuple[torch.Tensor]:
+            assert tuple(args[0].shape[-2:]) == size
+            return (F.pad(args[0], pads, value=value),)
+
+        layer.register_forward_pre_hook(pad)
+    return model.eval()
+
+
+def test_byol_file_features_are_bit_identical_to_explicit_tf_padding(tmp_path: Path) -> None:
+    """The DeepMind-layout BYOL file gives exactly the features of F.pad + plain layers."""
+    loaded = load_backbone(_byol_file_with_random_weights(tmp_path))
+    assert loaded.adapter == "byol"
+    module = loaded.module.eval()
+    reference = _explicitly_padded(module.state_dict())
+    symmetric = torchvision.models.resnet50(weights=None)
+    symmetric.fc = nn.Identity()
+    symmetric.load_state_dict(module.state_dict())
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 65, 64)
+    with torch.no_grad():
+        features, expected = module(images), reference(images)
+        assert torch.isfinite(expected).all() and expected.abs().max() > 0
+        assert torch.equal(features, expected)
+        # torchvision's own symmetric padding samples other pixels: the check is sensitive.
+        assert not torch.allclose(symmetric.eval()(images), expected, atol=1e-3)
