@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from timm.layers import pad_same
 from torch import nn
 from torch.nn import functional as F
 
@@ -15,7 +16,6 @@ from mile_ssl.networks.backbones import BackboneSpec, build_backbone
 from mile_ssl.networks.tf_padding import (
     Conv2dSame,
     MaxPool2dSame,
-    same_padding,
     use_tf_same_padding,
 )
 from tests.layouts import byol
@@ -53,8 +53,11 @@ def single_thread() -> Iterator[None]:
 
 
 @pytest.mark.parametrize(("size", "kernel", "stride"), list(HAND_PADS))
-def test_same_padding_matches_hand_computed(size: int, kernel: int, stride: int) -> None:
-    assert same_padding(size, kernel, stride) == HAND_PADS[(size, kernel, stride)]
+def test_timm_pads_as_hand_computed(size: int, kernel: int, stride: int) -> None:
+    """The padding timm's layers apply is TF's, for the sizes the tests below rely on."""
+    padded = pad_same(torch.ones(1, 1, size, 1), [kernel, 1], [stride, 1])[0, 0, :, 0]
+    before = int(padded.argmax())  # the first 1: argmax returns the first maximum
+    assert (before, len(padded) - size - before) == HAND_PADS[(size, kernel, stride)]
 
 
 def _reference_conv(images: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
