@@ -19,10 +19,10 @@ there is no classifier) and DINO's ViTs, whose parameter names are timm's
 (``cls_token``, ``pos_embed``, ``patch_embed.proj``, ``blocks.N.{norm1, attn.qkv,
 attn.proj, norm2, mlp.fc1, mlp.fc2}``, ``norm``) with the same head counts and LayerNorm
 ``eps=1e-6``; they load into ``timm:vit_{tiny,small,base}_patch{8,16}_224`` without
-renaming. DINO's ``pos_embed`` is for 224-px inputs (14x14 patches at patch size 16);
-a file trained at another resolution is built with the matching ``img_size``. timm's
-model then requires inputs of that size, where DINO interpolates the position
-embedding for any size. XCiT backbones are not supported.
+renaming. DINO's ``pos_embed`` is for 224-px inputs (14x14 patches at patch size 16).
+At another fine-tuning size the embedding is resampled once, as DINO's own
+``interpolate_pos_encoding`` does (:data:`DINO_RESAMPLING`). XCiT backbones are not
+supported.
 
 DINO normalises inputs with the ImageNet mean and standard deviation.
 
@@ -37,11 +37,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from mile_ssl.networks.preprocessing import Preprocessing
+from mile_ssl.networks.vit import GridResampling
 
 from .architectures import CLASSIFIER_PREFIX, VIT_HEAD_PREFIX, infer_resnet_spec, infer_vit_spec
 from .conversion import AdapterOptions, ConvertedCheckpoint, refuse_projection_layers
 from .registry import register_adapter
 from .state_dicts import drop, first_prefix, select, strip_prefix, unwrap
+
+DINO_RESAMPLING = GridResampling(offset=0.1, antialias=False)
+"""DINO's ``interpolate_pos_encoding``: bicubic by (side + 0.1) / old side, no antialias."""
 
 TEACHER_KEY = "teacher"
 STUDENT_KEY = "student"
@@ -103,4 +107,5 @@ def convert_dino(raw: Mapping[str, Any], options: AdapterOptions) -> ConvertedCh
         preprocessing=Preprocessing(),
         dropped=tuple(dropped),
         expected_prefix=f"{container}.{prefix}",
+        grid_resampling=DINO_RESAMPLING,
     )

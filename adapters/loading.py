@@ -21,6 +21,15 @@ from torch import nn
 
 from mile_ssl.networks.backbones import BackboneSpec, build_backbone
 from mile_ssl.networks.preprocessing import Preprocessing
+from mile_ssl.networks.vit import (
+    TIMM_RESAMPLING,
+    GridResampling,
+    is_vit,
+    patch_grid,
+    position_embedding,
+    resample_position_embedding,
+    vit_spec_at,
+)
 
 from .conversion import AdapterOptions
 from .diagnostics import check_state_dict, describe_source, describe_spec
@@ -64,6 +73,7 @@ def load_backbone(
     adapter: str = "auto",
     backbone: BackboneSpec | None = None,
     projection_layers: int = 0,
+    image_size: int | None = None,
 ) -> LoadedBackbone:
     """Build a backbone and load a checkpoint into it, strictly.
 
@@ -76,6 +86,9 @@ def load_backbone(
             do, they must agree, since loading weights into a different architecture
             than the one they were saved from is never intended.
         projection_layers: Projection-head layers to keep (see :class:`AdapterOptions`).
+        image_size: The fine-tuning resolution. A ViT is built for it and the file's
+            position embedding resampled to its patch grid, the way the format's own
+            code does (:mod:`mile_ssl.networks.vit`); other networks take any size.
 
     Returns:
         The loaded backbone, its feature width, spec and preprocessing.
@@ -99,6 +112,8 @@ def load_backbone(
         raise CheckpointError(f"adapter {chosen.name!r} cannot convert {source}: {exc}") from exc
 
     spec = _resolve_spec(backbone, converted.backbone, source, chosen.name)
+    if image_size is not None:
+        spec = vit_spec_at(spec, image_size)
     try:
         module, feature_dim = build_backbone(spec)
     except ValueError as exc:
@@ -107,6 +122,7 @@ def load_backbone(
     # A fresh plain dict: no ``_metadata`` from the file, so torch treats missing
     # BatchNorm ``num_batches_tracked`` counters as legacy and fills them in.
     state_dict = dict(converted.state_dict)
+    _fit_position_embedding(module, state_dict, converted.grid_resampling, source)
     check_state_dict(
         module,
         state_dict,
@@ -142,6 +158,34 @@ def load_backbone(
         source=source,
         dropped=converted.dropped,
         expected_prefix=converted.expected_prefix,
+    )
+
+
+def _fit_position_embedding(
+    module: nn.Module,
+    state_dict: dict[str, Any],
+    resampling: GridResampling | None,
+    source: Path,
+) -> None:
+    """Resample a ViT checkpoint's ``pos_embed`` in place when the grid it was built for differs."""
+    pos_embed = state_dict.get("pos_embed")
+    if not is_vit(module) or pos_embed is None:
+        return
+    positions = position_embedding(module).shape
+    if pos_embed.shape == positions:
+        return
+    try:
+        state_dict["pos_embed"] = resample_position_embedding(
+            pos_embed, module, resampling or TIMM_RESAMPLING
+        )
+    except ValueError as exc:
+        raise CheckpointMismatchError(f"{source}: {exc}") from exc
+    logger.info(
+        "resampled the position embedding of %s from %d to %d positions (patch grid %s)",
+        source,
+        pos_embed.shape[1],
+        positions[1],
+        "x".join(str(side) for side in patch_grid(module)),
     )
 
 

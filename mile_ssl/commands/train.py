@@ -26,10 +26,12 @@ from mile_ssl.config import (
     check_warmup,
 )
 from mile_ssl.data.datamodule import MILeDataModule, UnlabeledStream
+from mile_ssl.data.sources import network_input_size
 from mile_ssl.finetune import MILeModule, build_module, module_class
 from mile_ssl.finetune.validation import BAD_VAL_IMAGES_FILE, UnreadableValidationImages
 from mile_ssl.networks.backbones import BackboneSpec, build_backbone
 from mile_ssl.networks.preprocessing import Preprocessing
+from mile_ssl.networks.vit import vit_spec_at
 from mile_ssl.public_checkpoints import get_public_checkpoint, resolve_public_checkpoint
 from mile_ssl.runs.bad_images import BAD_IMAGES_FILE, BadImageMonitor, read_bad_images
 from mile_ssl.runs.finished_run import RESOLVED_CONFIG_FILE, read_finished_run
@@ -76,12 +78,15 @@ class RunResult:
     last_checkpoint: Path
 
 
-def initial_backbone(backbone: BackboneConfig, checkpoint: CheckpointConfig) -> LoadedBackbone:
+def initial_backbone(
+    backbone: BackboneConfig, checkpoint: CheckpointConfig, image_size: int | None = None
+) -> LoadedBackbone:
     """The backbone fine-tuning starts from: loaded through an adapter, or random.
 
     With a checkpoint and no backbone named, the checkpoint decides the architecture.
     Random initialisation happens only when asked for (``checkpoint=scratch``); then a
-    backbone left unset is the small ``tiny_resnet`` of the digit grids.
+    backbone left unset is the small ``tiny_resnet`` of the digit grids. A ViT is built
+    for ``image_size`` (the network's input size), its position embedding resampled.
     """
     spec = BackboneSpec(backbone.name, dict(backbone.kwargs)) if backbone.name else None
     if checkpoint.init == "checkpoint":
@@ -103,9 +108,12 @@ def initial_backbone(backbone: BackboneConfig, checkpoint: CheckpointConfig) -> 
             adapter=adapter,
             backbone=spec,
             projection_layers=checkpoint.projection_layers,
+            image_size=image_size,
         )
     if spec is None:
         spec = BackboneSpec(SCRATCH_BACKBONE)
+    if image_size is not None:
+        spec = vit_spec_at(spec, image_size)
     module, feature_dim = build_backbone(spec)
     log.warning("training %s from random initialisation (checkpoint=scratch)", spec.name)
     return LoadedBackbone(
@@ -233,7 +241,7 @@ def _run_locked(
     found_in_run_folder = named_checkpoint is None and config.trainer.resume_from is not None
     config = replace(config, trainer=resolve_sync_batchnorm(config.trainer))
     L.seed_everything(config.seed, workers=True, verbose=False)
-    loaded = initial_backbone(config.backbone, config.checkpoint)
+    loaded = initial_backbone(config.backbone, config.checkpoint, network_input_size(config.data))
     unlabeled = unlabeled_stream(config)
     fixed_teacher = load_fixed_teacher(config, loaded)
     # Images an earlier run found unreadable keep their place even if since deleted.

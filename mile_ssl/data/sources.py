@@ -284,6 +284,11 @@ def imagenet_validation(
     return _imagenet_val(config, preprocessing)
 
 
+def network_input_size(config: DataConfig) -> int:
+    """Side of the images the network sees: the digit grid's, or ``data.image_size``."""
+    return IMAGE_SIZE if config.name == "digits" else config.image_size
+
+
 def class_names_without_images(config: DataConfig) -> list[str] | None:
     """The dataset's class names, found without indexing its images.
 
