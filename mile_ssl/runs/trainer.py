@@ -21,12 +21,13 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.loggers import Logger
 
-from mile_ssl.runs.checkpoint_io import AtomicCheckpointIO
 from mile_ssl.config import TrainerConfig
 from mile_ssl.finetune import FineTuneModule
-from mile_ssl.runs.loggers import build_logger
+from mile_ssl.runs.checkpoint_io import AtomicCheckpointIO
 from mile_ssl.runs.guard import RunGuard, StopCondition, StopSignals
 from mile_ssl.runs.layout import CHECKPOINT_FOLDER
+from mile_ssl.runs.loggers import build_logger
+from mile_ssl.runs.progress import StepProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ def build_trainer(
         conditions=stop_conditions,
         signals=signals,
     )
+    # Steps, MILe's phase and cycle; Lightning's own bar counts epochs.
+    progress = [StepProgressBar()] if config.progress_bar else []
     plugins: list[Any] = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():
         # The guard saves at the end of a step and requeues; Lightning's own handler
@@ -111,7 +114,7 @@ def build_trainer(
         logger=logger,
         # Last, so that it decides on what the other callbacks recorded in the same step
         # (the unreadable images of its batch).
-        callbacks=[*callbacks, guard],
+        callbacks=[*progress, *callbacks, guard],
         enable_checkpointing=False,
         plugins=plugins,
         enable_progress_bar=config.progress_bar,
