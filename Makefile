@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,dali]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,demo,tensorboard,dali]'
 	touch $(STAMP)
 
 install: $(STAMP)

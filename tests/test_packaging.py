@@ -1,13 +1,25 @@
-"""The package layout: ``adapters/`` and ``configs/`` install as ``mile_ssl.*``."""
+"""The package: its layout, its dependencies and extras, and a build without warnings."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import get_args
+
+import pytest
+import tomllib
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from mile_ssl.data.digits import DigitGridConfig, make_digit_grids
+from mile_ssl.extras import Extra, MissingExtraError
+from tests.conftest import TINY_OVERRIDES, run_cli_in_process
 
 REPO = Path(__file__).resolve().parents[1]
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 
 IMPORT_CHECK = """
 import mile_ssl.adapters, mile_ssl.configs
@@ -30,13 +42,13 @@ def test_adapters_and_configs_import_from_outside_the_repo(tmp_path: Path) -> No
 
 
 def test_wheel_contains_adapters_configs_and_type_marker(tmp_path: Path) -> None:
-    subprocess.run(
+    build = subprocess.run(
         [
             sys.executable,
             "-m",
             "pip",
             "wheel",
-            "--quiet",
+            "--verbose",
             "--no-deps",
             "--no-build-isolation",
             "--wheel-dir",
@@ -45,6 +57,7 @@ def test_wheel_contains_adapters_configs_and_type_marker(tmp_path: Path) -> None
         ],
         check=True,
         capture_output=True,
+        text=True,
     )
     (wheel,) = tmp_path.glob("mile_ssl-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -56,3 +69,64 @@ def test_wheel_contains_adapters_configs_and_type_marker(tmp_path: Path) -> None
     assert "mile_ssl/adapters/registry.py" in names
     assert "mile_ssl/py.typed" in names
     assert not any(name.startswith("adapters/") for name in names)
+    # setuptools says what it dislikes in the configuration as *Warning lines.
+    assert not re.findall(r"\w+Warning\b.*", build.stdout + build.stderr)
+
+
+def _names(requirements: list[str]) -> set[str]:
+    return {canonicalize_name(Requirement(requirement).name) for requirement in requirements}
+
+
+def test_core_leaves_the_demo_the_loggers_and_dali_to_extras() -> None:
+    core = _names(PROJECT["dependencies"])
+    extras = PROJECT["optional-dependencies"]
+    optional = {"lightly", "scikit-learn", "matplotlib", "tensorboard", "wandb"}
+    assert not core & optional
+    assert not any(name.startswith("nvidia-dali") for name in core)
+    assert _names(extras["demo"]) == {"lightly", "scikit-learn", "matplotlib"}
+    assert _names(extras["tensorboard"]) == {"tensorboard"}
+    assert _names(extras["wandb"]) == {"wandb"}
+    # Every extra a message can name exists.
+    assert set(get_args(Extra)) <= set(extras)
+
+
+@pytest.mark.parametrize("logger", ["tensorboard", "wandb"])
+def test_a_missing_logger_extra_is_one_message(
+    logger: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, logger, None)  # import raises, as without the extra
+    args = ["train", *TINY_OVERRIDES, f"trainer.logger={logger}", "hydra.run.dir=run"]
+    result = run_cli_in_process(args, tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"trainer.logger={logger} needs the '{logger}' extra" in result.stderr
+    assert f"pip install 'mile-ssl[{logger}]'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("error:") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_demo_without_its_extra_is_one_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "lightly", None)
+    # Imported afresh, as in a new process, so that they meet the missing package.
+    for module in ("mile_ssl.commands.demo", "mile_ssl.commands.pretrain"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    result = run_cli_in_process(["demo", "--quick", "--out", "out"], tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "needs the 'demo' extra" in result.stderr
+    assert "pip install 'mile-ssl[demo]'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_digit_data_without_scikit_learn_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mile_ssl.data import digits
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    digits._load_source_digits.cache_clear()
+    with pytest.raises(MissingExtraError, match=r"data=digits needs the 'demo' extra") as error:
+        make_digit_grids(DigitGridConfig(num_train=8, num_val=8))
+    assert "pip install 'mile-ssl[demo]'" in str(error.value)
+    assert isinstance(error.value, ImportError) and isinstance(error.value, ValueError)

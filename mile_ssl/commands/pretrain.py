@@ -12,17 +12,20 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightly.loss import NTXentLoss
-from lightly.models.modules import SimCLRProjectionHead
-from lightly.transforms.multi_view_transform import MultiViewTransform
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from mile_ssl.adapters import save_backbone_checkpoint
 from mile_ssl.data.digits import IMAGE_SIZE, DigitGridConfig, DigitGridDataset, make_digit_grids
+from mile_ssl.extras import extra_imports
 from mile_ssl.networks.backbones import BackboneSpec, build_backbone
 from mile_ssl.networks.preprocessing import Preprocessing
+
+with extra_imports("demo", "SimCLR pretraining on the digit grids"):
+    from lightly.loss import NTXentLoss
+    from lightly.models.modules import SimCLRProjectionHead
+    from lightly.transforms.multi_view_transform import MultiViewTransform
 
 
 def digit_views(preprocessing: Preprocessing) -> MultiViewTransform:

@@ -8,7 +8,6 @@ on the GPU (``mixed`` decoding) where a CUDA device is given, on the CPU otherwi
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 from typing import Any
 
@@ -17,13 +16,11 @@ import torch
 from torch import Tensor
 
 from mile_ssl.data.augment import eval_resize
+from mile_ssl.extras import MissingExtraError, extra_imports, import_extra
 from mile_ssl.networks.preprocessing import Preprocessing
 
-INSTALL_HINT = "pip install 'mile-ssl[dali]'"
-
-
-class DaliUnavailableError(ValueError):
-    """``data.backend=dali`` was chosen where NVIDIA DALI cannot be imported."""
+DaliUnavailableError = MissingExtraError
+"""``data.backend=dali`` was chosen where NVIDIA DALI cannot be imported."""
 
 
 def import_dali() -> ModuleType:
@@ -32,13 +29,9 @@ def import_dali() -> ModuleType:
     Raises:
         DaliUnavailableError: Saying how to install it.
     """
-    try:
-        return importlib.import_module("nvidia.dali")
-    except ImportError as error:
-        raise DaliUnavailableError(
-            f"data.backend=dali needs NVIDIA DALI, which cannot be imported ({error}): "
-            f"{INSTALL_HINT}, or set data.backend=torchvision"
-        ) from error
+    return import_extra(
+        "nvidia.dali", "dali", "data.backend=dali", otherwise="set data.backend=torchvision"
+    )
 
 
 EVAL = ("resize_x", "resize_y", "crop_pos_x", "crop_pos_y")
@@ -160,7 +153,8 @@ class DaliPipelines:
         dense = output.as_tensor()
         if self.device_id is None:
             return torch.from_numpy(np.array(dense))
-        from nvidia.dali.plugin.pytorch import feed_ndarray
+        with extra_imports("dali", "data.backend=dali"):
+            from nvidia.dali.plugin.pytorch import feed_ndarray
 
         tensor = torch.empty(dense.shape(), dtype=torch.float32, device=f"cuda:{self.device_id}")
         feed_ndarray(dense, tensor, cuda_stream=torch.cuda.current_stream(self.device_id))

@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from mile_ssl.data.views import image_fields
+from mile_ssl.extras import extra_imports
 
 CLASS_NAMES: tuple[str, ...] = tuple(str(d) for d in range(10))
 NUM_CLASSES = len(CLASS_NAMES)
@@ -124,7 +125,8 @@ def _load_source_digits() -> tuple[np.ndarray, np.ndarray]:
 
     Cached because ``load_digits`` parses a CSV on every call.
     """
-    from sklearn.datasets import load_digits
+    with extra_imports("demo", "data=digits"):
+        from sklearn.datasets import load_digits
 
     bunch = load_digits()
     raw = np.asarray(bunch.images, dtype=np.float64)

@@ -1,4 +1,4 @@
-"""The run's logger: CSV (default), TensorBoard or Weights & Biases.
+"""The run's logger: CSV (default), TensorBoard or Weights & Biases (pip extras).
 
 A resumed run's CSV log starts with the rows the earlier run logged before the
 checkpoint's step, so that ``logs/metrics.csv`` reads as one run however often it was
@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from mile_ssl.config import TrainerConfig
+from mile_ssl.extras import import_extra
 from mile_ssl.runs.layout import run_folder
 
 
@@ -60,18 +61,14 @@ def build_logger(
         previous_rows: For the CSV logger: an earlier run's rows to continue.
 
     Raises:
-        ValueError: If W&B is asked for but not installed.
+        MissingExtraError: If the logger's extra (``tensorboard``, ``wandb``) is not
+            installed.
     """
     if config.logger == "tensorboard":
+        import_extra("tensorboard", "tensorboard", "trainer.logger=tensorboard")
         return TensorBoardLogger(output_dir, name="logs", version="")
     if config.logger == "wandb":
-        try:
-            import wandb  # noqa: F401
-            from lightning.pytorch.loggers import WandbLogger
-        except ImportError as error:
-            raise ValueError(
-                "trainer.logger=wandb needs Weights & Biases: pip install 'mile-ssl[wandb]'"
-            ) from error
+        import_extra("wandb", "wandb", "trainer.logger=wandb")
         run_dir = run_folder(config.resume_from) if config.resume_from else output_dir
         run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
         return WandbLogger(
