@@ -21,7 +21,8 @@ from omegaconf import DictConfig
 from mile_ssl.atomic_files import write_text_atomically
 from mile_ssl.config import register_configs, to_train_config
 from mile_ssl.config.overrides import normalise_overrides
-from mile_ssl.runs.layout import keep_run_records, register_run_name_resolver
+from mile_ssl.runs.failed_start import HYDRA_CALLBACK, RecordRunFolders, undone_if_start_fails
+from mile_ssl.runs.layout import keep_run_records, named_run_folder, register_run_name_resolver
 from mile_ssl.runs.lock import holding_named_run_folder
 from mile_ssl.solo.command_line import expand_solo_command, expand_solo_recipe
 from mile_ssl.user_errors import (
@@ -30,7 +31,6 @@ from mile_ssl.user_errors import (
     holding_interrupts,
     interrupt_without_traceback,
     release_interrupts,
-    removed_on_user_error,
 )
 
 EXIT_PREEMPTED = 143
@@ -79,15 +79,12 @@ commands:
 
 @hydra.main(config_path="pkg://mile_ssl.configs", config_name="config", version_base="1.3")
 def _train(config: DictConfig) -> None:
-    from mile_ssl.runs.lock import LOCK_FILE
-
     hydra_config = HydraConfig.get()
     output_dir = Path(hydra_config.runtime.output_dir)
-    hydra_files = {f"{hydra_config.job.name}.log", str(hydra_config.output_subdir), LOCK_FILE}
-    with removed_on_user_error(output_dir, hydra_files), exit_on_user_error("train"):
+    with exit_on_user_error("train"):
         release_interrupts()
         # Imported here, where a Ctrl-C during the seconds they take still removes the
-        # run folder Hydra has just made.
+        # run folder Hydra has just made (mile_ssl.runs.failed_start).
         from mile_ssl.commands.train import run_training
         from mile_ssl.runs.guard import RunInterruptedError
         from mile_ssl.runs.report import format_metrics_table
@@ -214,11 +211,10 @@ def _split_checkpoint(
 
 
 def _eval(argv: Sequence[str]) -> None:
-    """All validation metrics of a fine-tuned run on a dataset."""
+    """All metrics of a run on its validation set or the data given, input sized as trained."""
     import json
 
     from mile_ssl.commands.eval_report import eval_command_result, format_eval_result
-    from mile_ssl.config import compose_train_config
 
     parser = _command_parser(
         "eval",
@@ -238,8 +234,7 @@ def _eval(argv: Sequence[str]) -> None:
             f"{foreign}: eval takes the method, backbone and preprocessing from the run's "
             "checkpoint; only data overrides (data=..., data.KEY=...) apply"
         )
-    data = compose_train_config(["checkpoint=scratch", *overrides]).data
-    result = eval_command_result(checkpoint, data)
+    result = eval_command_result(checkpoint, overrides=overrides)
     print(json.dumps(result, indent=2, default=str) if args.json else format_eval_result(result))
 
 
@@ -357,7 +352,10 @@ def _checkpoints(argv: Sequence[str]) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Dispatch ``mile-ssl COMMAND``."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
+    if not args:
+        print(USAGE, file=sys.stderr)
+        raise SystemExit(2)
+    if args[0] in ("-h", "--help"):
         print(USAGE)
         return
     command, rest = args[0], args[1:]
@@ -377,11 +375,38 @@ def main(argv: Sequence[str] | None = None) -> None:
             register_configs()
             register_run_name_resolver()
             overrides = keep_run_records(normalise_overrides(expand_solo_recipe(rest)))
+            overrides = _recording_run_folders(overrides)
             sys.argv = [sys.argv[0], *overrides]
-            with holding_named_run_folder(overrides), holding_interrupts():
+            with (
+                undone_if_start_fails(_named_single_run_folder(overrides)),
+                holding_named_run_folder(overrides),
+                holding_interrupts(),
+            ):
                 _train()
         else:
             COMMAND_FUNCTIONS[command](rest)
+
+
+def _recording_run_folders(overrides: list[str]) -> list[str]:
+    """``overrides`` and the Hydra callback that records run folders before Hydra writes.
+
+    The callback is :class:`~mile_ssl.runs.failed_start.RecordRunFolders`. A process
+    Lightning starts for a further rank gets the first one's command line, which already
+    holds it.
+    """
+    callback = f"+{HYDRA_CALLBACK}._target_="
+    if any(override.startswith(callback) for override in overrides):
+        return overrides
+    target = f"{RecordRunFolders.__module__}.{RecordRunFolders.__qualname__}"
+    return [*overrides, callback + target]
+
+
+def _named_single_run_folder(overrides: list[str]) -> Path | None:
+    """The ``hydra.run.dir`` of a single run, recorded before its lock is taken there."""
+    folder = named_run_folder(overrides)
+    if folder is None or "${" in str(folder) or {"-m", "--multirun"} & set(overrides):
+        return None
+    return folder
 
 
 COMMAND_FUNCTIONS: dict[str, Callable[[Sequence[str]], None]] = {

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader
 
 from mile_ssl.config import DataConfig
-from mile_ssl.data.datamodule import data_loader
+from mile_ssl.data.loaders import validation_loader
 from mile_ssl.data.sources import validation_set
 from mile_ssl.finetune import FineTuneModule
 from mile_ssl.runs.finished_run import FinishedRun, read_finished_run
@@ -26,14 +26,16 @@ def evaluate_run(
         precision: Lightning precision of the evaluation.
         accelerator: Lightning accelerator.
     """
-    # The validation set alone: the training folder is neither indexed nor needed.
-    loader = data_loader(data, validation_set(data, run.preprocessing, run.class_names or None))
+    # The validation set alone: the training folder is neither indexed nor needed. The
+    # loader factory decodes with the backend data.backend names, as training does.
+    dataset = validation_set(data, run.preprocessing, run.class_names or None)
+    loader = validation_loader(data, dataset, run.preprocessing)
     return evaluate_module(run.build_module(), loader, precision=precision, accelerator=accelerator)
 
 
 def evaluate_module(
     module: FineTuneModule,
-    loader: DataLoader[Any],
+    loader: Iterable[dict[str, Any]],
     *,
     precision: str = "32-true",
     accelerator: str = "auto",

@@ -15,16 +15,18 @@ from torch.utils.data import ConcatDataset, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from mile_ssl.config import DataConfig
-from mile_ssl.data.dali import DaliItems, DaliLoader, validation_batches
-from mile_ssl.data.dali_pipeline import DaliPipelines, import_dali
+from mile_ssl.data.dali import DaliLoader
+from mile_ssl.data.dali_pipeline import import_dali
 from mile_ssl.data.folder import LabeledImageFolder, UnlabeledImages
 from mile_ssl.data.label_files import read_split_file
 from mile_ssl.data.listing import list_unlabeled_images
 from mile_ssl.data.loaders import (
     choose_num_workers,
+    dali_loader,
     data_loader,
     local_devices,
     log_num_workers,
+    validation_loader,
 )
 from mile_ssl.data.sampling import (
     FlaggedDataset,
@@ -278,13 +280,13 @@ class MILeDataModule(L.LightningDataModule):
                 rank=self.trainer.global_rank,
                 shuffle=False,
             )
-        if self.config.backend == "dali":
-            batch_size = self.config.eval_batch_size or self.config.batch_size
-            indices = list(sampler) if sampler is not None else None
-            batches = validation_batches(len(self.splits.val), batch_size, indices)  # type: ignore[arg-type]
-            return self._dali_loader([self.splits.val], batches, batch_size)
-        return data_loader(
-            self.config, self.splits.val, sampler=sampler, workers=self._num_workers()
+        return validation_loader(
+            self.config,
+            self.splits.val,
+            self.preprocessing,
+            sampler=sampler,
+            workers=self._num_workers(),
+            device=self._device(),
         )
 
     def transfer_batch_to_device(
@@ -314,26 +316,26 @@ class MILeDataModule(L.LightningDataModule):
             self._workers_logged = True
         return workers
 
+    def _device(self) -> torch.device | None:
+        """The device this process trains on, if a trainer says."""
+        return self.trainer.strategy.root_device if self.trainer is not None else None
+
     def _dali_loader(
         self,
         datasets: Sequence[Dataset[Any]],
-        batches: StepBatchSampler | SemiSupervisedBatchSampler | list[list[int]],
+        batches: StepBatchSampler | SemiSupervisedBatchSampler,
         max_batch: int,
     ) -> DaliLoader:
-        """A DALI loader of ``datasets`` (image files) decoding on this process's GPU, if any."""
-        device = self.trainer.strategy.root_device if self.trainer is not None else None
-        if device is None and torch.cuda.is_available():
-            device = torch.device("cuda", torch.cuda.current_device())
-        pipelines = DaliPipelines(
-            self.config.image_size,
+        """A DALI training loader of ``datasets`` (image files) on this process's GPU, if any."""
+        return dali_loader(
+            self.config,
             self.preprocessing,
+            datasets,
+            batches,
             max_batch,
-            threads=self._num_workers() + 1,
-            device_id=device.index if device is not None and device.type == "cuda" else None,
+            workers=self._num_workers(),
+            device=self._device(),
         )
-        files = [dataset for dataset in datasets if isinstance(dataset, SubstitutingImages)]
-        training = not isinstance(batches, list)
-        return DaliLoader(DaliItems(files), pipelines, batches, training=training)
 
 
 def check_dali_settings(strong_student_view: bool) -> None:

@@ -1,10 +1,16 @@
-"""Loader settings: how many worker processes, pinned memory, prefetching."""
+"""The loader factory: ``data.backend`` chooses the decoder; worker processes, pinned memory.
+
+Training, validation and ``mile-ssl eval`` all get their loaders here, so that one
+setting, ``data.backend``, decides for every one of them whether PIL/torchvision or NVIDIA
+DALI decodes the images.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import signal
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -12,7 +18,11 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mile_ssl.config import DataConfig
-from mile_ssl.data.sampling import StepDataLoader
+from mile_ssl.data.dali import DaliItems, DaliLoader, validation_batches
+from mile_ssl.data.dali_pipeline import DaliPipelines
+from mile_ssl.data.sampling import SemiSupervisedBatchSampler, StepBatchSampler, StepDataLoader
+from mile_ssl.data.substitution import SubstitutingImages
+from mile_ssl.networks.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -111,4 +121,69 @@ def data_loader(
         persistent_workers=workers > 0,
         prefetch_factor=PREFETCH_BATCHES if workers > 0 else None,
         worker_init_fn=leave_stop_signals_to_training if workers > 0 else None,
+    )
+
+
+def dali_loader(
+    config: DataConfig,
+    preprocessing: Preprocessing,
+    datasets: Sequence[Dataset[Any]],
+    batches: StepBatchSampler | SemiSupervisedBatchSampler | list[list[int]],
+    max_batch: int,
+    *,
+    workers: int,
+    device: torch.device | None = None,
+) -> DaliLoader:
+    """A DALI loader of ``datasets`` (image files), decoding on ``device`` if it is a GPU.
+
+    Without a ``device``, the current CUDA device if there is one, else the CPU. A step
+    sampler makes it a training loader (random windows), a list of batches a validation
+    loader (resize and centre crop).
+    """
+    if device is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    device_id = device.index if device is not None and device.type == "cuda" else None
+    pipelines = DaliPipelines(
+        config.image_size, preprocessing, max_batch, threads=workers + 1, device_id=device_id
+    )
+    files = [dataset for dataset in datasets if isinstance(dataset, SubstitutingImages)]
+    training = not isinstance(batches, list)
+    log.info(
+        "data.backend=dali: %s images decoded by NVIDIA DALI on %s",
+        "training" if training else "validation",
+        f"cuda:{device_id}" if device_id is not None else "the CPU",
+    )
+    return DaliLoader(DaliItems(files), pipelines, batches, training=training)
+
+
+def validation_loader(
+    config: DataConfig,
+    dataset: Dataset[Any],
+    preprocessing: Preprocessing,
+    *,
+    sampler: Sampler[int] | None = None,
+    workers: int | None = None,
+    device: torch.device | None = None,
+) -> Iterable[dict[str, torch.Tensor]]:
+    """The batches of ``dataset`` in order, decoded by the backend ``data.backend`` names.
+
+    Args:
+        config: Data settings (backend, batch sizes, workers).
+        dataset: The validation images, with the evaluation view of ``preprocessing``.
+        preprocessing: The normalisation DALI applies (the dataset's own view applies it
+            for the torchvision backend).
+        sampler: The items of this process (a rank's shard), default every item.
+        workers: Loader processes (torchvision) or DALI threads less one; default
+            :func:`choose_num_workers` for this node's devices.
+        device: Where DALI decodes (see :func:`dali_loader`).
+    """
+    if workers is None:
+        workers = choose_num_workers(config, local_devices())
+    if config.backend != "dali":
+        return data_loader(config, dataset, sampler=sampler, workers=workers)
+    batch_size = config.eval_batch_size or config.batch_size
+    indices = list(sampler) if sampler is not None else None
+    batches = validation_batches(len(dataset), batch_size, indices)  # type: ignore[arg-type]
+    return dali_loader(
+        config, preprocessing, [dataset], batches, batch_size, workers=workers, device=device
     )

@@ -11,13 +11,18 @@ given as the folder or as one of its ``.ckpt`` files; this module is the one pla
 reads it, so that every command accepts the same inputs and fails with the same messages.
 The checkpoint itself holds the weights, the method, the classes and the normalisation;
 the config adds what the checkpoint does not record, such as the training image size.
+
+A network scores what it was trained on only when it sees its input as in training: the
+same crop size (and with it the resize before the crop), decoder and normalisation.
+:meth:`FinishedRun.data_config` and :meth:`FinishedRun.input_setting` give every command
+those settings of the run unless the user sets them, and say when a setting differs.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,16 +30,18 @@ from typing import Any
 import yaml
 
 from mile_ssl.adapters.reading import read_checkpoint, resolve_checkpoint_path
-from mile_ssl.networks.backbones import BackboneSpec, build_backbone
 from mile_ssl.config import (
     TEACHER_METHODS,
+    DataConfig,
     MethodConfig,
     MileConfig,
     OptimConfig,
     TrainConfig,
+    compose_train_config,
     to_train_config,
 )
 from mile_ssl.finetune import CHECKPOINT_KEY, FineTuneModule, build_module
+from mile_ssl.networks.backbones import BackboneSpec, build_backbone
 from mile_ssl.networks.preprocessing import Preprocessing
 from mile_ssl.runs.layout import CHECKPOINT_FOLDER, run_folder
 
@@ -45,6 +52,11 @@ RESOLVED_CONFIG_FILE = "resolved_config.yaml"
 
 CONFIG_FILES = (Path(RESOLVED_CONFIG_FILE), Path(".hydra") / "config.yaml")
 """Config files of a run folder, in the order they are looked for."""
+
+INPUT_SETTINGS = ("image_size", "backend")
+"""``data.*`` keys that shape what the network sees: the crop size (the resize before the
+crop follows it) and the decoder. The normalisation is the checkpoint's own
+(:attr:`FinishedRun.preprocessing`); digit grids have a fixed size and no files."""
 
 
 def resolve_run_checkpoint(path: str | Path) -> Path:
@@ -191,6 +203,21 @@ class FinishedRun:
             )
         return read_run_config(path)
 
+    @functools.cached_property
+    def trained_data(self) -> DataConfig | None:
+        """The data settings the run trained with, if its config is there and readable.
+
+        An unreadable config is a warning naming the file, not an error: the caller can
+        still give every setting.
+        """
+        if self.config_path is None:
+            return None
+        try:
+            return self.config.data
+        except ValueError as error:
+            log.warning("%s", error)
+            return None
+
     @property
     def image_size(self) -> int | None:
         """Training image size, if the run's config is there and sets one.
@@ -199,18 +226,76 @@ class FinishedRun:
         so they report none; so does a run whose config is missing or unreadable (a
         warning names the file), since the caller can still choose a size.
         """
-        if self.config_path is None:
-            return None
-        try:
-            data = self.config.data
-        except ValueError as error:
-            log.warning("%s", error)
-            return None
-        return None if data.name == "digits" else data.image_size
+        data = self.trained_data
+        return None if data is None or data.name == "digits" else data.image_size
+
+    def input_setting(self, key: str, given: Any = None, *, option: str | None = None) -> Any:
+        """The value of the input setting ``data.<key>`` to use: ``given``, else the run's.
+
+        A ``given`` value that differs from the run's is used and said in one warning
+        line, since the network then sees other input than it trained on.
+
+        Args:
+            key: One of :data:`INPUT_SETTINGS`.
+            given: The user's value, ``None`` if the user gave none.
+            option: How the user gave it, for the warning (default ``data.<key>``).
+
+        Returns:
+            ``given``, else the run's value (``None`` if the run does not record one).
+        """
+        data = self.trained_data
+        trained = getattr(data, key) if data is not None and data.name != "digits" else None
+        if given is None:
+            return trained
+        if trained is not None and given != trained:
+            log.warning(
+                "%s=%s differs from the run, which trained with data.%s=%s: the network "
+                "sees other input than in training, so its scores are not the run's",
+                option or f"data.{key}",
+                given,
+                key,
+                trained,
+            )
+        return given
+
+    def data_config(self, overrides: Sequence[str] = ()) -> DataConfig:
+        """The data to evaluate the run on: its own, or ``overrides`` with its input settings.
+
+        Without overrides, the run's data settings as it trained (its validation set
+        included); where the run has no readable config, the shipped defaults. With
+        overrides (``data=...``, ``data.KEY=...``), the shipped defaults with those
+        applied, and each of :data:`INPUT_SETTINGS` the overrides leave alone taken from
+        the run (:meth:`input_setting`).
+
+        Raises:
+            ValueError: If an override is not a valid data setting.
+        """
+        if not overrides and self.trained_data is not None:
+            return self.trained_data
+        data = compose_train_config(["checkpoint=scratch", *overrides]).data
+        given = _overridden_keys(overrides)
+        settings = {
+            key: self.input_setting(key, getattr(data, key) if f"data.{key}" in given else None)
+            for key in INPUT_SETTINGS
+        }
+        chosen = {key: value for key, value in settings.items() if value is not None}
+        if data.name == "digits":
+            return data
+        return replace(data, **chosen)
 
     def build_module(self) -> FineTuneModule:
         """The fine-tuned module with its trained weights (see :func:`module_from_checkpoint`)."""
         return module_from_checkpoint(self.checkpoint)
+
+
+def _overridden_keys(overrides: Sequence[str]) -> set[str]:
+    """The config keys (or groups) ``overrides`` set, as Hydra parses them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from mile_ssl.config.overrides import quote_paths_with_equals
+
+    parsed = OverridesParser.create().parse_overrides(quote_paths_with_equals(overrides))
+    return {override.key_or_group for override in parsed}
 
 
 def read_finished_run(path: str | Path, *, exact_file: bool = False) -> FinishedRun:

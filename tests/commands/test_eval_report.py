@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,14 @@ from mile_ssl.data.imagenet import imagenet_classes, real_label_sets, shipped_sp
 from mile_ssl.metrics import classification_report
 from mile_ssl.networks.preprocessing import Preprocessing
 from mile_ssl.runs.finished_run import read_finished_run
-from tests.conftest import TINY_OVERRIDES, write_jpeg
+from tests.conftest import (
+    TINY_NETWORK,
+    TINY_OVERRIDES,
+    folder_run_overrides,
+    run_cli_in_process,
+    write_image_folder,
+    write_jpeg,
+)
 
 VAL_IMAGES = 8
 """``ILSVRC2012_val_00000001`` (no ReaL label) to ``..._00000008``; some have two labels."""
@@ -162,3 +170,90 @@ def test_folder_evaluation_uses_the_checkpoint_classes(tmp_path: Path) -> None:
     metrics = eval_command_result(run.last_checkpoint, data, accelerator="cpu")["metrics"]
     assert metrics["num_samples"] == 6
     assert metrics["top1"] == pytest.approx(run.metrics["top1"])
+
+
+@pytest.fixture(scope="module")
+def run_at_40_pixels(module_tmp_path: Path) -> tuple[Path, Path]:
+    """A two-step run trained on 40-pixel crops of 48-pixel JPEGs: (image root, run folder).
+
+    Any size but the shipped 224 shows whether eval sees the images as training did. (40,
+    not 64: this torch build's CPU backward of a channels-last 1x1 stride-2 convolution
+    corrupts memory from 48-pixel inputs on.)
+    """
+    root = module_tmp_path / "folder40"
+    write_image_folder(root / "train", classes=2, per_class=4, size=48)
+    write_image_folder(root / "val", classes=2, per_class=3, size=48)
+    overrides = [item for item in folder_run_overrides(root) if "image_size" not in item]
+    config = compose_train_config([*TINY_NETWORK, *overrides, "data.image_size=40"])
+    return root, run_training(config, module_tmp_path / "run40").output_dir
+
+
+def _saved_metrics(run: Path) -> dict[str, float]:
+    saved = json.loads((run / "metrics.json").read_text())["metrics"]
+    return {key: value for key, value in saved.items() if isinstance(value, float | int)}
+
+
+def test_eval_without_overrides_reproduces_the_runs_metrics(
+    run_at_40_pixels: tuple[Path, Path], tmp_path: Path
+) -> None:
+    root, run = run_at_40_pixels
+    saved = _saved_metrics(run)
+    # Without data overrides: the run's own validation set, as it trained; with the data
+    # named but no image size: the run's 40 pixels, not the shipped 224.
+    for data in ([], ["data=folder", f"data.root={root}", "data.num_workers=0"]):
+        result = run_cli_in_process(["eval", f"checkpoint={run}", *data, "--json"], tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        evaluated = json.loads(result.stdout)
+        assert evaluated["dataset"]["image_size"] == 40, data
+        assert evaluated["dataset"]["backend"] == "torchvision"
+        metrics = evaluated["metrics"]
+        assert {key: metrics[key] for key in saved} == saved, data  # the same numbers
+        assert "differs from the run" not in result.stderr
+
+
+def test_an_eval_override_that_differs_from_training_is_said(
+    run_at_40_pixels: tuple[Path, Path], tmp_path: Path
+) -> None:
+    root, run = run_at_40_pixels
+    data = ["data=folder", f"data.root={root}", "data.num_workers=0", "data.image_size=32"]
+    result = run_cli_in_process(["eval", f"checkpoint={run}", *data, "--json"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["dataset"]["image_size"] == 32
+    said = [line for line in result.stderr.splitlines() if "differs from the run" in line]
+    assert len(said) == 1 and "data.image_size=32" in said[0] and "data.image_size=40" in said[0]
+
+
+def test_eval_decodes_with_the_backend_the_run_trained_with_or_the_one_set(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("nvidia.dali")
+    from tests.broken_images import write_image
+
+    # A GIF among the validation JPEGs: DALI's decoder refuses it and names it in a
+    # warning before PIL decodes it; the torchvision backend reads it without a word.
+    root = tmp_path / "images"
+    write_image_folder(root / "train", classes=2, per_class=4, size=40)
+    write_image_folder(root / "val", classes=2, per_class=2, size=40)
+    gif = root / "val" / "n00000001" / "n00000001_0.gif"
+    (root / "val" / "n00000001" / "n00000001_0.JPEG").unlink()
+    write_image(gif, seed=3, size=(40, 40))
+    config = compose_train_config(
+        [*TINY_NETWORK, *folder_run_overrides(root), "data.backend=dali"]
+    )
+    run = run_training(config, tmp_path / "run").output_dir
+    saved = _saved_metrics(run)
+
+    by_dali = run_cli_in_process(["eval", f"checkpoint={run}", "--json"], tmp_path)
+    assert by_dali.returncode == 0, by_dali.stderr[-2000:]
+    assert json.loads(by_dali.stdout)["dataset"]["backend"] == "dali"
+    assert "validation images decoded by NVIDIA DALI" in by_dali.stderr
+    assert f"{gif}: DALI cannot decode it" in by_dali.stderr
+    metrics = json.loads(by_dali.stdout)["metrics"]
+    assert {key: metrics[key] for key in saved} == saved
+
+    data = ["data=folder", f"data.root={root}", "data.num_workers=0", "data.backend=torchvision"]
+    by_pil = run_cli_in_process(["eval", f"checkpoint={run}", *data, "--json"], tmp_path)
+    assert by_pil.returncode == 0, by_pil.stderr[-2000:]
+    assert json.loads(by_pil.stdout)["dataset"]["backend"] == "torchvision"
+    assert "DALI" not in by_pil.stderr.replace("data.backend=dali", "")
+    assert "data.backend=torchvision differs from the run" in by_pil.stderr
