@@ -34,10 +34,10 @@ from .registry import register_adapter
 from .state_dicts import DATA_PARALLEL_PREFIX, drop, has_prefix, strip_prefix, unwrap
 
 HEAD_PREFIXES = ("projection_head.", "prototypes.")
+"""SwAV's projection MLP and prototype layer(s), relative to the model."""
 SWAV_PREPROCESSING = Preprocessing(mean=IMAGENET_MEAN, std=(0.228, 0.224, 0.225))
 """The normalisation of SwAV's own evaluation code (``eval_linear.py``, ``eval_semisup.py``):
 ImageNet's mean, and 0.228 rather than torchvision's 0.229 for the red channel."""
-"""SwAV's projection MLP and prototype layer(s), relative to the model."""
 
 
 def _model_prefix(state_dict: Mapping[str, Tensor]) -> str | None:
