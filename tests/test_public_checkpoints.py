@@ -178,7 +178,48 @@ LAYOUT_OF: dict[str, Writer] = {
 """The upstream layout of each registry entry, by the start of its name."""
 
 
-@pytest.mark.parametrize("name", sorted(public_checkpoints()))
+VIT_LAYOUT_OF: dict[str, Any] = {
+    "dinov2": lambda arch: _meta_state_dict(arch, dinov2=True),
+    "mae": lambda arch: {"model": _meta_state_dict(arch, dinov2=False)},
+}
+"""The released ViT layouts, built on the meta device (ViT-g/14 has 1.1 B parameters)."""
+
+
+def _meta_state_dict(arch: str, dinov2: bool) -> dict[str, Any]:
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        state = timm.create_model(arch, num_classes=0).state_dict()
+    if dinov2:
+        state["mask_token"] = torch.empty(1, state["cls_token"].shape[-1], device="meta")
+    if "reg_token" in state:
+        # Back to DINOv2's names: the class position inside pos_embed, register_tokens.
+        state["register_tokens"] = state.pop("reg_token")
+        width = state["pos_embed"].shape[-1]
+        state["pos_embed"] = torch.empty(1, 1 + state["pos_embed"].shape[1], width, device="meta")
+    return state
+
+
+@pytest.mark.parametrize(
+    "name", [name for name in sorted(public_checkpoints()) if name.split("_")[0] in VIT_LAYOUT_OF]
+)
+def test_every_vit_entry_names_the_architecture_its_adapter_finds(name: str) -> None:
+    from mile_ssl.adapters import AdapterOptions, get_adapter
+
+    entry = public_checkpoints()[name]
+    raw = VIT_LAYOUT_OF[name.split("_")[0]](entry.architecture.removeprefix("timm:"))
+    adapter = get_adapter(entry.adapter)
+    assert adapter.detect(raw)
+    converted = adapter.convert(raw, AdapterOptions())
+    assert converted.backbone is not None and converted.backbone.name == entry.architecture
+    assert entry.urls and entry.source and entry.license
+
+
+@pytest.mark.parametrize(
+    "name",
+    [name for name in sorted(public_checkpoints()) if name.split("_")[0] not in VIT_LAYOUT_OF],
+)
 def test_every_entry_loads_a_file_in_its_layout(name: str, tmp_path: Path) -> None:
     entry = public_checkpoints()[name]
     writer = LAYOUT_OF[name.split("_")[0]]
