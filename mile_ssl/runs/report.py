@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from mile_ssl.atomic_files import write_text_atomically, write_with
 
@@ -57,25 +59,46 @@ def _chance_flag(metrics: Mapping[str, float]) -> str:
 
 
 def write_json(path: str | Path, payload: object) -> Path:
-    """Write ``payload`` as indented JSON, atomically, creating parent folders."""
-    return write_text_atomically(path, json.dumps(payload, indent=2) + "\n")
+    """Write ``payload`` as indented strict JSON (:func:`json_text`), atomically."""
+    return write_text_atomically(path, json_text(payload) + "\n")
 
 
-def plot_metrics(
-    path: str | Path,
+def json_text(payload: object, indent: int | None = 2) -> str:
+    """``payload`` as strict JSON: an undefined value (NaN, infinity) is ``null``.
+
+    Python's ``json`` writes ``NaN`` and ``Infinity``, which most JSON parsers refuse
+    (a metric is NaN where it is undefined, e.g. ReaL-F1 without ReaL labels). Tensors
+    and numpy numbers are written as numbers, other objects (paths) as strings.
+    """
+    return json.dumps(_finite(payload), indent=indent, allow_nan=False, default=str)
+
+
+def _finite(value: object) -> object:
+    """``value`` with every non-finite number replaced by ``None``, containers walked."""
+    if isinstance(value, Mapping):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "ndim", None) == 0:
+        value = item()  # a 0-d tensor or numpy number
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def draw_metric_bars(
+    axes: Any,
     rows: Mapping[str, Mapping[str, float]],
     columns: Sequence[tuple[str, str]] = TABLE_COLUMNS[:-1],
     title: str = "",
-) -> Path:
-    """Grouped bar chart of percentage metrics, one bar group per metric."""
-    import matplotlib
+) -> None:
+    """Grouped bar chart of percentage metrics on matplotlib ``axes``, a group per metric.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure, axes = plt.subplots(figsize=(1.4 * len(columns) + 2, 3.6))
+    The legend stands right of the axes, outside them: bars reach any height up to 100 %,
+    so no place inside is free of them. Lay the figure out with ``layout="constrained"``
+    (or ``bbox_inches="tight"``) to keep room for it.
+    """
     width = 0.8 / max(1, len(rows))
     for offset, (name, metrics) in enumerate(rows.items()):
         positions = [index + offset * width for index in range(len(columns))]
@@ -85,13 +108,9 @@ def plot_metrics(
     axes.set_xticklabels([title for _, title in columns])
     axes.set_ylabel("%")
     axes.set_ylim(0, 100)
-    axes.legend(loc="upper left", fontsize="small", ncols=min(4, len(rows)))
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", borderaxespad=0)
     if title:
         axes.set_title(title)
-    figure.tight_layout()
-    write_with(path, lambda file: figure.savefig(file, format="png", dpi=120))
-    plt.close(figure)
-    return path
 
 
 PSEUDO_LABEL_PANELS: tuple[tuple[str, str], ...] = (
