@@ -4,15 +4,24 @@ A run checkpoint names the student ``student.backbone.*`` and ``student.head.*``
 Deployment wants the names of the backbone's own library, so that the tensors load into
 its stock classifier with one strict call: torchvision's ``fc.*``, timm's
 ``get_classifier()`` name (``fc``, ``head``, ``head.fc``), or mile_ssl's own
-``backbone.*`` / ``head.*`` for the other backbones. The renamed tensors are compared,
-name by name and shape by shape, with the target model built on the ``meta`` device (no
-memory or time spent on weights), so a mismatch is an error here and never a file that
-fails to load later.
+``backbone.*`` / ``head.*`` for the other backbones. SimCLR-v2's ResNets without
+selective kernels at width 1 and without projection-head layers are torchvision's
+ResNet-50/101/152 layer for layer, so they get torchvision's names; its other variants
+are no network of either library, and their export carries the network's definition (a
+torch-only file) instead. The renamed tensors are compared, name by name and shape by
+shape, with the target model built on the ``meta`` device (no memory or time spent on
+weights), so a mismatch is an error here and never a file that fails to load later.
+
+Each export also says how to build the model in Python (:class:`ExportedNetwork`): the
+imports and statements that make ``model``, which ``model.json`` renders as code that
+runs as written.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +33,29 @@ from mile_ssl.runs.finished_run import FinishedRun
 
 STUDENT_PREFIX = "student."
 """Where the kept network sits in a fine-tuning module's state dict."""
+
+
+@dataclass(frozen=True)
+class ExportedNetwork:
+    """The student as exported, and how to rebuild it without a run.
+
+    Attributes:
+        tensors: The state dict, named for ``naming``.
+        naming: ``torchvision``, ``timm`` or ``mile_ssl``.
+        load: What ``model.json`` says about loading (library, strict, head,
+            identical_outputs, note).
+        imports: Import lines the statements need.
+        build: Statements that make ``model``; they may read ``folder``, the export's
+            folder (e.g. for a definition in :attr:`files`).
+        files: Source files to write beside the weights, by name.
+    """
+
+    tensors: dict[str, Tensor]
+    naming: str
+    load: dict[str, Any]
+    imports: tuple[str, ...]
+    build: tuple[str, ...]
+    files: dict[str, str] = field(default_factory=dict)
 
 
 def student_state_dict(run: FinishedRun) -> dict[str, Tensor]:
@@ -131,7 +163,7 @@ def _torchvision_tensors(
     kwargs: Mapping[str, Any],
     student: Mapping[str, Tensor],
     source: str | Path,
-) -> tuple[dict[str, Tensor], dict[str, Any]]:
+) -> ExportedNetwork:
     backbone, weight, bias = _split(student)
     tensors = {**backbone, "fc.weight": weight, "fc.bias": bias}
     num_classes = int(weight.shape[0])
@@ -146,31 +178,37 @@ def _torchvision_tensors(
         [repr(arch), "weights=None", f"num_classes={num_classes}"]
         + [f"{key}={value!r}" for key, value in constructor.items()]
     )
+    imports = ["import torchvision"]
+    build = [f"model = torchvision.models.get_model({arguments})"]
     load: dict[str, Any] = {
         "library": "torchvision",
-        "model": f"torchvision.models.get_model({arguments})",
         "strict": True,
         "head": "fc",
         "identical_outputs": True,
     }
     notes = []
     if kwargs.get("cifar_stem"):
-        load["strict"] = False
+        padding = kwargs.get("cifar_stem_padding", 1)
+        imports.append("import torch")
+        build += [
+            "model.conv1 = torch.nn.Conv2d(3, model.conv1.out_channels, 3, stride=1, "
+            f"padding={padding}, bias=False)",
+            "model.maxpool = torch.nn.Identity()",
+        ]
         notes.append(
-            "replace conv1 by a 3x3 stride-1 convolution (no bias, padding "
-            f"{kwargs.get('cifar_stem_padding', 1)}) and maxpool by Identity before loading "
-            "(CIFAR stem)"
+            "CIFAR stem: conv1 is a 3x3 stride-1 convolution (no bias, padding "
+            f"{padding}) and maxpool an Identity; build them so before loading"
         )
     if kwargs.get("tf_same_padding"):
+        load["identical_outputs"] = False
         notes.append(
             "the weights were trained with TensorFlow 'SAME' padding: apply "
             "mile_ssl.networks.tf_padding.use_tf_same_padding(model) to reproduce the outputs; "
             "the stock model loads them but computes slightly different features"
         )
     if notes:
-        load["identical_outputs"] = False
         load["note"] = "; ".join(notes)
-    return tensors, load
+    return ExportedNetwork(tensors, "torchvision", load, tuple(imports), tuple(build))
 
 
 def _timm_tensors(
@@ -178,7 +216,7 @@ def _timm_tensors(
     kwargs: Mapping[str, Any],
     student: Mapping[str, Tensor],
     source: str | Path,
-) -> tuple[dict[str, Tensor], dict[str, Any]]:
+) -> ExportedNetwork:
     backbone, weight, bias = _split(student)
     num_classes = int(weight.shape[0])
     reference = _timm_reference(name, kwargs, num_classes)
@@ -197,35 +235,124 @@ def _timm_tensors(
         [repr(name), "pretrained=False", f"num_classes={num_classes}"]
         + [f"{key}={value!r}" for key, value in kwargs.items()]
     )
+    load = {"library": "timm", "strict": True, "head": prefix, "identical_outputs": True}
+    build = (f"model = timm.create_model({arguments})",)
+    return ExportedNetwork(tensors, "timm", load, ("import timm",), build)
+
+
+def _mile_ssl_network(
+    name: str, kwargs: Mapping[str, Any], student: Mapping[str, Tensor]
+) -> ExportedNetwork:
+    """mile_ssl's own names, built by mile_ssl (``pip install mile-ssl``)."""
+    num_classes = int(student["head.weight"].shape[0])
     load = {
-        "library": "timm",
-        "model": f"timm.create_model({arguments})",
-        "strict": True,
-        "head": prefix,
-        "identical_outputs": True,
-    }
-    return tensors, load
-
-
-def _mile_ssl_load(name: str, kwargs: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
-    return {
         "library": "mile_ssl",
-        "model": (
-            "mile_ssl.finetune.Classifier(*mile_ssl.networks.backbones.build_backbone("
-            f"BackboneSpec({name!r}, {dict(kwargs)!r})), num_classes={num_classes})"
-        ),
         "strict": True,
         "head": "head",
         "identical_outputs": True,
+        "note": f"{name} is no torchvision or timm network: mile_ssl builds it",
     }
+    imports = (
+        "from mile_ssl.finetune import Classifier",
+        "from mile_ssl.networks.backbones import BackboneSpec, build_backbone",
+    )
+    build = (
+        f"backbone, feature_dim = build_backbone(BackboneSpec({name!r}, {dict(kwargs)!r}))",
+        f"model = Classifier(backbone, feature_dim, num_classes={num_classes})",
+    )
+    return ExportedNetwork(dict(student), "mile_ssl", load, imports, build)
 
 
-def exported_tensors(run: FinishedRun) -> tuple[dict[str, Tensor], str, dict[str, Any]]:
-    """The student named for its backbone's library, the naming used, and how to load it.
+SIMCLRV2_DEFINITION = "simclrv2_resnet.py"
+"""The file beside an export's weights that defines SimCLR-v2's ResNet (torch only)."""
 
-    Returns:
-        ``(tensors, naming, load)``: ``naming`` is ``torchvision``, ``timm`` or
-        ``mile_ssl``; ``load`` describes the model to load the tensors into.
+_SIMCLRV2_STEM = {"net.0.0.": "conv1.", "net.0.1.0.": "bn1."}
+_SIMCLRV2_BLOCK = re.compile(r"net\.([1-4])\.blocks\.(\d+)\.(.+)")
+_SIMCLRV2_BLOCK_PARTS = {
+    "net.0.": "conv1.",
+    "net.1.0.": "bn1.",
+    "net.2.": "conv2.",
+    "net.3.0.": "bn2.",
+    "net.4.": "conv3.",
+    "net.5.0.": "bn3.",
+    "projection.shortcut.": "downsample.0.",
+    "projection.bn.0.": "downsample.1.",
+}
+"""SimCLR-v2 sk0 ResNet names (:mod:`mile_ssl.networks.simclrv2_resnet`) -> torchvision's:
+the same layers, strides and paddings, the stride on the 3x3 convolution as in ResNet v1.5."""
+
+
+def simclrv2_torchvision_name(key: str) -> str:
+    """The torchvision name of a SimCLR-v2 sk0 ResNet tensor, e.g. ``layer1.0.conv2.weight``.
+
+    ``net.1.blocks.0.net.2.weight`` is the first block's 3x3 convolution.
+
+    Raises:
+        ValueError: If ``key`` is no tensor of a plain SimCLR-v2 ResNet.
+    """
+    block = _SIMCLRV2_BLOCK.fullmatch(key)
+    parts = _SIMCLRV2_BLOCK_PARTS if block else _SIMCLRV2_STEM
+    rest = block.group(3) if block else key
+    for old, new in parts.items():
+        if rest.startswith(old):
+            prefix = f"layer{block.group(1)}.{block.group(2)}." if block else ""
+            return prefix + new + rest[len(old) :]
+    raise ValueError(f"{key!r} is no tensor of a SimCLR-v2 ResNet without selective kernels")
+
+
+def _simclrv2_network(
+    kwargs: Mapping[str, Any], student: Mapping[str, Tensor], source: str | Path
+) -> ExportedNetwork:
+    """The torchvision ResNet where SimCLR-v2's is one; else its own definition beside it."""
+    from mile_ssl.networks import simclrv2_resnet
+
+    depth = int(kwargs.get("depth", 50))
+    width = int(kwargs.get("width_multiplier", 1))
+    selective_kernel = bool(kwargs.get("selective_kernel", False))
+    layers = int(kwargs.get("projection_layers", 0))
+    if width == 1 and not selective_kernel and not layers:
+        renamed = {
+            (f"backbone.{simclrv2_torchvision_name(key[len('backbone.') :])}")
+            if key.startswith("backbone.")
+            else key: value
+            for key, value in student.items()
+        }
+        return _torchvision_tensors(f"resnet{depth}", {}, renamed, source)
+    differences = [
+        *([f"width {width}x (every channel count times {width})"] if width != 1 else []),
+        *(["selective kernels (sk1)"] if selective_kernel else []),
+        *([f"{layers} projection-head layer(s) before the classifier"] if layers else []),
+    ]
+    num_classes = int(student["head.weight"].shape[0])
+    arguments = ", ".join(f"{key}={value!r}" for key, value in sorted(kwargs.items()))
+    load = {
+        "library": "torch",
+        "strict": True,
+        "head": "head",
+        "identical_outputs": True,
+        "note": (
+            f"SimCLR-v2 ResNet-{depth} with {' and '.join(differences)} is no torchvision or "
+            f"timm network: {SIMCLRV2_DEFINITION} beside the weights defines it (torch only)"
+        ),
+    }
+    imports = ("import importlib.util", "from collections import OrderedDict", "import torch")
+    build = (
+        "spec = importlib.util.spec_from_file_location("
+        f"'simclrv2_resnet', folder / {SIMCLRV2_DEFINITION!r})",
+        "simclrv2_resnet = importlib.util.module_from_spec(spec)",
+        "spec.loader.exec_module(simclrv2_resnet)",
+        f"backbone = simclrv2_resnet.SimCLRv2ResNet({arguments})",
+        "model = torch.nn.Sequential(OrderedDict(backbone=backbone, "
+        f"head=torch.nn.Linear(backbone.feature_dim, {num_classes})))",
+    )
+    definition = Path(simclrv2_resnet.__file__).read_text(encoding="utf-8")
+    return ExportedNetwork(
+        dict(student), "mile_ssl", load, imports, build, {SIMCLRV2_DEFINITION: definition}
+    )
+
+
+def exported_network(run: FinishedRun) -> ExportedNetwork:
+    """The student named for its backbone's library, and how to rebuild it.
 
     Raises:
         ValueError: Naming the checkpoint if the tensors do not fit the target model.
@@ -239,13 +366,12 @@ def exported_tensors(run: FinishedRun) -> tuple[dict[str, Tensor], str, dict[str
     student = student_state_dict(run)
     family, _, arch = name.partition(":")
     if family == "torchvision" and arch:
-        tensors, load = _torchvision_tensors(arch, kwargs, student, source)
-        return tensors, "torchvision", load
+        return _torchvision_tensors(arch, kwargs, student, source)
     if family == "timm" and arch:
-        tensors, load = _timm_tensors(arch, kwargs, student, source)
-        return tensors, "timm", load
-    num_classes = int(student["head.weight"].shape[0])
-    return dict(student), "mile_ssl", _mile_ssl_load(name, kwargs, num_classes)
+        return _timm_tensors(arch, kwargs, student, source)
+    if name == "simclrv2":
+        return _simclrv2_network(kwargs, student, source)
+    return _mile_ssl_network(name, kwargs, student)
 
 
 def tensors_head_width(tensors: Mapping[str, Tensor], load: Mapping[str, Any]) -> int:

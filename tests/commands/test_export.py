@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,13 @@ from mile_ssl.finetune import MILeModule
 from mile_ssl.networks.backbones import BackboneSpec, build_backbone
 from mile_ssl.networks.preprocessing import Preprocessing
 from mile_ssl.runs.finished_run import read_finished_run
-from tests.conftest import TINY_OVERRIDES, folder_run_overrides, write_image_folder
+from tests.conftest import (
+    TINY_OVERRIDES,
+    folder_run_overrides,
+    mounted_tmpfs,
+    run_cli_in_process,
+    write_image_folder,
+)
 
 NUM_CLASSES = 3
 
@@ -191,7 +198,7 @@ def test_run_folder_and_its_image_size_are_found(run_checkpoint: Path, tmp_path:
     assert json.loads(files["json"].read_text())["preprocessing"]["image_size"] is None
 
 
-def test_cifar_stem_export_keeps_the_stem_and_says_how_to_build_it(tmp_path: Path) -> None:
+def test_cifar_stem_export_keeps_the_stem_and_builds_it(tmp_path: Path) -> None:
     # solo-learn's CIFAR stem: a 3x3 stride-1 conv1 with padding 2, no max-pool.
     kwargs = {"cifar_stem": True, "cifar_stem_padding": 2}
     module = _saved_run(tmp_path / "run.ckpt", "torchvision:resnet18", kwargs)
@@ -202,5 +209,134 @@ def test_cifar_stem_export_keeps_the_stem_and_says_how_to_build_it(tmp_path: Pat
         state_dict["conv1.weight"], module.student.backbone.conv1.weight.detach().contiguous()
     )
     load = json.loads(files["json"].read_text())["load"]
-    assert load["strict"] is False and "padding 2" in load["note"]
-    assert "cifar_stem" not in load["model"]
+    assert load["strict"] is True and "padding 2" in load["note"]
+    assert "cifar_stem=" not in load["code"]  # not an argument of get_model
+    _assert_snippet_rebuilds(files["json"], module)
+
+
+def _run_snippet(code: str) -> torch.nn.Module:
+    """Run ``code`` as a user would paste it: a fresh namespace; the ``model`` it makes."""
+    namespace: dict[str, object] = {"__name__": "__main__"}
+    exec(compile(code, "model.json:load.code", "exec"), namespace)  # noqa: S102
+    model = namespace["model"]
+    assert isinstance(model, torch.nn.Module)
+    return model
+
+
+def _assert_snippet_rebuilds(
+    json_path: Path, module: MILeModule, image_size: int = 32
+) -> torch.nn.Module:
+    """``load.code`` and ``load.model`` run as written; the loaded model is the student."""
+    load = json.loads(json_path.read_text())["load"]
+    model = _run_snippet(load["code"])
+    assert not model.training  # the snippet ends in model.eval()
+    built = _run_snippet(load["model"])  # builds the network, without weights
+    assert set(built.state_dict()) == set(model.state_dict())
+    images = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), module.student.eval()(images))
+    return model
+
+
+def test_every_snippet_runs_as_written_and_loads_the_student(
+    run_checkpoint: Path, tmp_path: Path, one_thread: None
+) -> None:
+    cases = {
+        "resnet18": (run_checkpoint, None),
+        "vit": (tmp_path / "vit.ckpt", ("timm:vit_tiny_patch16_224", {"img_size": 32})),
+        "tiny": (tmp_path / "tiny.ckpt", ("tiny_resnet", {"widths": [8, 16]})),
+    }
+    for name, (checkpoint, saved) in cases.items():
+        module = (
+            read_finished_run(checkpoint).build_module()
+            if saved is None
+            else _saved_run(checkpoint, *saved)
+        )
+        for formats in (("torchvision",), ("safetensors",)):
+            out = tmp_path / f"{name}_{formats[0]}"
+            files = export_checkpoint(checkpoint, out, formats=formats)
+            _assert_snippet_rebuilds(files["json"], module)
+
+
+SIMCLRV2 = {"depth": 50, "width_multiplier": 1, "selective_kernel": False, "projection_layers": 0}
+
+
+def test_simclrv2_sk0_exports_as_torchvision_resnet50(tmp_path: Path, one_thread: None) -> None:
+    module = _saved_run(tmp_path / "run.ckpt", "simclrv2", SIMCLRV2)
+    files = export_checkpoint(tmp_path / "run.ckpt", tmp_path / "out", formats=("torchvision",))
+    description = json.loads(files["json"].read_text())
+    assert (
+        description["naming"] == "torchvision" and description["load"]["library"] == "torchvision"
+    )
+    state_dict = torch.load(files["torchvision"], map_location="cpu", weights_only=True)
+    model = torchvision.models.resnet50(num_classes=3)
+    model.load_state_dict(state_dict, strict=True)
+    model.eval()
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        student = module.student.eval()
+        torch.testing.assert_close(model(images), student(images))
+        model.fc = torch.nn.Identity()  # the features, not only the logits
+        torch.testing.assert_close(model(images), student.backbone(images))
+    _assert_snippet_rebuilds(files["json"], module, image_size=64)
+
+
+def test_simclrv2_sk1_export_carries_its_definition_and_loads_without_mile_ssl(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
+) -> None:
+    kwargs = SIMCLRV2 | {"selective_kernel": True}
+    module = _saved_run(tmp_path / "run.ckpt", "simclrv2", kwargs)
+    files = export_checkpoint(tmp_path / "run.ckpt", tmp_path / "out", formats=("safetensors",))
+    description = json.loads(files["json"].read_text())
+    assert description["naming"] == "mile_ssl"
+    assert "selective kernels" in description["load"]["note"]
+    assert "no torchvision or timm network" in description["load"]["note"]
+    assert files["definition"] == tmp_path / "out" / "simclrv2_resnet.py"
+    assert description["files"]["definition"] == "simclrv2_resnet.py"
+    monkeypatch.setitem(sys.modules, "mile_ssl", None)  # import mile_ssl now fails
+    with pytest.raises(ImportError):
+        import mile_ssl.networks  # noqa: F401
+    _assert_snippet_rebuilds(files["json"], module, image_size=64)
+
+
+def test_out_that_cannot_be_a_folder_is_named(run_checkpoint: Path, tmp_path: Path) -> None:
+    existing = tmp_path / "existing.txt"
+    existing.write_text("keep me")
+    before = sorted(path.name for path in tmp_path.iterdir())
+    for out, expected in (
+        (existing, f"--out {existing}: is not a folder"),
+        (existing / "sub", f"--out {existing / 'sub'}: is not a folder ({existing} is a file)"),
+    ):
+        result = run_cli_in_process(
+            ["export", f"checkpoint={run_checkpoint}", "--out", str(out)], tmp_path
+        )
+        assert result.returncode == 2
+        assert result.stdout == ""
+        (line,) = [line for line in result.stderr.splitlines() if "error:" in line]
+        assert expected in line and "Errno" not in line
+        assert "Traceback" not in result.stderr
+    assert existing.read_text() == "keep me"
+    assert sorted(path.name for path in tmp_path.iterdir()) == before
+
+
+def test_out_on_a_read_only_file_system_is_named_and_nothing_is_left(
+    run_checkpoint: Path, tmp_path: Path
+) -> None:
+    with mounted_tmpfs(tmp_path / "ro", "size=64k,ro") as mount:
+        out = mount / "exported"
+        result = run_cli_in_process(
+            ["export", f"checkpoint={run_checkpoint}", "--out", str(out)], tmp_path
+        )
+        assert result.returncode == 2
+        assert f"--out {out}: cannot write the export there: Read-only file system" in (
+            result.stderr
+        )
+        assert list(mount.iterdir()) == []
+    with mounted_tmpfs(tmp_path / "small", "size=64k") as mount:
+        out = mount / "a" / "b"  # made by the export, removed when it cannot be written
+        result = run_cli_in_process(
+            ["export", f"checkpoint={run_checkpoint}", "--out", str(out)], tmp_path
+        )
+        assert result.returncode == 2
+        assert f"--out {out}: cannot write the export there" in result.stderr
+        assert list(mount.iterdir()) == []
