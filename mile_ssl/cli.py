@@ -242,12 +242,7 @@ def _predict(argv: Sequence[str]) -> None:
     """Multi-label predictions for images or folders of images."""
     import json
 
-    from mile_ssl.commands.predict import (
-        format_predictions,
-        missing_inputs,
-        predict,
-        prediction_failures,
-    )
+    from mile_ssl.commands.predict import format_predictions, predict, prediction_failures
 
     parser = _command_parser(
         "predict",
@@ -272,10 +267,11 @@ def _predict(argv: Sequence[str]) -> None:
         top_k=args.top_k,
         image_size=args.image_size,
     )
-    for path, reason in missing_inputs(results):
+    failures = prediction_failures(results)
+    for path, reason in failures:
         print(f"mile-ssl predict: {path}: {reason}", file=sys.stderr)
     print(json.dumps(results, indent=2, default=str) if args.json else format_predictions(results))
-    if prediction_failures(results):
+    if failures:
         raise SystemExit(1)
 
 

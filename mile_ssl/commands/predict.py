@@ -6,15 +6,20 @@ for softmax models, so what ``predict`` shows is what ReaL-F1 and coverage measu
 Images get the evaluation view (resize to ``size / 0.875``, centre crop) with the
 checkpoint's normalisation.
 
+Images get the run's training crop size (``data.image_size`` of its config) unless the
+caller sets one, and are decoded by PIL: the torchvision backend's evaluation view, which
+``data.backend=dali`` reproduces with its own resampling.
+
 An input that cannot be used does not stop the others: a file that cannot be decoded,
 a file named that does not exist, a broken symbolic link (named, or found in a folder)
-gets a result with an ``error`` and no classes. :func:`prediction_failures` lists them
-all, :func:`missing_inputs` those that are not there.
+gets a result with an ``error`` and no classes. :func:`prediction_failures` lists them;
+the command line names each on stderr, apart from the table of predictions.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,15 +27,11 @@ from typing import Any
 import torch
 
 from mile_ssl.data.augment import eval_transform
-from mile_ssl.data.images import (
-    BROKEN_LINK,
-    NOT_FOUND,
-    UnreadableImageError,
-    find_inputs,
-    load_rgb,
-)
+from mile_ssl.data.images import UnreadableImageError, find_inputs, load_rgb
 from mile_ssl.metrics import class_probabilities, predicted_sets
 from mile_ssl.runs.finished_run import read_finished_run
+
+log = logging.getLogger(__name__)
 
 DEFAULT_IMAGE_SIZE = 224
 """Crop size when neither the caller nor the run's config gives one."""
@@ -100,7 +101,8 @@ def predict(
             (ignored by softmax models, which predict their argmax only).
         top_k: Classes listed by probability (at most the number of classes).
         image_size: Crop size; default: the run's ``data.image_size`` if its config is
-            next to the checkpoint, else 224.
+            next to the checkpoint, else 224. One that differs from the run's is used,
+            and said in a warning.
         batch_size: Images per forward pass.
         device: Where the network runs.
 
@@ -141,7 +143,10 @@ def predict(
         class_ids = [str(index) for index in range(module.num_classes)]
     names = display_names(class_ids)
     multi_label = module.multi_label
-    size = image_size or run.image_size or DEFAULT_IMAGE_SIZE
+    size = run.input_setting("image_size", image_size, option="--image-size")
+    if run.input_setting("backend") == "dali":
+        log.info("the run decoded with DALI (data.backend=dali); predict decodes with PIL")
+    size = size or DEFAULT_IMAGE_SIZE
     transform = eval_transform(size, run.preprocessing)
     k = min(top_k, module.num_classes)
 
@@ -201,19 +206,6 @@ def prediction_failures(results: Sequence[dict[str, Any]]) -> list[tuple[str, st
     return [(result["path"], result["error"]) for result in results if result.get("error")]
 
 
-def missing_inputs(results: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
-    """``(path, reason)`` of the inputs of :func:`predict` that are not there.
-
-    Files named that do not exist and broken symbolic links: the command line names
-    each on stderr, besides listing every failure after its table.
-    """
-    return [
-        (path, reason)
-        for path, reason in prediction_failures(results)
-        if reason == NOT_FOUND or reason.startswith(BROKEN_LINK)
-    ]
-
-
 def _describe(entries: Sequence[dict[str, Any]]) -> str:
     return ", ".join(
         f"{entry['class_name']} {100 * entry['probability']:.1f}%" for entry in entries
@@ -223,27 +215,19 @@ def _describe(entries: Sequence[dict[str, Any]]) -> str:
 def format_predictions(results: Sequence[dict[str, Any]]) -> str:
     """A fixed-width table: one row per image with its predicted set and its top-k classes.
 
-    Inputs that could not be decoded are not rows of the table: they follow it, one
-    line each with the reason, so that the table stays readable and nothing is hidden.
+    Inputs that could not be used are no rows: :func:`prediction_failures` lists them, and
+    the command line names them on stderr.
     """
     predicted = [result for result in results if not result.get("error")]
-    failures = prediction_failures(results)
-    lines: list[str] = []
-    if predicted:
-        k = max(len(result["top_k"]) for result in predicted)
-        rows = [("image", "predicted set", f"top-{k}")]
-        rows += [
-            (result["path"], _describe(result["predicted"]), _describe(result["top_k"]))
-            for result in predicted
-        ]
-        widths = [max(len(row[column]) for row in rows) for column in range(2)]
-        lines = [f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}".rstrip() for row in rows]
-        lines.insert(1, "-" * max(len(line) for line in lines))
-    elif not failures:
+    if not predicted:
         return "no predictions"
-    if failures:
-        if lines:
-            lines.append("")
-        lines.append(f"{len(failures)} of {len(results)} images could not be read:")
-        lines += [f"  {path}: {reason}" for path, reason in failures]
+    k = max(len(result["top_k"]) for result in predicted)
+    rows = [("image", "predicted set", f"top-{k}")]
+    rows += [
+        (result["path"], _describe(result["predicted"]), _describe(result["top_k"]))
+        for result in predicted
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(2)]
+    lines = [f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}".rstrip() for row in rows]
+    lines.insert(1, "-" * max(len(line) for line in lines))
     return "\n".join(lines)

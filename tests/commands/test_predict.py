@@ -12,7 +12,6 @@ from mile_ssl.cli import main
 from mile_ssl.commands.predict import (
     display_names,
     format_predictions,
-    missing_inputs,
     predict,
     prediction_failures,
 )
@@ -22,7 +21,7 @@ from mile_ssl.data.augment import eval_transform
 from mile_ssl.data.images import NOT_FOUND
 from mile_ssl.networks.preprocessing import Preprocessing
 from mile_ssl.runs.finished_run import read_finished_run
-from tests.conftest import TINY_OVERRIDES, folder_run_overrides
+from tests.conftest import TINY_OVERRIDES, folder_run_overrides, run_cli_in_process
 
 WNIDS = ("n01440764", "n01443537", "n01484850")
 NAMES = ("tench", "goldfish", "great white shark")
@@ -158,9 +157,7 @@ def test_bad_inputs_are_named(mile_checkpoint: Path, tmp_path: Path) -> None:
     assert result["error"] == "not an image file PIL can read"
     assert result["predicted"] == result["top_k"] == []
     assert prediction_failures([result]) == [(str(not_an_image), result["error"])]
-    assert f"1 of 1 images could not be read:\n  {not_an_image}: not an image" in (
-        format_predictions([result])
-    )
+    assert format_predictions([result]) == "no predictions"
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="empty"):
         predict(mile_checkpoint, [tmp_path / "empty"])
@@ -196,7 +193,7 @@ def test_missing_files_and_broken_links_are_named_and_the_rest_predicted(
         str(broken),
         str(other),
     ]
-    assert missing_inputs(results) == [
+    assert prediction_failures(results) == [
         (str(missing), NOT_FOUND),
         (str(broken), f"broken symbolic link to {tmp_path / 'deleted.jpg'}, which does not exist"),
     ]
@@ -213,4 +210,35 @@ def test_missing_files_and_broken_links_are_named_and_the_rest_predicted(
     ]
     predicted = [line.split()[0] for line in output.out.splitlines() if "%" in line]
     assert predicted == [str(photos / "a_good.jpg"), str(other)]
-    assert "2 of 4 images could not be read" in output.out
+    assert str(missing) not in output.out and str(broken) not in output.out
+
+
+def test_an_input_that_is_no_image_is_named_on_stderr_only(
+    mile_checkpoint: Path, image_root: Path, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not a JPEG")
+    good = image_root / "val" / WNIDS[0] / f"{WNIDS[0]}_0.JPEG"
+    result = run_cli_in_process(
+        ["predict", str(notes), str(good), f"checkpoint={mile_checkpoint}"], tmp_path
+    )
+    assert result.returncode == 1
+    assert f"mile-ssl predict: {notes}: not an image file PIL can read" in result.stderr
+    assert str(notes) not in result.stdout and str(good) in result.stdout
+    alone = run_cli_in_process(["predict", str(notes), f"checkpoint={mile_checkpoint}"], tmp_path)
+    assert alone.returncode == 1
+    assert alone.stdout.strip() == "no predictions"
+    assert f"mile-ssl predict: {notes}: not an image" in alone.stderr
+
+
+def test_a_crop_size_other_than_the_runs_is_said(
+    mile_checkpoint: Path, image_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = image_root / "val" / WNIDS[0] / f"{WNIDS[0]}_0.JPEG"
+    with caplog.at_level("WARNING"):
+        predict(mile_checkpoint, [path], image_size=32)
+    assert not [record for record in caplog.records if "differs from the run" in record.message]
+    with caplog.at_level("WARNING"):
+        predict(mile_checkpoint, [path], image_size=48)
+    (said,) = [record.message for record in caplog.records if "differs" in record.message]
+    assert "--image-size=48" in said and "data.image_size=32" in said
