@@ -178,3 +178,54 @@ def infer_vit_spec(
     if num_heads is not None:
         kwargs["num_heads"] = num_heads
     return BackboneSpec(f"timm:{name}", kwargs)
+
+
+RESNET_SEQUENTIAL_NAMES: dict[str, str] = {
+    "0": "conv1",
+    "1": "bn1",
+    "4": "layer1",
+    "5": "layer2",
+    "6": "layer3",
+    "7": "layer4",
+}
+"""Index in ``list(resnet.children())`` -> torchvision name, for children with tensors."""
+
+SEQUENTIAL_STEM = "0.weight"
+"""conv1 of a ResNet Sequential: the key that tells its indices from torchvision's names."""
+
+RESNET_SEQUENTIAL = "nn.Sequential(*list(resnet.children())[:-1]) indices -> torchvision names"
+"""The renaming of :func:`sequential_to_torchvision`, in words, as ``inspect`` reports it."""
+
+
+def sequential_to_torchvision(
+    backbone: Mapping[str, Tensor], prefix: str = ""
+) -> dict[str, Tensor]:
+    """Rename ``nn.Sequential(*list(resnet.children())[:-1])`` keys to torchvision's.
+
+    lightly's examples and much user code keep a torchvision ResNet's children without
+    the classifier, so the keys are Sequential indices: ``0.weight`` (conv1), ``1.*``
+    (bn1), ``4.0.conv1.weight`` (layer1, block 0), ... Indices 2, 3 and 8 (ReLU,
+    max-pool, average pool) hold no tensors (:data:`RESNET_SEQUENTIAL_NAMES`).
+
+    Args:
+        backbone: Keys relative to the Sequential (``0.weight``, ``4.0.conv1.weight``).
+        prefix: Where the Sequential sits in the file, named in the error.
+
+    Returns:
+        The same tensors under torchvision names (``conv1.weight``,
+        ``layer1.0.conv1.weight``), in the original order.
+
+    Raises:
+        ValueError: If a key's index is not a ResNet child with tensors.
+    """
+    renamed: dict[str, Tensor] = {}
+    for key, value in backbone.items():
+        index, _, rest = key.partition(".")
+        if index not in RESNET_SEQUENTIAL_NAMES:
+            raise ValueError(
+                f"key {prefix + key!r}: child {index} of a ResNet Sequential holds no tensors "
+                f"in torchvision (expected children {sorted(RESNET_SEQUENTIAL_NAMES)}); this "
+                "is not nn.Sequential(*list(resnet.children())[:-1])"
+            )
+        renamed[f"{RESNET_SEQUENTIAL_NAMES[index]}.{rest}"] = value
+    return renamed

@@ -17,8 +17,9 @@ from torch import Tensor
 
 from mile_ssl.networks.backbones import BackboneSpec
 from mile_ssl.networks.preprocessing import Preprocessing
+from mile_ssl.networks.vit import GridResampling
 
-from .errors import SHOWN
+from .errors import OVERRIDES, SHOWN, SettingSyntax
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,14 @@ class ConvertedCheckpoint:
             ``"module.encoder_q."``); named in mismatch errors, so that a user sees
             which part of the file was compared with the backbone. ``None`` when the
             keys were used as they are.
+        container: The top-level key the state dict was found under, for files that
+            may keep it under any key (a hand-saved ``{"model": ...}``, lightly's
+            ``resnet18_parameters``); ``None`` where the format fixes it. ``inspect``
+            reports it.
+        renaming: How the keys were renamed to the backbone's, in words, when they
+            were (``inspect`` reports it).
+        grid_resampling: How the format's own code resizes a ViT's position embedding
+            to another image size; ``None``: timm's way.
     """
 
     state_dict: dict[str, Tensor]
@@ -45,6 +54,9 @@ class ConvertedCheckpoint:
     preprocessing: Preprocessing | None = None
     dropped: tuple[str, ...] = ()
     expected_prefix: str | None = None
+    container: str | None = None
+    renaming: str | None = None
+    grid_resampling: GridResampling | None = None
 
     def __post_init__(self) -> None:
         bad = [
@@ -71,11 +83,14 @@ class AdapterOptions:
         backbone: The architecture the user asked for, if any. Formats that keep the
             architecture outside the weights (solo-learn's ``args.json``) use it when
             that metadata is missing, instead of failing.
+        syntax: How the command converting the file lets its user set the adapter and
+            the backbone, for the hints of errors.
     """
 
     source: Path | None = None
     projection_layers: int = 0
     backbone: BackboneSpec | None = None
+    syntax: SettingSyntax = OVERRIDES
 
 
 ConvertFn = Callable[[Mapping[str, Any], AdapterOptions], ConvertedCheckpoint]

@@ -3,9 +3,10 @@
 When a file is not recognised, or its tensors do not fit the backbone, the error must
 show what the file holds at the level a person compares it with a format's layout:
 key groups (:func:`group_keys`), the kinds of top-level entries
-(:func:`describe_contents`), and which keys are missing, unexpected or of another shape
-(:func:`describe_mismatch`). These functions only describe; the registry and the loader
-decide when to raise.
+(:func:`describe_contents`), which keys are missing, unexpected or of another shape
+(:func:`describe_mismatch`), and which tensors hold NaN or infinity
+(:func:`non_finite_tensors`). The checks built on them (:func:`check_state_dict`,
+:func:`check_finite`) raise with these descriptions; the loader decides when to run them.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from mile_ssl.networks.backbones import BackboneSpec
 
-from .errors import SHOWN, CheckpointMismatchError
+from .errors import SHOWN, CheckpointMismatchError, NonFiniteWeightsError
 from .state_dicts import DEFAULT_CONTAINER_KEYS, is_tensor_dict, unwrap
 
 
@@ -215,3 +217,47 @@ def check_state_dict(
                 + ["check backbone.name and the adapter; nothing was loaded"]
             )
         )
+
+
+def non_finite_tensors(state_dict: Mapping[str, Tensor]) -> dict[str, int]:
+    """The floating-point tensors holding NaN or infinity, with how many such values each.
+
+    Returns:
+        Key to count of non-finite values, in the state dict's order; empty when all
+        values are finite.
+    """
+    found = {}
+    for key, value in state_dict.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            found[key] = int(value.numel() - torch.isfinite(value).sum())
+    return found
+
+
+def check_finite(
+    state_dict: Mapping[str, Tensor],
+    *,
+    source: Path,
+    adapter: str,
+    expected_prefix: str | None = None,
+) -> None:
+    """Refuse a backbone whose tensors hold NaN or infinity, naming the file and the first.
+
+    Such a file was saved after its training diverged, or is damaged. Fine-tuning from
+    it diverges at the first step, and the error then blames the learning rate, not
+    the file; here it names the file and the tensor.
+
+    Raises:
+        NonFiniteWeightsError: If any floating-point tensor has a non-finite value.
+    """
+    found = non_finite_tensors(state_dict)
+    if not found:
+        return
+    first, count = next(iter(found.items()))
+    in_all = f" ({len(found)} tensors in all)" if len(found) > 1 else ""
+    raise NonFiniteWeightsError(
+        f"{describe_source(source, adapter, expected_prefix)} holds non-finite weights: "
+        f"tensor {first!r} is NaN or infinite in {count} of its {state_dict[first].numel()} "
+        f"values{in_all}. The file was saved after training diverged or is damaged; "
+        "fine-tuning from it cannot work (mile-ssl inspect lists every such tensor); "
+        "nothing was loaded"
+    )

@@ -14,7 +14,11 @@ its checkpoints follow two patterns:
   Sequential indices: ``backbone.0.weight`` (conv1), ``backbone.1.*`` (bn1),
   ``backbone.4.0.conv1.weight`` (layer1, block 0), ... Indices 2, 3 and 8 (ReLU,
   max-pool, average pool) hold no tensors; the others are renamed back
-  (:data:`SEQUENTIAL_NAMES`), which also recovers the architecture.
+  (:func:`~.architectures.sequential_to_torchvision`), which also recovers the
+  architecture. lightly's SimCLR tutorial saves that Sequential by itself,
+  ``torch.save({"resnet18_parameters": backbone.state_dict()}, "model.pth")``:
+  ``adapter="auto"`` reads it as a hand-saved file (:mod:`.hand_saved`), and this
+  adapter, when named, reads it too.
 
 Only ``backbone.*`` is kept; every other key is dropped. The architecture is inferred
 from the shapes (torchvision ResNets; a 3x3 ``conv1`` is the CIFAR stem), and lightly's
@@ -30,10 +34,16 @@ from torch import Tensor
 
 from mile_ssl.networks.preprocessing import Preprocessing
 
-from .architectures import CLASSIFIER_PREFIX, infer_resnet_spec
+from .architectures import (
+    CLASSIFIER_PREFIX,
+    RESNET_SEQUENTIAL,
+    SEQUENTIAL_STEM,
+    infer_resnet_spec,
+    sequential_to_torchvision,
+)
 from .conversion import AdapterOptions, ConvertedCheckpoint, refuse_projection_layers
 from .registry import register_adapter
-from .state_dicts import drop, has_prefix, select, strip_prefix, unwrap
+from .state_dicts import drop, has_prefix, select, strip_prefix, top_level_state_dicts, unwrap
 
 BACKBONE_PREFIX = "backbone."
 """Attribute lightly's benchmarks and examples give the backbone."""
@@ -41,17 +51,7 @@ BACKBONE_PREFIX = "backbone."
 HEAD_PREFIXES = ("projection_head.", "prediction_head.", "online_classifier.")
 """lightly's head modules, one of which sits next to the backbone in its models."""
 
-SEQUENTIAL_NAMES: dict[str, str] = {
-    "0": "conv1",
-    "1": "bn1",
-    "4": "layer1",
-    "5": "layer2",
-    "6": "layer3",
-    "7": "layer4",
-}
-"""Index in ``list(resnet.children())`` -> torchvision name, for children with tensors."""
-
-_SEQUENTIAL_MARKER = f"{BACKBONE_PREFIX}0.weight"
+_SEQUENTIAL_MARKER = BACKBONE_PREFIX + SEQUENTIAL_STEM
 _NOT_LIGHTLY = ("meta", "classy_state_dict")
 
 
@@ -72,32 +72,6 @@ def detect_lightly(raw: Mapping[str, Any]) -> bool:
     return _SEQUENTIAL_MARKER in state_dict or any(
         has_prefix(state_dict, head) for head in HEAD_PREFIXES
     )
-
-
-def sequential_to_torchvision(backbone: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Rename ``nn.Sequential(*list(resnet.children())[:-1])`` keys to torchvision's.
-
-    Args:
-        backbone: Keys relative to the Sequential (``0.weight``, ``4.0.conv1.weight``).
-
-    Returns:
-        The same tensors under torchvision names (``conv1.weight``,
-        ``layer1.0.conv1.weight``), in the original order.
-
-    Raises:
-        ValueError: If a key's index is not a ResNet child with tensors.
-    """
-    renamed: dict[str, Tensor] = {}
-    for key, value in backbone.items():
-        index, _, rest = key.partition(".")
-        if index not in SEQUENTIAL_NAMES:
-            raise ValueError(
-                f"key {BACKBONE_PREFIX + key!r}: child {index} of a ResNet Sequential holds no "
-                f"tensors in torchvision (expected children {sorted(SEQUENTIAL_NAMES)}); this "
-                "is not nn.Sequential(*list(resnet.children())[:-1])"
-            )
-        renamed[f"{SEQUENTIAL_NAMES[index]}.{rest}"] = value
-    return renamed
 
 
 @register_adapter(
@@ -121,19 +95,40 @@ def convert_lightly(raw: Mapping[str, Any], options: AdapterOptions) -> Converte
         ValueError: If there is no ``backbone.`` key or a Sequential index is unknown.
     """
     refuse_projection_layers(options, "lightly")
-    state_dict = unwrap(raw)
-    backbone = strip_prefix(select(state_dict, BACKBONE_PREFIX), BACKBONE_PREFIX)
+    container, state_dict = _lightly_state_dict(raw)
+    # lightly's SimCLR tutorial saves the Sequential backbone itself, under a key of its own.
+    sequential_alone = SEQUENTIAL_STEM in state_dict and not has_prefix(state_dict, BACKBONE_PREFIX)
+    prefix = "" if sequential_alone else BACKBONE_PREFIX
+    backbone = strip_prefix(select(state_dict, prefix), prefix)
     if not backbone:
         raise ValueError(f"no keys under {BACKBONE_PREFIX!r} (first keys: {list(state_dict)[:5]})")
-    if "0.weight" in backbone:
-        backbone = sequential_to_torchvision(backbone)
+    renaming = None
+    if SEQUENTIAL_STEM in backbone:
+        backbone, renaming = sequential_to_torchvision(backbone, prefix), RESNET_SEQUENTIAL
     kept = drop(backbone, CLASSIFIER_PREFIX)
-    dropped = [key for key in state_dict if not key.startswith(BACKBONE_PREFIX)]
-    dropped += [f"{BACKBONE_PREFIX}{key}" for key in select(backbone, CLASSIFIER_PREFIX)]
+    dropped = [key for key in state_dict if not key.startswith(prefix)]
+    dropped += [f"{prefix}{key}" for key in select(backbone, CLASSIFIER_PREFIX)]
     return ConvertedCheckpoint(
         state_dict=kept,
         backbone=infer_resnet_spec(kept),
         preprocessing=Preprocessing(),
         dropped=tuple(dropped),
-        expected_prefix=BACKBONE_PREFIX,
+        expected_prefix=prefix or None,
+        container=container,
+        renaming=renaming,
     )
+
+
+def _lightly_state_dict(raw: Mapping[str, Any]) -> tuple[str | None, dict[str, Tensor]]:
+    """The state dict and the top-level key it is under, ``None`` for a usual container.
+
+    Lightning checkpoints keep it under ``state_dict``; lightly's tutorial under a name
+    of its own (``resnet18_parameters``), as the file's only mapping of tensors.
+    """
+    try:
+        return None, unwrap(raw)
+    except ValueError:
+        found = top_level_state_dicts(raw)
+        if len(found) != 1:
+            raise
+        return next(iter(found.items()))

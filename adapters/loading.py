@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from mile_ssl.networks.backbones import BackboneSpec, build_backbone
 from mile_ssl.networks.preprocessing import Preprocessing
@@ -31,11 +31,11 @@ from mile_ssl.networks.vit import (
     vit_spec_at,
 )
 
-from .conversion import AdapterOptions
-from .diagnostics import check_state_dict, describe_source, describe_spec
-from .errors import SHOWN, CheckpointError, CheckpointMismatchError
+from .conversion import AdapterOptions, ConvertedCheckpoint
+from .diagnostics import check_finite, check_state_dict, describe_source, describe_spec
+from .errors import OVERRIDES, SHOWN, CheckpointError, CheckpointMismatchError, SettingSyntax
 from .reading import read_checkpoint, resolve_checkpoint_path
-from .registry import choose_adapter
+from .registry import Adapter, choose_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,11 @@ class LoadedBackbone:
             can log or assert what was left out.
         expected_prefix: Where in the file the backbone was taken from (see
             :class:`ConvertedCheckpoint`).
+        kept: The keys loaded from the file: the module's state dict, less the
+            BatchNorm ``num_batches_tracked`` counters of files saved without them.
+        container: The file's top-level key the backbone was under, for formats that
+            may keep it under any key (see :class:`ConvertedCheckpoint`).
+        renaming: How the file's keys were renamed, in words, when they were.
     """
 
     module: nn.Module
@@ -65,6 +70,9 @@ class LoadedBackbone:
     source: Path | None
     dropped: tuple[str, ...] = ()
     expected_prefix: str | None = None
+    kept: tuple[str, ...] = ()
+    container: str | None = None
+    renaming: str | None = None
 
 
 def load_backbone(
@@ -74,6 +82,8 @@ def load_backbone(
     backbone: BackboneSpec | None = None,
     projection_layers: int = 0,
     image_size: int | None = None,
+    syntax: SettingSyntax = OVERRIDES,
+    allow_non_finite: bool = False,
 ) -> LoadedBackbone:
     """Build a backbone and load a checkpoint into it, strictly.
 
@@ -89,6 +99,10 @@ def load_backbone(
         image_size: The fine-tuning resolution. A ViT is built for it and the file's
             position embedding resampled to its patch grid, the way the format's own
             code does (:mod:`mile_ssl.networks.vit`); other networks take any size.
+        syntax: How the calling command lets its user set the adapter and backbone,
+            quoted by the hints of errors.
+        allow_non_finite: Load tensors holding NaN or infinity instead of refusing the
+            file, for ``inspect``, which reports them.
 
     Returns:
         The loaded backbone, its feature width, spec and preprocessing.
@@ -99,45 +113,20 @@ def load_backbone(
         CheckpointError: If the file is unsafe or unreadable, a folder holds no single
             checkpoint to pick, no single adapter matches, the adapter rejects it, or
             the architecture is unknown or contradictory.
+        NonFiniteWeightsError: If a tensor to load holds NaN or infinity.
         CheckpointMismatchError: If any key is missing, unexpected or has a different
             shape than in the backbone.
     """
     source = resolve_checkpoint_path(path)
     raw = read_checkpoint(source)
-    chosen = choose_adapter(raw, adapter, source)
-    options = AdapterOptions(source=source, projection_layers=projection_layers, backbone=backbone)
-    try:
-        converted = chosen.convert(raw, options)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"adapter {chosen.name!r} cannot convert {source}: {exc}") from exc
-
-    spec = _resolve_spec(backbone, converted.backbone, source, chosen.name)
+    options = AdapterOptions(
+        source=source, projection_layers=projection_layers, backbone=backbone, syntax=syntax
+    )
+    chosen, converted = _convert(raw, adapter, source, options, allow_non_finite)
+    spec = _resolve_spec(backbone, converted.backbone, source, chosen.name, syntax)
     if image_size is not None:
         spec = vit_spec_at(spec, image_size)
-    try:
-        module, feature_dim = build_backbone(spec)
-    except ValueError as exc:
-        raise CheckpointError(f"cannot build backbone for {source}: {exc}") from exc
-
-    # A fresh plain dict: no ``_metadata`` from the file, so torch treats missing
-    # BatchNorm ``num_batches_tracked`` counters as legacy and fills them in.
-    state_dict = dict(converted.state_dict)
-    _fit_position_embedding(module, state_dict, converted.grid_resampling, source)
-    check_state_dict(
-        module,
-        state_dict,
-        source=source,
-        adapter=chosen.name,
-        spec=spec,
-        expected_prefix=converted.expected_prefix,
-    )
-    try:
-        module.load_state_dict(state_dict, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointMismatchError(
-            f"{describe_source(source, chosen.name, converted.expected_prefix)} "
-            f"cannot be loaded into {spec.name!r}: {exc}"
-        ) from exc
+    module, feature_dim, state_dict = _build_and_load(spec, converted, source, chosen.name)
 
     preprocessing = converted.preprocessing or Preprocessing()
     logger.info(
@@ -158,7 +147,79 @@ def load_backbone(
         source=source,
         dropped=converted.dropped,
         expected_prefix=converted.expected_prefix,
+        kept=tuple(state_dict),
+        container=converted.container,
+        renaming=converted.renaming,
     )
+
+
+def _convert(
+    raw: Mapping[str, Any],
+    adapter: str,
+    source: Path,
+    options: AdapterOptions,
+    allow_non_finite: bool,
+) -> tuple[Adapter, ConvertedCheckpoint]:
+    """The adapter ``adapter`` names or detects, and its conversion of ``raw``.
+
+    Raises:
+        CheckpointError: If no single adapter matches or the adapter rejects the file.
+        NonFiniteWeightsError: If a converted tensor holds NaN or infinity, unless allowed.
+    """
+    chosen = choose_adapter(raw, adapter, source, options.syntax)
+    try:
+        converted = chosen.convert(raw, options)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"adapter {chosen.name!r} cannot convert {source}: {exc}") from exc
+    if not allow_non_finite:
+        check_finite(
+            converted.state_dict,
+            source=source,
+            adapter=chosen.name,
+            expected_prefix=converted.expected_prefix,
+        )
+    return chosen, converted
+
+
+def _build_and_load(
+    spec: BackboneSpec, converted: ConvertedCheckpoint, source: Path, adapter: str
+) -> tuple[nn.Module, int, dict[str, Tensor]]:
+    """Build ``spec`` and load the converted tensors into it, strictly.
+
+    Returns:
+        The module, its feature width, and the tensors loaded (a ViT's position
+        embedding resampled to the module's grid).
+
+    Raises:
+        CheckpointError: If the backbone cannot be built.
+        CheckpointMismatchError: If the tensors do not fit it key for key and shape for
+            shape.
+    """
+    try:
+        module, feature_dim = build_backbone(spec)
+    except ValueError as exc:
+        raise CheckpointError(f"cannot build backbone for {source}: {exc}") from exc
+
+    # A fresh plain dict: no ``_metadata`` from the file, so torch treats missing
+    # BatchNorm ``num_batches_tracked`` counters as legacy and fills them in.
+    state_dict = dict(converted.state_dict)
+    _fit_position_embedding(module, state_dict, converted.grid_resampling, source)
+    check_state_dict(
+        module,
+        state_dict,
+        source=source,
+        adapter=adapter,
+        spec=spec,
+        expected_prefix=converted.expected_prefix,
+    )
+    try:
+        module.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointMismatchError(
+            f"{describe_source(source, adapter, converted.expected_prefix)} "
+            f"cannot be loaded into {spec.name!r}: {exc}"
+        ) from exc
+    return module, feature_dim, state_dict
 
 
 def _fit_position_embedding(
@@ -199,18 +260,24 @@ def _plain(value: Any) -> Any:
 
 
 def _resolve_spec(
-    given: BackboneSpec | None, stated: BackboneSpec | None, source: Path, adapter: str
+    given: BackboneSpec | None,
+    stated: BackboneSpec | None,
+    source: Path,
+    adapter: str,
+    syntax: SettingSyntax = OVERRIDES,
 ) -> BackboneSpec:
     """The architecture to build: the file's, else the user's; refused when they differ.
 
     Loading weights into another architecture than the one they were saved from is
-    never intended, so a contradiction is an error that says how to resolve it.
+    never intended, so a contradiction is an error that says how to resolve it, in the
+    spelling of the command that loads the file (``syntax``).
     """
     if given is None:
         if stated is None:
             raise CheckpointError(
                 f"{source} (adapter {adapter!r}) does not state its architecture; set "
-                "backbone.name (e.g. 'torchvision:resnet50') to say which backbone it holds"
+                f"{syntax.backbone.format('<name>')} (e.g. 'torchvision:resnet50') to say "
+                "which backbone it holds"
             )
         return stated
     if stated is None:
@@ -223,15 +290,17 @@ def _resolve_spec(
         raise CheckpointError(
             f"backbone {describe_spec(given)} was requested, but {source} (adapter "
             f"{adapter!r}) holds {describe_spec(stated)}. Leave the backbone unset "
-            f"(backbone=auto, the default) to use the file's architecture, or set "
-            f"backbone.name={stated.name}{_kwargs_overrides(stated)}"
+            f"({syntax.backbone_unset}) to use the file's architecture, or set "
+            f"{syntax.backbone.format(stated.name)}{_kwargs_overrides(stated, syntax)}"
         )
     return stated
 
 
-def _kwargs_overrides(spec: BackboneSpec) -> str:
-    """The Hydra overrides that set ``spec.kwargs`` on the command line."""
+def _kwargs_overrides(spec: BackboneSpec, syntax: SettingSyntax) -> str:
+    """The settings of ``spec.kwargs``, where the command takes them."""
+    if syntax.backbone_kwarg is None:
+        return ""
     return "".join(
-        f" +backbone.kwargs.{key}={json.dumps(_plain(value)).replace(' ', '')}"
+        " " + syntax.backbone_kwarg.format(key, json.dumps(_plain(value)).replace(" ", ""))
         for key, value in spec.kwargs.items()
     )

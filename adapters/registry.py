@@ -29,7 +29,7 @@ from typing import Any
 
 from .conversion import ConvertFn, DetectFn
 from .diagnostics import describe_contents
-from .errors import CheckpointError
+from .errors import OVERRIDES, CheckpointError, SettingSyntax
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,10 @@ class Adapter:
             (solo-learn's ``args.json``). Found next to a checkpoint, it is evidence of
             the format that ``detect_in_run`` weighs instead of ``detect``.
         detect_in_run: The weaker test applied to files with ``run_file`` beside them.
+        fallback: A format defined by what any network's state dict looks like (a
+            hand-saved file) rather than by marks of its own: its ``detect`` is asked
+            only when no other adapter recognises the file, so that the files of every
+            named format keep their adapter.
     """
 
     name: str
@@ -61,6 +65,7 @@ class Adapter:
     signature: str = ""
     run_file: str | None = None
     detect_in_run: DetectFn | None = None
+    fallback: bool = False
 
     def recognises_run(self, raw: Mapping[str, Any], source: Path | None) -> bool:
         """Whether ``source`` lies in a run folder of this format and ``raw`` fits it."""
@@ -80,6 +85,7 @@ def register_adapter(
     signature: str = "",
     run_file: str | None = None,
     detect_in_run: DetectFn | None = None,
+    fallback: bool = False,
 ) -> Callable[[ConvertFn], ConvertFn]:
     """Register a ``convert`` function as the adapter ``name``.
 
@@ -92,6 +98,7 @@ def register_adapter(
         signature: What ``detect`` looks for, in words, for auto-detection errors.
         run_file: See :class:`Adapter`.
         detect_in_run: See :class:`Adapter`.
+        fallback: See :class:`Adapter`.
 
     Returns:
         A decorator registering its argument.
@@ -114,6 +121,7 @@ def register_adapter(
             signature=signature,
             run_file=run_file,
             detect_in_run=detect_in_run,
+            fallback=fallback,
         )
         return convert
 
@@ -209,15 +217,27 @@ def matching_adapters(raw: Mapping[str, Any], source: Path | None = None) -> lis
         source: The file it came from. When exactly one adapter recognises the run
             folder around it (its ``run_file`` is there and ``detect_in_run`` accepts
             ``raw``), that evidence decides.
+
+    Fallback adapters (:attr:`Adapter.fallback`) are asked only when no other matches.
     """
     load_plugins()
     in_run = [name for name, adapter in _ADAPTERS.items() if adapter.recognises_run(raw, source)]
     if len(in_run) == 1:
         return in_run
-    return sorted(name for name, adapter in _ADAPTERS.items() if adapter.detect(raw))
+    for fallback in (False, True):
+        names = sorted(
+            name
+            for name, adapter in _ADAPTERS.items()
+            if adapter.fallback is fallback and adapter.detect(raw)
+        )
+        if names:
+            return names
+    return []
 
 
-def choose_adapter(raw: Mapping[str, Any], name: str, source: Path) -> Adapter:
+def choose_adapter(
+    raw: Mapping[str, Any], name: str, source: Path, syntax: SettingSyntax = OVERRIDES
+) -> Adapter:
     """The adapter named ``name``, or for ``"auto"`` the single one that recognises ``raw``.
 
     Guessing between several candidates, or forcing the only registered format on a file
@@ -228,6 +248,7 @@ def choose_adapter(raw: Mapping[str, Any], name: str, source: Path) -> Adapter:
         raw: The checkpoint mapping.
         name: A registered adapter name, or ``"auto"``.
         source: The file ``raw`` came from, named in errors.
+        syntax: How the command that loads it lets its user name an adapter, for hints.
 
     Raises:
         ValueError: If ``name`` is not registered.
@@ -235,12 +256,13 @@ def choose_adapter(raw: Mapping[str, Any], name: str, source: Path) -> Adapter:
     """
     if name != "auto":
         return get_adapter(name)
+    hint = syntax.adapter.format("<name>")
     try:
         names = matching_adapters(raw, source)
     except Exception as exc:
         raise CheckpointError(
             f"auto-detecting the format of {source} failed ({type(exc).__name__}: {exc}); "
-            "pass adapter=<name> to choose one"
+            f"pass {hint} to choose one"
         ) from exc
     if len(names) == 1:
         return _ADAPTERS[names[0]]
@@ -249,13 +271,13 @@ def choose_adapter(raw: Mapping[str, Any], name: str, source: Path) -> Adapter:
             f"no checkpoint adapter recognises {source}.\n"
             f"  The file holds: {describe_contents(raw)}\n"
             f"  Available adapters and what each looks for:\n{_signatures(available_adapters())}\n"
-            "  Pass adapter=<name> to force one"
+            f"  Pass {hint} to force one"
         )
     raise CheckpointError(
         f"{source} is recognised by several checkpoint adapters: {names}.\n"
         f"  The file holds: {describe_contents(raw)}\n"
         f"  What each of them looks for:\n{_signatures(names)}\n"
-        "  Pass adapter=<name> to choose one"
+        f"  Pass {hint} to choose one"
     )
 
 

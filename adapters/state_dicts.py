@@ -4,12 +4,15 @@ A self-supervised checkpoint holds the backbone somewhere inside a larger mappin
 a prefix, next to heads, momentum encoders and optimiser state. Every adapter finds it
 with the same few operations: :func:`unwrap` descends to the tensors, :func:`select`
 and :func:`drop` keep or remove a prefix's keys, :func:`strip_prefix` renames them and
-:func:`extract` does all three while recording what was left behind. They are pure
+:func:`extract` does all three while recording what was left behind. Files saved by
+hand have no fixed container or prefix: :func:`top_level_state_dicts` lists the
+candidates and :func:`common_prefix` finds the path their keys share. They are pure
 functions of mappings, so each can be tested, and each adapter read, without a model.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -66,6 +69,32 @@ def unwrap(
         trail.append(key)
         current = current[key]
     return dict(current)
+
+
+def top_level_state_dicts(raw: Mapping[str, Any]) -> dict[str | None, dict[str, Tensor]]:
+    """The state dicts a file holds at its top level, by the key each is saved under.
+
+    People save a network as ``torch.save(model.state_dict(), f)`` or under a key of
+    their choosing (``{"model": ...}``, lightly's tutorial ``{"resnet18_parameters":
+    ...}``), often beside an optimiser state and counters, which are not mappings of
+    tensors. A file that is a state dict itself is returned under ``None``.
+    """
+    if is_tensor_dict(raw):
+        return {None: dict(raw)}
+    return {key: dict(value) for key, value in raw.items() if is_tensor_dict(value)}
+
+
+def common_prefix(keys: Iterable[str]) -> str:
+    """The module path every key starts with, ending with ``"."``; ``""`` when none is shared.
+
+    A network saved from inside another (``self.encoder = resnet``, a DataParallel
+    ``module.``) has every key under the path of its attribute, while the keys of a
+    network saved by itself branch at once (``conv1.``, ``bn1.``, ``layer1.``). Only
+    whole module names count, and a key's last part, the tensor's name, never does.
+    """
+    paths = [key.split(".")[:-1] for key in keys]
+    shared = os.path.commonprefix(paths) if paths else []
+    return "".join(f"{name}." for name in shared)
 
 
 def strip_prefix(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:

@@ -371,3 +371,34 @@ LAYOUTS: dict[str, tuple[str, Writer]] = {
     "byol-haiku-pickle": ("byol", byol),
 }
 """Every layout, named, with the adapter that must recognise it."""
+
+
+def _sequential(arch: str) -> dict[str, Tensor]:
+    """``nn.Sequential(*list(resnet.children())[:-1]).state_dict()`` as fillers."""
+    return _shapes_of(lambda: nn.Sequential(*list(_headless(arch)().children())[:-1]))
+
+
+def lightly_tutorial(tmp: Path) -> Path:
+    """lightly's SimCLR tutorial: ``{'resnet18_parameters': backbone.state_dict()}``."""
+    return _save({"resnet18_parameters": _sequential("resnet18")}, tmp / "model.pth")
+
+
+def hand_saved(wrapper: str | None, prefix: str, state_dict: Mapping[str, Tensor]) -> Writer:
+    """``torch.save({wrapper: {prefix + key: ...}, 'epoch': 7}, ...)``, or the bare state dict."""
+
+    def write(tmp: Path) -> Path:
+        network = _prefixed(prefix, state_dict)
+        raw = network if wrapper is None else {wrapper: network, "epoch": 7}
+        return _save(raw, tmp / "hand_saved.pth")
+
+    return write
+
+
+LAYOUTS |= {
+    "lightly-tutorial": ("hand_saved", lightly_tutorial),
+    "hand-saved-model": ("torchvision", hand_saved("model", "", R18)),
+    "hand-saved-state-dict-encoder": ("hand_saved", hand_saved("state_dict", "encoder.", R18)),
+    "hand-saved-net-module-model": ("hand_saved", hand_saved("net", "module.model.", R18)),
+    "hand-saved-sequential": ("hand_saved", hand_saved(None, "", _sequential("resnet18"))),
+}
+"""Files as people save them by hand; those a named format's adapter recognises keep it."""

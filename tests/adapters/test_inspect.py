@@ -1,5 +1,6 @@
 """``describe_checkpoint`` / ``format_description``: what a file holds and what loading keeps."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from torch import Tensor, nn
 
 from mile_ssl.adapters.inspect import describe_checkpoint, format_description
 from mile_ssl.networks.backbones import BackboneSpec
+from tests.layouts import byol
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
@@ -37,7 +39,9 @@ def test_description_of_a_lightly_file(tmp_path: Path) -> None:
         "feature_dim": 512,
         "parameters": 11_176_512,
         "tensors": 120,
+        "container": None,
         "source_prefix": "backbone.",
+        "renamed": "nn.Sequential(*list(resnet.children())[:-1]) indices -> torchvision names",
         "kept": {
             "conv1.": 1,
             "bn1.": 5,
@@ -46,7 +50,9 @@ def test_description_of_a_lightly_file(tmp_path: Path) -> None:
             "layer3.": 30,
             "layer4.": 30,
         },
+        "filled_in": {},
         "dropped": {"projection_head.": 4},
+        "non_finite": {},
         "preprocessing": IMAGENET,
     }
 
@@ -57,7 +63,10 @@ def test_description_of_a_lightly_file(tmp_path: Path) -> None:
     assert lines[2] == "backbone       torchvision:resnet18"
     assert lines[3] == "parameters     11,176,512 (512-d features)"
     assert lines[4] == "taken from     keys under 'backbone.'"
-    assert lines[5] == "preprocessing  mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225)"
+    assert lines[5] == (
+        "renamed        nn.Sequential(*list(resnet.children())[:-1]) indices -> torchvision names"
+    )
+    assert lines[6] == "preprocessing  mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225)"
     assert "kept: 120 tensors" in lines
     assert "  layer1.  24" in lines
     assert "dropped: 4 keys" in lines
@@ -100,9 +109,27 @@ def test_nothing_dropped_is_said() -> None:
         "feature_dim": 8,
         "parameters": 10,
         "tensors": 2,
+        "container": None,
         "source_prefix": None,
+        "renamed": None,
         "kept": {"conv1.": 2},
+        "filled_in": {},
         "dropped": {},
+        "non_finite": {},
         "preprocessing": {"mean": [0.0], "std": [1.0]},
     }
     assert format_description(description).endswith("  conv1.  2\ndropped: nothing")
+
+
+def test_counts_agree_with_loading_for_a_file_without_batchnorm_counters(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # DeepMind's BYOL pickle has no num_batches_tracked: loading sets the 53 counters.
+    with caplog.at_level(logging.INFO, logger="mile_ssl.adapters.loading"):
+        description = describe_checkpoint(byol(tmp_path))
+    assert "loaded 265 tensors" in caplog.text
+    assert description["tensors"] == sum(description["kept"].values()) == 265
+    assert sum(description["filled_in"].values()) == 53
+    text = format_description(description)
+    assert "kept: 265 tensors" in text
+    assert "not in the file: 53 BatchNorm num_batches_tracked counters" in text

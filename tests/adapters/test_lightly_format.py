@@ -10,11 +10,8 @@ from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead, SimCL
 from torch import nn
 
 from mile_ssl.adapters import AdapterOptions, CheckpointError
-from mile_ssl.adapters.lightly_format import (
-    convert_lightly,
-    detect_lightly,
-    sequential_to_torchvision,
-)
+from mile_ssl.adapters.architectures import sequential_to_torchvision
+from mile_ssl.adapters.lightly_format import convert_lightly, detect_lightly
 from mile_ssl.adapters.loading import load_backbone
 from mile_ssl.networks.backbones import BackboneSpec
 from mile_ssl.networks.preprocessing import Preprocessing
@@ -117,7 +114,7 @@ def test_sequential_renaming_and_unknown_child() -> None:
     renamed = sequential_to_torchvision({"0.weight": t, "1.bias": t, "7.1.bn2.weight": t})
     assert list(renamed) == ["conv1.weight", "bn1.bias", "layer4.1.bn2.weight"]
     with pytest.raises(ValueError, match="'backbone.9.weight': child 9"):
-        sequential_to_torchvision({"9.weight": t})
+        sequential_to_torchvision({"9.weight": t}, "backbone.")
 
 
 def test_bad_sequential_index_names_file(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mile_ssl.adapters.errors import CheckpointError, CheckpointMismatchError
+from mile_ssl.adapters.errors import INSPECT_OPTIONS, CheckpointError, CheckpointMismatchError
 from mile_ssl.adapters.loading import load_backbone
 from mile_ssl.networks.backbones import BackboneSpec, build_backbone
 
@@ -18,9 +18,12 @@ def _tiny_state_dict() -> dict[str, torch.Tensor]:
 def test_missing_architecture_asks_for_backbone_name(tmp_path: Path) -> None:
     path = tmp_path / "resnet.pt"
     torch.save({"conv1.weight": torch.zeros(1), "layer1.0.conv1.weight": torch.zeros(1)}, path)
-    with pytest.raises(CheckpointError, match="set backbone.name") as info:
+    with pytest.raises(CheckpointError, match="set backbone.name=<name>") as info:
         load_backbone(path)
     assert str(path) in str(info.value)
+    # inspect's options, where inspect loads it.
+    with pytest.raises(CheckpointError, match="set --backbone <name>"):
+        load_backbone(path, syntax=INSPECT_OPTIONS)
 
 
 def test_legacy_file_loads_into_matching_architecture(tmp_path: Path) -> None:

@@ -138,3 +138,19 @@ def test_forced_adapter_that_cannot_convert_names_file(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="adapter 'mile_ssl' cannot convert") as info:
         load_backbone(path, adapter="mile_ssl")
     assert str(path) in str(info.value)
+
+
+def test_fallback_adapter_is_asked_only_when_no_other_matches(
+    tmp_path: Path, registered: list[str]
+) -> None:
+    for name, fallback in (("test_specific", False), ("test_fallback", True)):
+        register_adapter(name, detect=_marked("both") if not fallback else bool, fallback=fallback)(
+            lambda raw, options: ConvertedCheckpoint(state_dict=unwrap(raw))
+        )
+        registered.append(name)
+    both, other = tmp_path / "both.pt", tmp_path / "other.pt"
+    torch.save({MARKER: "both", "state_dict": _tiny_state_dict()}, both)
+    torch.save({MARKER: "other", "state_dict": _tiny_state_dict()}, other)
+    spec = BackboneSpec("tiny_resnet", {"widths": [4, 8]})
+    assert load_backbone(both, backbone=spec).adapter == "test_specific"
+    assert load_backbone(other, backbone=spec).adapter == "test_fallback"

@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from mile_ssl.adapters.state_dicts import drop, select, strip_prefix, unwrap
+from mile_ssl.adapters.state_dicts import (
+    common_prefix,
+    drop,
+    select,
+    strip_prefix,
+    top_level_state_dicts,
+    unwrap,
+)
 
 
 def test_unwrap_finds_nested_state_dict() -> None:
@@ -33,3 +40,21 @@ def test_select_and_drop_are_complements() -> None:
     state = {"fc.weight": t, "fc2.weight": t, "conv.fc.weight": t}
     assert list(select(state, "fc.")) == ["fc.weight"]
     assert list(drop(state, "fc.")) == ["fc2.weight", "conv.fc.weight"]
+
+
+def test_top_level_state_dicts_by_key() -> None:
+    tensors = {"a.weight": torch.zeros(1)}
+    assert top_level_state_dicts(tensors) == {None: tensors}
+    found = top_level_state_dicts({"params": tensors, "ema": tensors, "epoch": 3, "opt": {}})
+    assert found == {"params": tensors, "ema": tensors}
+    assert top_level_state_dicts({"epoch": 3}) == {}
+
+
+def test_common_prefix_is_whole_module_names() -> None:
+    assert common_prefix(["module.model.conv1.weight", "module.model.layer1.0.bn1.bias"]) == (
+        "module.model."
+    )
+    assert common_prefix(["conv1.weight", "bn1.weight"]) == ""
+    assert common_prefix(["layer1.weight", "layer10.weight"]) == ""
+    assert common_prefix(["encoder.weight"]) == "encoder."
+    assert common_prefix(["weight"]) == "" and common_prefix([]) == ""
