@@ -18,6 +18,10 @@ the value with the best mean validation score (the mean of top-1 and mAP over se
 Semi-supervised rows (paper Sec. 4.4): ``mile_semi`` and the baselines ``distill`` and
 ``self_train``, whose fixed teacher is the ``--teacher-method`` run of the same seed,
 fraction, initialisation and setting (trained first when it is not in ``--methods``).
+``--wide-teacher KEY=VALUE`` (repeatable, e.g. ``backbone.kwargs.widths=[32,64,128]``)
+adds SimCLR-v2's distillation from a larger network: a second teacher with those
+overrides (from its own SSL pretraining under ``--init ssl``) and a ``<method>_wide`` row
+for each teacher method.
 """
 
 from __future__ import annotations
@@ -26,17 +30,15 @@ import argparse
 import itertools
 import json
 import logging
-import math
-import statistics
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from digits_summary import METRIC_KEYS, SPLITS, select, summarise
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
@@ -55,16 +57,6 @@ from mile_ssl.metrics import classification_report
 from mile_ssl.networks.backbones import BackboneSpec
 from mile_ssl.runs.finished_run import read_finished_run
 from mile_ssl.runs.trainer import resolve_precision
-
-# fmt: off
-METRIC_KEYS = (
-    "f1@0.25", "f1@0.5", "precision@0.25", "recall@0.25", "top1", "real_acc", "real_f1",
-    "coverage", "map",
-)
-# fmt: on
-SPLITS = ("val", "test")
-SELECTION_KEYS = ("top1", "map")
-"""Validation metrics whose mean picks a setting: single-label and label-set ranking."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -100,6 +92,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--select-methods",
         nargs="+",
         help="methods the --select grid applies to (default: all of --methods)",
+    )
+    parser.add_argument(
+        "--wide-teacher",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides of a larger teacher for <method>_wide rows of distill/self_train",
     )
     parser.add_argument("--pretrain-steps", type=int, default=300)
     parser.add_argument("--workdir", type=Path, default=Path("runs/benchmark_digits"))
@@ -212,68 +211,6 @@ def trivial_rows(data: DataConfig, run: tuple[float, int, str]) -> list[dict[str
     return rows
 
 
-def _mean_std(rows: list[dict[str, Any]], split: str) -> dict[str, float]:
-    entry: dict[str, float] = {}
-    for key in METRIC_KEYS:
-        values = [row[split][key] for row in rows if not math.isnan(row[split][key])]
-        entry[key] = round(statistics.fmean(values), 2) if values else float("nan")
-        entry[f"{key}_std"] = round(statistics.pstdev(values), 2) if len(values) > 1 else 0.0
-    return entry
-
-
-def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and population std over seeds of every (init, fraction, method, setting)."""
-    groups: dict[tuple[str, float, str], list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        groups[(row["init"], row["fraction"], row["method"])].append(row)
-    summary = []
-    for (init, fraction, method), members in groups.items():
-        entry: dict[str, Any] = {
-            "init": init,
-            "fraction": fraction,
-            "method": method,
-            "base_method": members[0]["base_method"],
-            "setting": members[0]["setting"],
-            "runs": len(members),
-            "seeds": [member["seed"] for member in members],
-        }
-        entry.update({split: _mean_std(members, split) for split in SPLITS})
-        entry["seconds"] = round(statistics.fmean(member["seconds"] for member in members), 1)
-        summary.append(entry)
-    return summary
-
-
-def select(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (init, fraction, method): the setting with the best mean validation score."""
-    groups: dict[tuple[str, float, str], list[dict[str, Any]]] = defaultdict(list)
-    for entry in summary:
-        if entry["setting"]:
-            groups[(entry["init"], entry["fraction"], entry["base_method"])].append(entry)
-    chosen = []
-    for (init, fraction, method), entries in groups.items():
-        scores = {
-            ",".join(entry["setting"]): round(
-                statistics.fmean(entry["val"][key] for key in SELECTION_KEYS), 2
-            )
-            for entry in entries
-        }
-        best = max(entries, key=lambda entry: scores[",".join(entry["setting"])])
-        chosen.append(
-            {
-                "init": init,
-                "fraction": fraction,
-                "method": method,
-                "metric": "mean of validation " + " and ".join(SELECTION_KEYS),
-                "validation_scores": scores,
-                "setting": best["setting"],
-                "runs": best["runs"],
-                "val": best["val"],
-                "test": best["test"],
-            }
-        )
-    return chosen
-
-
 def run_method(
     args: argparse.Namespace,
     method: str,
@@ -281,8 +218,12 @@ def run_method(
     run: tuple[float, int, str],
     checkpoint: Path | None,
     extra_overrides: list[str],
+    label: str | None = None,
 ) -> tuple[RunResult, dict[str, Any]]:
-    """Fine-tune one method in one setting; its result and benchmark row (val and test)."""
+    """Fine-tune one method in one setting; its result and benchmark row (val and test).
+
+    ``label`` names the row and run folder instead of the method (``distill_wide``).
+    """
     fraction, seed, init = run
     init_overrides = [f"checkpoint.path={checkpoint}"] if init == "ssl" else ["checkpoint=scratch"]
     config = compose_train_config(
@@ -294,13 +235,14 @@ def run_method(
             f"data.split_seed={seed}",
             "trainer.progress_bar=false",
             *init_overrides,
-            *extra_overrides,
             *args.overrides,
+            # After the common overrides: the larger teacher's network replaces theirs.
+            *extra_overrides,
             *setting,
         ]
     )
     started = time.perf_counter()
-    name = f"{method}{args.tag}"
+    name = f"{label or method}{args.tag}"
     suffix = f"[{','.join(setting)}]" if setting else ""
     result = run_training(config, args.workdir / f"{init}_f{fraction}_s{seed}_{name}{suffix}")
     test = evaluate_on_grids(
@@ -310,29 +252,67 @@ def run_method(
     return result, _row(name, setting, run, metrics, time.perf_counter() - started)
 
 
+WIDE = "_wide"
+"""Suffix of the larger teacher's runs and of the rows distilled from it."""
+
+
 def benchmark_setting(
-    args: argparse.Namespace, run: tuple[float, int, str], checkpoint: Path | None
+    args: argparse.Namespace,
+    run: tuple[float, int, str],
+    checkpoint: Path | None,
+    wide_checkpoint: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Every method (and every --select setting of it) for one fraction, seed and init."""
+    """Every method (and every --select setting of it) for one fraction, seed and init.
+
+    Teachers are trained once and reused: the ``--teacher-method`` run of the setting
+    and, with ``--wide-teacher``, the same method with the larger network (initialised
+    from ``wide_checkpoint``).
+    """
     select_methods = set(args.select_methods or args.methods)
     rows: list[dict[str, Any]] = []
     runs: dict[tuple[str, tuple[str, ...]], RunResult] = {}
+
+    def train(
+        name: str, setting: tuple[str, ...], teacher: RunResult | None, wide: bool = False
+    ) -> RunResult:
+        extra = [f"distill.teacher_checkpoint={teacher.last_checkpoint}"] if teacher else []
+        if wide and name not in TEACHER_METHODS:
+            extra += args.wide_teacher
+        label = f"{name}{WIDE}" if wide else name
+        init_checkpoint = wide_checkpoint if wide and name not in TEACHER_METHODS else checkpoint
+        result, row = run_method(args, name, setting, run, init_checkpoint, extra, label)
+        runs[(label, setting)] = result
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        return result
+
+    def teacher(setting: tuple[str, ...], wide: bool) -> RunResult:
+        teacher_setting = setting if args.teacher_method in select_methods else ()
+        label = f"{args.teacher_method}{WIDE if wide else ''}"
+        known = runs.get((label, teacher_setting))
+        return known or train(args.teacher_method, teacher_setting, None, wide)
+
     for method in args.methods:
         for setting in args.settings if method in select_methods else [()]:
-            teacher_setting = setting if args.teacher_method in select_methods else ()
-            teacher_key = (args.teacher_method, teacher_setting)
-            needed = [(method, setting)]
-            if method in TEACHER_METHODS and teacher_key not in runs:
-                needed.insert(0, teacher_key)
-            for name, name_setting in needed:
-                extra = []
-                if name in TEACHER_METHODS:
-                    extra = [f"distill.teacher_checkpoint={runs[teacher_key].last_checkpoint}"]
-                result, row = run_method(args, name, name_setting, run, checkpoint, extra)
-                runs[(name, name_setting)] = result
-                rows.append(row)
-                print(json.dumps(row), file=sys.stderr, flush=True)
+            if method not in TEACHER_METHODS:
+                if (method, setting) not in runs:
+                    train(method, setting, None)
+                continue
+            train(method, setting, teacher(setting, wide=False))
+            if args.wide_teacher:
+                train(method, setting, teacher(setting, wide=True), wide=True)
     return rows
+
+
+def ssl_checkpoint(args: argparse.Namespace, config: TrainConfig, seed: int, suffix: str) -> Path:
+    """The SimCLR-pretrained backbone of ``config``'s network for ``seed`` (made once)."""
+    spec = BackboneSpec(str(config.backbone.name), dict(config.backbone.kwargs))
+    checkpoint = args.workdir / f"ssl_seed{seed}{suffix}.pt"
+    if not checkpoint.exists():
+        pretrain_digits_simclr(
+            checkpoint, spec, steps=args.pretrain_steps, seed=seed, progress_bar=False
+        )
+    return checkpoint
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -341,31 +321,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     # The first method's config: the overrides may only be valid with it.
-    base = compose_train_config(
-        [
-            f"experiment={args.experiment}",
-            f"method={args.methods[0]}",
-            "checkpoint=scratch",
-            *args.overrides,
-        ]
-    )
+    base_overrides = [
+        f"experiment={args.experiment}",
+        f"method={args.methods[0]}",
+        "checkpoint=scratch",
+        *args.overrides,
+    ]
+    base = compose_train_config(base_overrides)
     fractions = args.fractions or [base.data.fraction]
     rows: list[dict[str, Any]] = []
+    wide = (
+        compose_train_config([*base_overrides, *args.wide_teacher]) if args.wide_teacher else None
+    )
     for seed in args.seeds:
-        checkpoint = None
+        checkpoint = wide_checkpoint = None
         for init in args.init:
             if init == "ssl" and checkpoint is None:
-                spec = BackboneSpec(str(base.backbone.name), dict(base.backbone.kwargs))
-                checkpoint = args.workdir / f"ssl_seed{seed}.pt"
-                if not checkpoint.exists():
-                    pretrain_digits_simclr(
-                        checkpoint, spec, steps=args.pretrain_steps, seed=seed, progress_bar=False
-                    )
+                checkpoint = ssl_checkpoint(args, base, seed, "")
+                if wide is not None:
+                    wide_checkpoint = ssl_checkpoint(args, wide, seed, WIDE)
             for fraction in fractions:
                 run = (fraction, seed, init)
                 if not args.no_trivial:
                     rows.extend(trivial_rows(replace(base.data, split_seed=seed), run))
-                rows.extend(benchmark_setting(args, run, checkpoint))
+                rows.extend(benchmark_setting(args, run, checkpoint, wide_checkpoint))
     summary = summarise(rows)
     payload = {
         "command": sys.argv[1:] if argv is None else list(argv),

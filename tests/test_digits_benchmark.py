@@ -8,9 +8,11 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import yaml
 
 from mile_ssl.config import compose_train_config
 from mile_ssl.data.digits import make_digit_grids
+from mile_ssl.runs.finished_run import read_run_checkpoint
 from tests.conftest import TINY_OVERRIDES, load_benchmark
 
 RUN_OVERRIDES = [
@@ -134,3 +136,43 @@ def test_malformed_select_is_a_usage_error(script: ModuleType) -> None:
         ("mile.rho=0.2", "optim.lr=0.05"),
         ("mile.rho=0.2", "optim.lr=0.1"),
     ]
+
+
+def test_distillation_from_a_wider_teacher_reuses_each_teacher(
+    script: ModuleType, tmp_path: Path, one_thread: None
+) -> None:
+    """SimCLR-v2's two distillation rows: from a teacher of the student's size and from a
+    wider one, each teacher trained once for both teacher methods."""
+    out = tmp_path / "semi.json"
+    script.main(
+        [
+            *("--fractions", "0.5", "--seeds", "0", "--init", "scratch", "--no-trivial"),
+            *("--methods", "distill", "self_train"),
+            *("--wide-teacher", "backbone.kwargs.widths=[16,24]"),
+            *("--workdir", str(tmp_path / "runs"), "--out", str(out)),
+            *RUN_OVERRIDES,
+            "data.unlabeled_ratio=1",
+        ]
+    )
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["method"] for row in rows] == [
+        "softmax",
+        "distill",
+        "softmax_wide",
+        "distill_wide",
+        "self_train",
+        "self_train_wide",
+    ]
+    runs = tmp_path / "runs"
+    wide = read_run_checkpoint(runs / "scratch_f0.5_s0_softmax_wide" / "checkpoints" / "last.ckpt")
+    assert wide["mile_ssl"]["metadata"]["backbone"]["kwargs"]["widths"] == [16, 24]
+    student = read_run_checkpoint(
+        runs / "scratch_f0.5_s0_distill_wide" / "checkpoints" / "last.ckpt"
+    )
+    assert student["mile_ssl"]["metadata"]["backbone"]["kwargs"]["widths"] == [8, 16]
+    resolved = yaml.safe_load(
+        (runs / "scratch_f0.5_s0_distill_wide" / "resolved_config.yaml").read_text()
+    )
+    assert resolved["distill"]["teacher_checkpoint"].endswith(
+        "scratch_f0.5_s0_softmax_wide/checkpoints/last.ckpt"
+    )
