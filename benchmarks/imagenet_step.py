@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader
 
 from mile_ssl.commands.train import run_training
 from mile_ssl.config import BACKENDS, compose_train_config
+from mile_ssl.data.dali import DaliLoader
 from mile_ssl.data.datamodule import MILeDataModule
 from mile_ssl.data.loaders import usable_cpu_count
 from mile_ssl.finetune import Classifier
@@ -214,7 +215,9 @@ def measure_pipeline(bench: Bench, backend: str, overrides: list[str]) -> dict[s
 
     Raises:
         BackendUnavailableError: If the loader fails to build or to serve a first batch
-            (e.g. DALI is not installed), or ``backend`` is not implemented.
+            (e.g. DALI is not installed).
+        TypeError: If the loader is not ``backend``'s own (the datamodule ignored the
+            setting), so that one backend is never timed under the other's name.
     """
     try:
         config = compose_train_config(overrides)
@@ -223,10 +226,10 @@ def measure_pipeline(bench: Bench, backend: str, overrides: list[str]) -> dict[s
         next(batches)
     except Exception as error:  # whatever stops the backend is its reason to report
         raise BackendUnavailableError(f"{type(error).__name__}: {error}") from error
-    if backend != "torchvision" and isinstance(loader, DataLoader):
-        raise BackendUnavailableError(
-            f"data.backend={backend} is accepted by the config, but this version of mile_ssl "
-            "builds the torchvision loader for it (not implemented)"
+    expected = DaliLoader if backend == "dali" else DataLoader
+    if not isinstance(loader, expected):
+        raise TypeError(
+            f"data.backend={backend} built a {type(loader).__name__}, not a {expected.__name__}"
         )
     for _ in range(bench.workers - 1):
         next(batches)

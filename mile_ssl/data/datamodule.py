@@ -353,17 +353,6 @@ def check_dali_settings(strong_student_view: bool) -> None:
         )
 
 
-def training_loader(
-    config: DataConfig, preprocessing: Preprocessing | None = None
-) -> Iterable[dict[str, torch.Tensor]]:
-    """The training batches of ``config`` from step 0, with either backend.
-
-    As a run without unlabeled images gets them; for timing the input pipeline alone.
-    """
-    datamodule = MILeDataModule(config, preprocessing or Preprocessing())
-    return datamodule.train_dataloader()
-
-
 def warn_about_minimum_labels(labels: Sequence[int], fraction: float) -> int:
     """Warn when ``fraction`` is below one image for some classes.
 

@@ -1,6 +1,6 @@
 """Weak and strong views of one image (Noisy Student style).
 
-With ``mile.strong_student_view=true`` the network that produces targets (the MILe
+With ``data.strong_student_view=true`` the network that produces targets (the MILe
 teacher, the fixed teacher of ``distill`` / ``self_train``) sees the usual, weakly
 augmented training view, and the student learns from a strongly augmented view of the
 same image. Items then carry ``image`` (weak) and ``image_strong``.

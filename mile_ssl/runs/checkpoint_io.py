@@ -1,11 +1,15 @@
-"""Checkpoint files that are either complete or absent, with a full disk named.
+"""Checkpoint files that are either complete or absent, fsynced, with a full disk named.
 
-Lightning 2.6 already saves through a temporary file, but without fsync (a power loss
-after the rename can leave an empty file under the name), with mkstemp's 0600 mode, and
-with an ``[Errno 28]`` that names no file. :class:`AtomicCheckpointIO` saves through
-:func:`mile_ssl.atomic_files.atomic_write` instead: fsynced, with the process umask's
-mode, a full disk named with the checkpoint and its consequence (earlier checkpoints
-are intact, how to resume).
+Lightning 2.6's :class:`TorchCheckpointIO` already writes through a temporary file
+(``_atomic_save``: the whole checkpoint in memory, then an fsspec transaction), but
+fsspec makes that file in the system's temporary folder and moves it without fsync: a
+run folder on another file system gets a copy written in place under the final name, a
+power loss after the move can leave an empty file there, and a full disk is an
+``[Errno 28]`` that names no file. :class:`AtomicCheckpointIO` adds what is missing, for
+local paths: ``torch.save`` streams into a temporary file beside the checkpoint
+(:func:`mile_ssl.atomic_files.atomic_write`), which is fsynced and then renamed over
+the name, and a full disk is reported naming the checkpoint and what it means (earlier
+checkpoints are intact; how to resume).
 """
 
 from __future__ import annotations
@@ -22,13 +26,13 @@ from mile_ssl.atomic_files import write_with
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """:class:`TorchCheckpointIO` with write-to-temporary-then-rename saving."""
+    """:class:`TorchCheckpointIO` saving through an fsynced file beside the checkpoint."""
 
     @override
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
     ) -> None:
-        """Write ``checkpoint`` to ``path`` atomically.
+        """Write ``checkpoint`` to ``path`` through an fsynced temporary file beside it.
 
         Raises:
             OSError: Naming the file, when the disk is full or not writable; the
