@@ -21,146 +21,29 @@ warning. The batch then runs again.
 
 from __future__ import annotations
 
-import io
-import logging
 import math
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from mile_ssl.data.augment import TrainView, crop_window, decode_rgb, eval_transform, item_rng
+from mile_ssl.data.dali_items import DaliItems, Entry, Key, key_index
 from mile_ssl.data.dali_pipeline import EVAL, DaliPipelines, eval_geometry
-from mile_ssl.data.images import (
-    DECODE_ERRORS,
-    UnreadableImageError,
-    describe_decode_error,
-    load_rgb,
-)
+from mile_ssl.data.images import UnreadableImageError, load_rgb
 from mile_ssl.data.sampling import (
     SemiSupervisedBatchSampler,
     StepBatchSampler,
     check_same_stream,
     item_seed,
 )
-from mile_ssl.data.substitution import SubstitutingImages
-
-log = logging.getLogger(__name__)
 
 _QUEUE_BATCHES = 2
 """Batches prepared ahead of the training step by the loader's thread."""
-
-
-def read_encoded(path: str) -> tuple[np.ndarray, int, int]:
-    """The bytes of the image file ``path`` and its height and width (from its header).
-
-    Raises:
-        UnreadableImageError: If the file is missing, empty or not an image, or if an
-            earlier DALI batch found that it cannot be decoded.
-    """
-    try:
-        data = Path(path).read_bytes()
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-    except DECODE_ERRORS as error:
-        raise UnreadableImageError(path, describe_decode_error(path, error)) from error
-    return np.frombuffer(data, dtype=np.uint8), height, width
-
-
-Key = int | tuple[int, bool]
-"""A batch sampler's item: an index, or ``(index, labelled)`` in semi-supervised batches."""
-
-
-def _index(key: Key) -> int:
-    return key[0] if isinstance(key, tuple) else key
-
-
-@dataclass
-class _Entry:
-    """One item of a batch as read: the file served (its own or a substitute) and more.
-
-    ``seed`` is the item's augmentation seed in training, ``None`` in validation.
-    """
-
-    path: str
-    data: np.ndarray
-    height: int
-    width: int
-    fields: dict[str, Tensor]
-    seed: int | None
-
-
-class DaliItems:
-    """Training or validation items: which dataset holds an index, and its fields.
-
-    Remembers what DALI taught it about files: those no decoder reads
-    (``undecodable``: substituted from then on) and those only PIL reads
-    (``pil_decoded``: decoded by PIL from then on, with the reason DALI gave).
-
-    Args:
-        datasets: The datasets in index order (the training set, then appended
-            unlabeled images); indices run on from one to the next.
-    """
-
-    def __init__(self, datasets: Sequence[SubstitutingImages]) -> None:
-        self.datasets = list(datasets)
-        self.undecodable: set[str] = set()
-        self.pil_decoded: dict[str, str] = {}
-
-    def locate(self, index: int) -> tuple[SubstitutingImages, int]:
-        """The dataset holding item ``index`` and the item's position in it."""
-        for dataset in self.datasets:
-            if index < len(dataset):
-                return dataset, index
-            index -= len(dataset)
-        raise IndexError(f"item {index} is outside the dataset")
-
-    def _reader(self, path: str) -> tuple[str, np.ndarray, int, int]:
-        if path in self.undecodable:
-            raise UnreadableImageError(path, "cannot be decoded (found by DALI)")
-        return (path, *read_encoded(path))
-
-    def read(self, key: Key) -> tuple[str, np.ndarray, int, int, dict[str, Tensor]]:
-        """The file served for ``key``, its bytes, height and width, and the item's fields.
-
-        The file is the item's own, or its substitute when that cannot be read.
-        A ``(index, labelled)`` key marks the item as in
-        :class:`~mile_ssl.data.sampling.FlaggedDataset` (label -1 when unlabeled).
-        """
-        dataset, position = self.locate(_index(key))
-        (path, data, height, width), source = dataset.read(position, self._reader)
-        fields = dataset.fields(position, source)
-        if isinstance(key, tuple):
-            fields["labelled"] = torch.tensor(key[1])
-            if not key[1]:
-                fields["label"] = torch.tensor(-1)
-        return path, data, height, width, fields
-
-    def refused(self, path: str, reason: str) -> None:
-        """Record that DALI cannot decode ``path``.
-
-        PIL decodes it from then on; if PIL cannot either, it is substituted.
-        """
-        try:
-            load_rgb(path)
-        except UnreadableImageError:
-            self.undecodable.add(path)
-            return
-        self.pil_decoded[path] = reason
-        log.warning(
-            "%s: DALI cannot decode it (%s); PIL decodes it instead, into the torchvision "
-            "backend's view of it (%d such file(s) so far)",
-            path,
-            reason,
-            len(self.pil_decoded),
-        )
 
 
 class DaliLoader:
@@ -250,12 +133,12 @@ class DaliLoader:
             }
             return {"image": images, **stacked}
 
-    def _entry(self, key: Key, seed: int, step: int) -> _Entry:
+    def _entry(self, key: Key, seed: int, step: int) -> Entry:
         path, data, height, width, fields = self.items.read(key)
-        item = item_seed(seed, step, _index(key)) if self.training else None
-        return _Entry(path, data, height, width, fields, item)
+        item = item_seed(seed, step, key_index(key)) if self.training else None
+        return Entry(path, data, height, width, fields, item)
 
-    def _pil_views(self, entries: Sequence[_Entry]) -> dict[int, Tensor] | None:
+    def _pil_views(self, entries: Sequence[Entry]) -> dict[int, Tensor] | None:
         """The views of the rows whose files PIL decodes, by row.
 
         ``None`` if one of them failed after all: the file is then marked undecodable.
@@ -272,7 +155,7 @@ class DaliLoader:
                 return None
         return views
 
-    def _pil_view(self, entry: _Entry) -> Tensor:
+    def _pil_view(self, entry: Entry) -> Tensor:
         """What the torchvision backend makes of the entry's file (same window and flip)."""
         if entry.seed is None:
             view: Tensor = self._eval_view(load_rgb(entry.path))
@@ -297,7 +180,7 @@ class DaliLoader:
             images[row] = view.to(device)
         return images
 
-    def _decode(self, entries: Sequence[_Entry]) -> Tensor:
+    def _decode(self, entries: Sequence[Entry]) -> Tensor:
         """DALI's images of ``entries``.
 
         Raises:
@@ -310,14 +193,14 @@ class DaliLoader:
         (images,) = self._pipeline.run()
         return self.pipelines.to_torch(images)
 
-    def _refused(self, entries: Sequence[_Entry], error: str) -> list[tuple[_Entry, str]]:
+    def _refused(self, entries: Sequence[Entry], error: str) -> list[tuple[Entry, str]]:
         """The entries DALI refuses, with its words, found by halving ``entries``.
 
         ``entries`` were refused together, with ``error``.
         """
         if len(entries) == 1:
             return [(entries[0], error)]
-        found: list[tuple[_Entry, str]] = []
+        found: list[tuple[Entry, str]] = []
         half = len(entries) // 2
         for part in (entries[:half], entries[half:]):
             try:
@@ -327,7 +210,7 @@ class DaliLoader:
                 found += self._refused(part, str(failure))
         return found
 
-    def _learn_refused(self, entries: Sequence[_Entry], error: RuntimeError) -> bool:
+    def _learn_refused(self, entries: Sequence[Entry], error: RuntimeError) -> bool:
         """Find and record the files DALI refuses among ``entries``; whether it refused any.
 
         ``entries`` were refused together, with ``error``. None refused alone means
@@ -338,7 +221,7 @@ class DaliLoader:
             self.items.refused(path, _decoder_message(message))
         return bool(found)
 
-    def _feed(self, entries: Sequence[_Entry]) -> dict[str, list[np.ndarray]]:
+    def _feed(self, entries: Sequence[Entry]) -> dict[str, list[np.ndarray]]:
         """The pipeline's inputs for ``entries``: bytes, and windows or geometry."""
         feed: dict[str, list[np.ndarray]] = {"encoded": [entry.data for entry in entries]}
         if not self.training:

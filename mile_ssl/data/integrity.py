@@ -17,28 +17,19 @@ The full scan (``decode=True``, ``mile-ssl check-data --decode``) decodes every 
 training does (:func:`~mile_ssl.data.images.load_rgb`), so it finds those as well, at
 the cost of reading and decoding every byte.
 
-Both scans are cached. Each file's result is stored with its size and modification
-time, so a second scan of an unchanged tree reads no image at all; the two scans keep
-separate results, so that a header check never answers for a full decode (nor the
-other way round). The cache is one JSON file,
-``<data.root>/.mile_ssl_image_check.json`` when the data root is writable (it then moves
-and is deleted with the data), else ``~/.cache/mile_ssl/image_check/<hash of the root>.json``
-(``$XDG_CACHE_HOME`` is honoured) for read-only datasets.
+Both scans are cached (:mod:`mile_ssl.data.scan_cache`): a second scan of an unchanged
+tree reads no image at all.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from PIL import Image
 
@@ -52,21 +43,16 @@ from mile_ssl.data.images import (
     load_rgb,
 )
 from mile_ssl.data.listing import list_unlabeled_images
+from mile_ssl.data.scan_cache import (
+    DECODE_SECTION,
+    HEADER_SECTION,
+    default_cache_path,
+    read_cache,
+    unchanged,
+    write_cache,
+)
 
 log = logging.getLogger(__name__)
-
-CACHE_NAME = ".mile_ssl_image_check.json"
-"""File name of the cache inside a writable data root."""
-
-CACHE_VERSION = 1
-"""Format version of the cache; a cache of another version is ignored."""
-
-HEADER_SECTION = "files"
-"""The cache's results of the header scan."""
-
-DECODE_SECTION = "decoded"
-"""The cache's results of the full decode: a separate section, never read as the
-header scan's (whose results an older mile_ssl also writes under ``files``)."""
 
 CHUNK = 256
 """Files per thread task: large enough to keep the pool's overhead small."""
@@ -156,66 +142,6 @@ def _lacks_end_marker(path: str | Path, image_format: str | None, size: int) -> 
     return not tail.endswith(marker)
 
 
-def default_cache_path(root: str | Path) -> Path:
-    """Where the scan of the data below ``root`` keeps its cache.
-
-    ``root/.mile_ssl_image_check.json`` if ``root`` is writable, else a file named by
-    the hash of ``root``'s absolute path under ``$XDG_CACHE_HOME/mile_ssl/image_check``
-    (default ``~/.cache``).
-    """
-    root = Path(root)
-    if root.is_dir() and os.access(root, os.W_OK):
-        return root / CACHE_NAME
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    digest = hashlib.sha256(str(root.absolute()).encode()).hexdigest()[:16]
-    return base / "mile_ssl" / "image_check" / f"{digest}.json"
-
-
-def _read_sections(path: Path) -> dict[str, dict[str, list[Any]]]:
-    """Every section of the cache (name -> absolute path -> [size, mtime_ns, reason])."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as error:
-        log.warning("ignoring the image-check cache %s (%s)", path, error)
-        return {}
-    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
-        return {}
-    return {
-        name: entries
-        for name in (HEADER_SECTION, DECODE_SECTION)
-        if isinstance(entries := data.get(name), dict)
-    }
-
-
-def _read_cache(path: Path, section: str = HEADER_SECTION) -> dict[str, list[Any]]:
-    """The entries of one scan's section of the cache; empty if unusable."""
-    return _read_sections(path).get(section, {})
-
-
-def _write_cache(path: Path, files: dict[str, list[Any]], section: str = HEADER_SECTION) -> None:
-    """Replace one section of the cache atomically, keeping the other one.
-
-    A cache that cannot be written is only a warning.
-    """
-    temporary: str | None = None
-    try:
-        sections = _read_sections(path) | {section: files}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(prefix=f"{CACHE_NAME}.", dir=path.parent)
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump({"version": CACHE_VERSION, **sections}, handle)
-        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide it from the data's other users
-        os.replace(temporary, path)
-    except OSError as error:
-        if temporary is not None:
-            Path(temporary).unlink(missing_ok=True)
-        log.warning(
-            "cannot write the image-check cache %s (%s); the next scan reads again", path, error
-        )
-
-
 def _check_many(
     paths: Sequence[str], decode: bool = False
 ) -> list[tuple[str, int, int, str | None]]:
@@ -254,13 +180,13 @@ def scan_images(
     """
     section = DECODE_SECTION if decode else HEADER_SECTION
     files = sorted(dict.fromkeys(os.path.abspath(path) for path in paths))
-    cached = _read_cache(cache, section) if cache is not None else {}
+    cached = read_cache(cache, section) if cache is not None else {}
     bad: list[tuple[str, str]] = []
     to_read: list[str] = []
     from_cache = 0
     for path in files:
         entry = cached.get(path)
-        if entry is not None and _unchanged(path, entry):
+        if entry is not None and unchanged(path, entry):
             from_cache += 1
             if entry[2] is not None:
                 bad.append((path, str(entry[2])))
@@ -285,19 +211,8 @@ def scan_images(
                 if size >= 0:
                     cached[path] = [size, mtime, reason]
     if cache is not None and to_read:
-        _write_cache(cache, cached, section)
+        write_cache(cache, cached, section)
     return ScanResult(sorted(bad), len(files), from_cache, cache, decode)
-
-
-def _unchanged(path: str, entry: Any) -> bool:
-    """Whether the cache ``entry`` was made for the current version of ``path``."""
-    if not isinstance(entry, list) or len(entry) != 3:
-        return False
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return False
-    return [stat.st_size, stat.st_mtime_ns] == entry[:2]
 
 
 def _images_below(folder: Path) -> list[str]:

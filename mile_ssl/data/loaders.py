@@ -18,7 +18,8 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mile_ssl.config import DataConfig
-from mile_ssl.data.dali import DaliItems, DaliLoader, validation_batches
+from mile_ssl.data.dali import DaliLoader, validation_batches
+from mile_ssl.data.dali_items import DaliItems
 from mile_ssl.data.dali_pipeline import DaliPipelines
 from mile_ssl.data.sampling import SemiSupervisedBatchSampler, StepBatchSampler, StepDataLoader
 from mile_ssl.data.substitution import SubstitutingImages

@@ -136,7 +136,7 @@ def test_dali_decodes_a_file_only_pil_reads_with_pil_into_the_same_view(
     reference = _datamodule(tree, "torchvision", *every_image)
     train_index = _file_names(reference.splits.train).index(Path(TRAIN_GIF).name)
     val_index = _file_names(reference.splits.val).index(Path(VAL_GIF).name)
-    with caplog.at_level("WARNING", logger="mile_ssl.data.dali"):
+    with caplog.at_level("WARNING", logger="mile_ssl.data.dali_items"):
         loader = datamodule.train_dataloader()
         assert isinstance(loader, DaliLoader)
         # The pass twice: the GIF is in both, and DALI is asked about it once.

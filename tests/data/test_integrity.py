@@ -9,14 +9,8 @@ import pytest
 
 from mile_ssl.cli import main
 from mile_ssl.config import DataConfig, compose_train_config
-from mile_ssl.data.integrity import (
-    CACHE_NAME,
-    DECODE_SECTION,
-    HEADER_SECTION,
-    check_data_report,
-    scan_data,
-    scan_images,
-)
+from mile_ssl.data.integrity import check_data_report, scan_data, scan_images
+from mile_ssl.data.scan_cache import CACHE_NAME, DECODE_SECTION, HEADER_SECTION
 from tests.broken_images import corrupt_idat, cut, cut_and_close_png, write_image
 
 

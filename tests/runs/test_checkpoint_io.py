@@ -27,22 +27,17 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from mile_ssl.runs import checkpoint_io
-from mile_ssl.runs.checkpoint_io import write_atomically
+from mile_ssl.commands.predict import format_predictions, predict, prediction_failures
 from mile_ssl.config import compose_train_config
 from mile_ssl.data.datamodule import MILeDataModule, UnlabeledStream
 from mile_ssl.data.folder import LabeledImageFolder, UnlabeledImages
 from mile_ssl.data.images import IMAGE_SUFFIXES, UnreadableImageError, load_rgb
-from mile_ssl.data.integrity import (
-    CACHE_NAME,
-    check_data_report,
-    default_cache_path,
-    scan_data,
-    scan_images,
-)
+from mile_ssl.data.integrity import check_data_report, scan_data, scan_images
 from mile_ssl.data.listing import list_unlabeled_images
-from mile_ssl.commands.predict import format_predictions, predict, prediction_failures
+from mile_ssl.data.scan_cache import CACHE_NAME, default_cache_path
 from mile_ssl.networks.preprocessing import Preprocessing
+from mile_ssl.runs import checkpoint_io
+from mile_ssl.runs.checkpoint_io import write_atomically
 from mile_ssl.runs.report import format_metrics_table
 from tests.conftest import MILE_SSL, TINY_OVERRIDES, run_cli, write_image_folder, write_jpeg
 
