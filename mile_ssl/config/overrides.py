@@ -48,15 +48,20 @@ def normalise_overrides(overrides: Sequence[str]) -> list[str]:
     two steps, because ``trainer.max_epochs=null`` is added unless the user sets it too.
     """
     quoted = quote_paths_with_equals(overrides)
-    for override in quoted:
-        refuse_moved_key(override.partition("=")[0])
-    keys = {override.partition("=")[0].lstrip("+~") for override in quoted}
+    keys = [override_key(override) for override in quoted]
+    for key in keys:
+        refuse_moved_key(key)
     added = [
         f"{epochs}=null"
         for steps, epochs in STEPS_OVER_EPOCHS
         if steps in keys and epochs not in keys
     ]
     return [*quoted, *added]
+
+
+def override_key(override: str) -> str:
+    """The dotted key of a Hydra override string (``+a.b=1`` -> ``a.b``)."""
+    return override.partition("=")[0].lstrip("+~")
 
 
 def quote_paths_with_equals(overrides: Sequence[str]) -> list[str]:

@@ -20,10 +20,10 @@ from typing import Any
 import yaml
 from hydra.core.override_parser.types import Override, OverrideType
 
+from mile_ssl.config.overrides import override_key
 from mile_ssl.solo.recipes import (
     Translation,
     is_solo_config,
-    override_key,
     read_solo_config,
     translate_solo_config,
 )
@@ -134,6 +134,7 @@ def expand_solo_command(
     solo = read_solo_config(recipe)
     parser = OverridesParser.create()
     mile_args: list[str] = []
+    accelerator: str | None = None  # the command line's, which decides what devices means
     for arg in quote_paths_with_equals(args):
         if arg.startswith("-") or "=" not in arg:
             mile_args.append(arg)
@@ -141,6 +142,9 @@ def expand_solo_command(
         override = parser.parse_overrides([arg])[0]
         if not _is_solo_override(override, solo):
             mile_args.append(arg)
+            if override.key_or_group == "trainer.accelerator":
+                value = override.value()
+                accelerator = value if isinstance(value, str) else None
         elif override.is_sweep_override():
             raise ValueError(
                 f"{arg}: sweeping a solo-learn key of {recipe} is not supported; sweep the "
@@ -148,7 +152,7 @@ def expand_solo_command(
             )
         else:
             _apply(solo, override)
-    translation = translate_solo_config(solo, recipe)
+    translation = translate_solo_config(solo, recipe, accelerator)
     given = frozenset(
         override_key(arg) for arg in mile_args if "=" in arg and not arg.startswith("-")
     )

@@ -14,28 +14,20 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from mile_ssl.config.overrides import MOVED_KEYS
+from mile_ssl.config.overrides import MOVED_KEYS, STEPS_OVER_EPOCHS, override_key
+from mile_ssl.solo.keys import NOT_USED, SETTINGS, RecipeReader
 
 log = logging.getLogger(__name__)
 
 SOLO_MARKERS = ("pretrained_feature_extractor", "pretrain_method")
 CIFAR_DATASETS = ("cifar10", "cifar100")
-PRECISIONS = {
-    "16": "16-mixed",
-    "16-mixed": "16-mixed",
-    "bf16": "bf16-mixed",
-    "bf16-mixed": "bf16-mixed",
-    "32": "32-true",
-    "32-true": "32-true",
-}
-SCHEDULERS_AS_COSINE = ("warmup_cosine", "cosine", "none")
 IGNORED = {
     "name": "run names come from the Hydra run directory",
     "wandb": "mile_ssl logs with CSV or TensorBoard (trainer.logger)",
@@ -80,7 +72,7 @@ class Translation:
         ``max_epochs`` became (it would replace the steps), and likewise for warm-up.
         """
         replaced = set(keys)
-        for given, derived in REPLACED_BY:
+        for given, derived in STEPS_OVER_EPOCHS:
             if given in keys:
                 replaced.add(derived)
         self.overrides = [item for item in self.overrides if override_key(item) not in replaced]
@@ -132,15 +124,6 @@ def read_solo_config(path: str | Path) -> dict[str, Any]:
     return recipe
 
 
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            yield from _flatten(value, f"{dotted}.")
-        else:
-            yield dotted, value
-
-
 def _value(value: Any) -> str:
     """A value in Hydra override syntax."""
     if value is None:
@@ -154,21 +137,22 @@ def _value(value: Any) -> str:
     return str(value)
 
 
-def _devices_count(devices: Any) -> int:
-    if isinstance(devices, list | tuple):
-        return len(devices)
-    if isinstance(devices, int) and devices > 0:
-        return devices
-    return 1
-
-
-def translate_solo_config(solo: Mapping[str, Any], source: str | Path) -> Translation:
+def translate_solo_config(
+    solo: Mapping[str, Any], source: str | Path, accelerator: str | None = None
+) -> Translation:
     """Map a solo-learn recipe onto mile_ssl's configuration.
+
+    The keys that map one to one are :data:`~mile_ssl.solo.keys.SETTINGS`, those that
+    have no effect :data:`~mile_ssl.solo.keys.NOT_USED`; the checkpoint and backbone, the
+    image folders, the ``mile:`` section and ``defaults`` are the special cases. Any
+    other key is reported as not used.
 
     Args:
         solo: The parsed YAML.
         source: The file it came from (relative paths in it are taken relative to the
             current directory, as solo-learn does).
+        accelerator: The accelerator the command line sets (``trainer.accelerator``),
+            which wins over the recipe's.
 
     Returns:
         The overrides, the mapping and the unsupported keys.
@@ -176,19 +160,28 @@ def translate_solo_config(solo: Mapping[str, Any], source: str | Path) -> Transl
     Raises:
         ValueError: Naming the key, if a required value is missing or cannot be honoured.
     """
+    recipe = RecipeReader(solo, source, accelerator or solo.get("accelerator"))
     translation = Translation()
-    handled: set[str] = set()
+    _checkpoint_and_backbone(recipe, translation)
+    _image_folders(recipe, translation)
+    for solo_key, mile_key, transform in SETTINGS:
+        value = transform(recipe.take(solo_key), recipe)
+        if value is not None:
+            translation.set(solo_key, f"{mile_key}={_value(value)}")
+    for solo_key, applies, reason in NOT_USED:
+        for key, value in recipe.take_all(solo_key):
+            if applies(value):
+                translation.skip(key, reason.format(value))
+    _mile_section(recipe, translation)
+    _defaults(recipe, translation)
+    for key in recipe.unread():
+        translation.skip(key, IGNORED.get(key.split(".")[0], "not supported by mile_ssl"))
+    return translation
 
-    def take(key: str) -> Any:
-        handled.add(key)
-        node: Any = solo
-        for part in key.split("."):
-            if not isinstance(node, Mapping) or part not in node:
-                return None
-            node = node[part]
-        return node
 
-    checkpoint = take("pretrained_feature_extractor")
+def _checkpoint_and_backbone(recipe: RecipeReader, translation: Translation) -> None:
+    """The pretrained checkpoint; the backbone from its run's ``args.json``, or the recipe's."""
+    checkpoint = recipe.take("pretrained_feature_extractor")
     if checkpoint in (None, "None", "none", ""):
         translation.needs_checkpoint = True
         checkpoint = None
@@ -196,46 +189,47 @@ def translate_solo_config(solo: Mapping[str, Any], source: str | Path) -> Transl
         translation.set(
             "pretrained_feature_extractor", f"checkpoint.path={_value(str(checkpoint))}"
         )
-    method = take("pretrain_method")
+    method = recipe.take("pretrain_method")
     if method is not None:
         translation.mapping.append(
             ("pretrain_method", f"{method} (recorded; the adapter reads the file)")
         )
-
-    dataset = str(take("data.dataset") or "custom")
-    backbone = take("backbone.name")
-    backbone_kwargs = take("backbone.kwargs") or {}
+    backbone = recipe.take("backbone.name")
+    kwargs = dict(recipe.take("backbone.kwargs") or {})
     run_args = _run_args(checkpoint)
     if run_args is not None:
-        _check_run_backbone(run_args, backbone, source)
+        _check_run_backbone(run_args, backbone, recipe.source)
         translation.mapping.append(("backbone.name", "taken from the run's args.json"))
-        for key in dict(backbone_kwargs):
+        for key in kwargs:
             translation.skip(
                 f"backbone.kwargs.{key}", "the architecture comes from the run's args.json"
             )
     elif backbone is not None:
         translation.set("backbone.name", f"backbone.name={_backbone_spec_name(str(backbone))}")
-        for key, value in dict(backbone_kwargs).items():
+        for key, value in kwargs.items():
             translation.set(f"backbone.kwargs.{key}", f"+backbone.kwargs.{key}={_value(value)}")
-    handled.add("backbone.kwargs")
 
+
+def _image_folders(recipe: RecipeReader, translation: Translation) -> None:
+    """``data.train_path`` and ``val_path`` as a root and two folders; ``data.format``."""
+    dataset = str(recipe.take("data.dataset") or "custom")
     if dataset in CIFAR_DATASETS:
         raise ValueError(
-            f"{source}: data.dataset={dataset} reads torchvision's CIFAR archives; mile_ssl "
-            "reads image folders (root/<class>/<image>): write the images to folders and "
-            "set data.dataset: custom with train_path/val_path"
+            f"{recipe.source}: data.dataset={dataset} reads torchvision's CIFAR archives; "
+            "mile_ssl reads image folders (root/<class>/<image>): write the images to "
+            "folders and set data.dataset: custom with train_path/val_path"
         )
     translation.mapping.append(("data.dataset", f"{dataset} (image folders)"))
-    train_path, val_path = take("data.train_path"), take("data.val_path")
+    train_path, val_path = recipe.take("data.train_path"), recipe.take("data.val_path")
     if train_path is None or val_path is None:
-        raise ValueError(f"{source}: data.train_path and data.val_path are required")
+        raise ValueError(f"{recipe.source}: data.train_path and data.val_path are required")
     train_abs, val_abs = os.path.abspath(str(train_path)), os.path.abspath(str(val_path))
     root = os.path.commonpath([train_abs, val_abs])
     translation.overrides.append("data=folder")
     translation.set("data.train_path", f"data.root={_value(root)}")
     translation.set("data.train_path", f"data.train_dir={_value(os.path.relpath(train_abs, root))}")
     translation.set("data.val_path", f"data.val_dir={_value(os.path.relpath(val_abs, root))}")
-    data_format = take("data.format")
+    data_format = recipe.take("data.format")
     if data_format == "dali":
         translation.set("data.format", "data.backend=dali")
     elif data_format not in (None, "image_folder"):
@@ -244,117 +238,29 @@ def translate_solo_config(solo: Mapping[str, Any], source: str | Path) -> Transl
             f"data.format: {data_format} is not available in mile_ssl; the images are read "
             "as image folders with torchvision and PIL instead (same files, same labels)"
         )
-    workers = take("data.num_workers")
-    if workers is not None:
-        translation.set("data.num_workers", f"data.num_workers={workers}")
-    fraction = take("data.fraction")
-    if fraction is not None and float(fraction) > 0:
-        translation.set("data.fraction", f"data.fraction={fraction}")
 
-    optimizer = take("optimizer.name")
-    if optimizer not in (None, "sgd"):
-        translation.skip("optimizer.name", f"{optimizer!r}: mile_ssl trains with SGD (optim.*)")
-    batch_size = int(take("optimizer.batch_size") or 256)
-    translation.set("optimizer.batch_size", f"data.batch_size={batch_size}")
-    devices = take("devices")
-    nodes = int(take("num_nodes") or 1)
-    lr = take("optimizer.lr")
-    if lr is not None:
-        scale = batch_size * _devices_count(devices) * nodes / 256
-        scaled = float(lr) * scale
-        translation.set("optimizer.lr", f"optim.lr={scaled:.6g}")
-        log.info(
-            "solo-learn's LR rule: lr %.6g x (batch %d x devices %d x nodes %d / 256) = %.6g",
-            float(lr),
-            batch_size,
-            _devices_count(devices),
-            nodes,
-            scaled,
-        )
-    weight_decay = take("optimizer.weight_decay")
-    if weight_decay is not None:
-        translation.set("optimizer.weight_decay", f"optim.weight_decay={weight_decay}")
-    for key, value in dict(take("optimizer.kwargs") or {}).items():
-        if key in ("momentum", "nesterov"):
-            translation.set(f"optimizer.kwargs.{key}", f"optim.{key}={_value(value)}")
-        else:
-            translation.skip(f"optimizer.kwargs.{key}", "no such option for mile_ssl's SGD")
 
-    scheduler = take("scheduler.name")
-    if scheduler is not None and scheduler not in SCHEDULERS_AS_COSINE:
-        translation.skip("scheduler.name", f"{scheduler!r} replaced by warm-up + cosine")
-    for key in ("lr_decay_steps", "min_lr", "warmup_start_lr", "interval"):
-        if take(f"scheduler.{key}") is not None:
-            translation.skip(f"scheduler.{key}", "mile_ssl uses warm-up + cosine to zero")
-    warmup = take("scheduler.warmup_epochs")
-    if warmup is not None and scheduler == "warmup_cosine":
-        translation.set("scheduler.warmup_epochs", f"optim.warmup_epochs={warmup}")
-
-    seed = take("seed")
-    if seed is not None:
-        translation.set("seed", f"seed={seed}")
-    max_epochs = take("max_epochs")
-    if max_epochs is not None:
-        translation.set("max_epochs", f"trainer.max_epochs={max_epochs}")
-    for key in ("accelerator", "strategy", "sync_batchnorm", "num_nodes"):
-        value = take(key)
-        if value is not None:
-            translation.set(key, f"trainer.{key}={_value(value)}")
-    if devices is not None:
-        translation.set("devices", f"trainer.devices={_value(devices)}")
-    precision = take("precision")
-    if precision is not None:
-        if str(precision) not in PRECISIONS:
-            raise ValueError(
-                f"{source}: precision={precision!r} is not one of {sorted(PRECISIONS)}"
-            )
-        translation.set("precision", f"trainer.precision={PRECISIONS[str(precision)]}")
-    finetune = take("finetune")
-    if not finetune:
-        translation.skip(
-            "finetune",
-            "absent/false means a frozen backbone (linear probe) in solo-learn; MILe fine-tunes "
-            "the whole network",
-        )
-
+def _mile_section(recipe: RecipeReader, translation: Translation) -> None:
+    """The recipe's ``mile:`` section: MILe's own options, set as they are."""
     translation.overrides.append("method=mile")
-    for key, value in dict(take("mile") or {}).items():
+    for key, value in dict(recipe.take("mile") or {}).items():
         moved = MOVED_KEYS.get(f"mile.{key}")
         if moved is not None:
             raise ValueError(
-                f"{source}: mile.{key} moved to {moved}, which a solo-learn recipe cannot "
-                f"set; give it on the command line ({moved}={_value(value)})"
+                f"{recipe.source}: mile.{key} moved to {moved}, which a solo-learn recipe "
+                f"cannot set; give it on the command line ({moved}={_value(value)})"
             )
         translation.set(f"mile.{key}", f"mile.{key}={_value(value)}")
-    handled.add("mile")
 
-    defaults = solo.get("defaults") or []
-    handled.add("defaults")
-    for entry in defaults:
+
+def _defaults(recipe: RecipeReader, translation: Translation) -> None:
+    """solo-learn's config groups (``defaults: [wandb: ...]``), which mile_ssl does not have."""
+    for entry in recipe.take("defaults") or []:
         if isinstance(entry, Mapping):
             for group in entry:
                 if not str(group).startswith("override hydra"):
                     reason = IGNORED.get(str(group), "no such config group in mile_ssl")
                     translation.skip(f"defaults: {group}", reason)
-
-    for key, _ in _flatten(solo):
-        top = key.split(".")[0]
-        if key in handled or top in ("mile",) or any(key.startswith(h + ".") for h in handled):
-            continue
-        translation.skip(key, IGNORED.get(top, "not supported by mile_ssl"))
-    return translation
-
-
-REPLACED_BY = (
-    ("trainer.max_steps", "trainer.max_epochs"),
-    ("optim.warmup_steps", "optim.warmup_epochs"),
-)
-"""(mile_ssl key given on the command line, derived key it makes obsolete)."""
-
-
-def override_key(override: str) -> str:
-    """The dotted key of a Hydra override string (``+a.b=1`` -> ``a.b``)."""
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 SOLO_VITS = {

@@ -140,11 +140,60 @@ def test_command_line_wins_over_derived_values(tmp_path: Path, images: Path) -> 
     config = compose_train_config([arg for arg in command.arguments if arg != "-m"])
     assert command.arguments[-1] == "-m"  # Hydra flags pass through
     assert config.trainer.max_steps == 5 and config.trainer.max_epochs is None
-    assert config.trainer.devices == [0, 1] and config.seed == 7
+    # Two GPU indices on the CPU (the command line's accelerator=cpu) are two processes.
+    assert config.trainer.devices == 2 and config.seed == 7
     # solo-learn keys change the recipe before translation: the rate scales with them.
     assert config.optim.lr == pytest.approx(3.0 * 8 * 2 / 256)
     user = compose_train_config([*command.arguments[:-1], "optim.lr=0.5"])
     assert user.optim.lr == 0.5
+
+
+def test_gpu_indices_become_a_device_count_on_the_cpu(images: Path, tmp_path: Path) -> None:
+    # Published recipes keep devices: [0]; Lightning's CPU accelerator takes a count only.
+    recipe = "linear/imagenet-100/mocov2plus.yaml"
+    checkpoint = _pretrained_run(tmp_path, recipe)
+    path = FIXTURES / recipe
+    result = run_cli_in_process(
+        [
+            "train",
+            "--config-path",
+            str(path.parent),
+            "--config-name",
+            path.stem,
+            f'pretrained_feature_extractor="{checkpoint}"',
+            f"data.train_path={images / 'train'}",
+            f"data.val_path={images / 'val'}",
+            "optimizer.batch_size=8",
+            "data.num_workers=0",
+            "trainer.accelerator=cpu",
+            "trainer.precision=32-true",
+            "trainer.max_steps=2",
+            f"data.image_size={IMAGE_SIZE}",
+            "trainer.progress_bar=false",
+            "hydra.run.dir=run",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "devices: [0] are GPU indices; with accelerator=cpu that is trainer.devices=1" in (
+        result.stdout + result.stderr
+    )
+    resolved = yaml.safe_load((tmp_path / "run" / "resolved_config.yaml").read_text())
+    assert resolved["trainer"]["accelerator"] == "cpu" and resolved["trainer"]["devices"] == 1
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 2
+
+
+def test_device_list_is_kept_for_gpus_and_counted_for_the_cpu() -> None:
+    recipe = FIXTURES / "finetune" / "imagenet" / "mae.yaml"  # devices: [0, ..., 7]
+    solo: dict[str, Any] = read_solo_config(recipe)
+    on_gpus = compose_train_config(translate_solo_config(solo, recipe).overrides)
+    assert on_gpus.trainer.devices == list(range(8))
+    on_cpu = compose_train_config(translate_solo_config(solo, recipe, "cpu").overrides)
+    assert on_cpu.trainer.devices == 8
+    # The learning rate is scaled by the same eight devices either way.
+    assert on_cpu.optim.lr == on_gpus.optim.lr == pytest.approx(5e-4 * 64 * 8 / 256)
+    solo["accelerator"] = "cpu"  # the recipe's own accelerator counts too
+    assert compose_train_config(translate_solo_config(solo, recipe).overrides).trainer.devices == 8
 
 
 def test_recipe_backbone_must_match_the_run(tmp_path: Path, images: Path) -> None:
