@@ -326,23 +326,27 @@ def _check_data(argv: Sequence[str]) -> None:
 
 def _checkpoints(argv: Sequence[str]) -> None:
     """List the public SSL checkpoints known by name, or download one."""
-    from mile_ssl.public_checkpoints import format_public_checkpoints, resolve_public_checkpoint
+    from mile_ssl import public_checkpoints as catalogue
 
     parser = _command_parser(
         "checkpoints",
         _checkpoints.__doc__,
         "mile-ssl checkpoints",
         "mile-ssl checkpoints --download mocov2_800ep",
+        "mile-ssl checkpoints --download mocov2_800ep --force",
         "mile-ssl train checkpoint.name=mocov2_800ep experiment=imagenet/mocov2_1pct "
         "data.root=/data/imagenet",
     )
     parser.add_argument("--download", metavar="NAME", help="fetch (or check) NAME into the cache")
+    parser.add_argument("--force", action="store_true", help=catalogue.FORCE_HELP)
     parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
+    if args.force and not args.download:
+        parser.error("--force goes with --download NAME")
     if args.download:
-        print(resolve_public_checkpoint(args.download))
+        print(catalogue.resolve_public_checkpoint(args.download, force=args.force))
         return
-    print(format_public_checkpoints(as_json=args.json))
+    print(catalogue.format_public_checkpoints(as_json=args.json))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -2,20 +2,25 @@
 
 The registry is data (``public_checkpoints.yaml`` in this package): for each checkpoint
 the official URL, file name, adapter, architecture, the source's own linear-evaluation
-top-1, its license and, where the source publishes one, its SHA-256. Plugins add entries
-through the entry-point group ``mile_ssl.checkpoints`` (a callable returning entries as
-mappings, or a module whose import registers them with :func:`register_checkpoints`).
+top-1, its license and, where the source publishes one, its SHA-256 or an MD5 prefix.
+Plugins add entries through the entry-point group ``mile_ssl.checkpoints`` (a callable
+returning entries as mappings, or a module whose import registers them with
+:func:`register_checkpoints`).
 
 Files are cached under ``$MILE_SSL_CACHE``, else torch.hub's checkpoint folder
 (``$TORCH_HOME/hub/checkpoints``). A download goes to ``<file>.part``, resumes from it
 after an interruption (HTTP ``Range``), and is renamed to its final name only after its
-hash checks out. For a file whose hash the source does not publish, the first download's
-SHA-256 is recorded beside it (``<file>.sha256``) and later uses are checked against it.
+hash checks out.
+
+A cached file, downloaded or put there by hand, is checked against the catalogue before
+every use and by ``mile-ssl checkpoints`` (:mod:`mile_ssl.checkpoint_cache`, which hashes
+each file once): the published SHA-256 or MD5 prefix, else the SHA-256 of its first use.
+A file that does not match is refused, naming it and both hashes, unless the user
+accepts it deliberately: ``mile-ssl checkpoints --download NAME --force``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import importlib.metadata
 import json
@@ -32,12 +37,25 @@ from typing import Any
 
 import yaml
 
+from mile_ssl.checkpoint_cache import (
+    CachedFileMismatchError,
+    PublishedHash,
+    adopt_download,
+    sidecar,
+    verify_cached_file,
+)
+
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "mile_ssl.checkpoints"
 CACHE_VARIABLE = "MILE_SSL_CACHE"
 CHUNK = 1 << 20
 TIMEOUT_S = 30
+FORCE_HELP = (
+    "with --download NAME: use the cached file although its hash differs from the "
+    "catalogue's; remembered beside the file, so that checkpoint.name=NAME trains from it too"
+)
+"""``mile-ssl checkpoints --force``: the one deliberate way to trust a mismatching file."""
 
 
 @dataclass(frozen=True)
@@ -157,50 +175,45 @@ def cached_path(checkpoint: PublicCheckpoint) -> Path:
     return cache_dir() / checkpoint.file_name
 
 
-def _digests(path: Path) -> tuple[str, str]:
-    """SHA-256 and MD5 of a file, read once in chunks."""
-    sha256, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            sha256.update(chunk)
-            md5.update(chunk)
-    return sha256.hexdigest(), md5.hexdigest()
+def _published(checkpoint: PublicCheckpoint) -> PublishedHash:
+    return PublishedHash(checkpoint.sha256, checkpoint.md5_prefix, checkpoint.source)
 
 
-def sha256_of(path: Path) -> str:
-    """SHA-256 of a file."""
-    return _digests(path)[0]
+def cache_status(checkpoint: PublicCheckpoint) -> tuple[str, str | None]:
+    """Whether ``checkpoint`` is cached, and the mismatch if there is one.
+
+    Returns:
+        ``yes``, ``no``, ``MISMATCH`` or ``yes (accepted with --force)``; and for a
+        mismatch the message naming the file and both hashes.
+    """
+    path = cached_path(checkpoint)
+    if not path.is_file():
+        return "no", None
+    try:
+        accepted = verify_cached_file(path, checkpoint.name, _published(checkpoint))
+    except CachedFileMismatchError as error:
+        return "MISMATCH", str(error)
+    return ("yes (accepted with --force)" if accepted else "yes"), None
 
 
-def _recorded_hash(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
+def resolve_public_checkpoint(name: str, download: bool = True, *, force: bool = False) -> Path:
+    """The local file of the public checkpoint ``name``, checked, downloading it if needed.
 
-
-def expected_hash(checkpoint: PublicCheckpoint, path: Path) -> str | None:
-    """The published hash, else the one recorded at the first download, else ``None``."""
-    if checkpoint.sha256:
-        return checkpoint.sha256
-    recorded = _recorded_hash(path)
-    return recorded.read_text().split()[0] if recorded.is_file() else None
-
-
-def resolve_public_checkpoint(name: str, download: bool = True) -> Path:
-    """The local file of the public checkpoint ``name``, downloading it if needed.
+    Args:
+        name: The catalogue name.
+        download: Fetch the file when it is not cached.
+        force: Accept a cached file whose hash does not match, from now on (see
+            :func:`~mile_ssl.checkpoint_cache.verify_cached_file`).
 
     Raises:
         ValueError: For an unknown name, a checkpoint without a direct download, a file
-            whose hash does not match, or a failed download (naming the URL and where to
-            put the file by hand).
+            whose hash does not match (naming it and both hashes), or a failed download
+            (naming the URL and where to put the file by hand).
     """
     checkpoint = get_public_checkpoint(name)
     path = cached_path(checkpoint)
     if path.is_file():
-        expected = expected_hash(checkpoint, path)
-        if expected is not None and sha256_of(path) != expected:
-            raise ValueError(
-                f"cached {path} does not match the SHA-256 {expected} of {name}; delete it "
-                "to download it again"
-            )
+        verify_cached_file(path, name, _published(checkpoint), force=force)
         return path
     if not checkpoint.urls:
         raise ValueError(
@@ -212,31 +225,42 @@ def resolve_public_checkpoint(name: str, download: bool = True) -> Path:
     errors = []
     for url in checkpoint.urls:
         try:
-            _download(url, path, expected_hash(checkpoint, path), checkpoint.md5_prefix)
+            _download(url, path, checkpoint)
         except (OSError, http.client.HTTPException) as error:
             errors.append(f"{url}: {error}")
             continue
         return path
     raise ValueError(
         f"cannot download {name} ({'; '.join(errors)}). Download it by hand from "
-        f"{checkpoint.urls[0]} and put it at {path} (or pass checkpoint.path=FILE)"
+        f"{checkpoint.urls[0]} and put it at {path} (it is checked on first use), or pass "
+        "checkpoint.path=FILE"
     )
 
 
-def _download(url: str, path: Path, expected: str | None, md5_prefix: str | None) -> None:
-    """Fetch ``url`` into ``path`` through ``path.part``, resuming a partial transfer."""
+def _download(url: str, path: Path, checkpoint: PublicCheckpoint) -> None:
+    """Fetch ``url`` into ``path`` through ``<path>.part``, resuming a partial transfer.
+
+    Own code, not ``torch.hub.download_url_to_file``: that neither resumes a transfer
+    nor notices one cut short (it keeps the short file), and these files are 100-300 MB,
+    most without a published hash to catch it.
+
+    Raises:
+        CachedFileMismatchError: Naming both hashes, if the file is not the checkpoint
+            (it is not kept).
+        OSError: If the transfer fails or ends early (the part received is kept).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
+    partial = sidecar(path, ".part")
     offset = partial.stat().st_size if partial.is_file() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
     with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
         resumed = offset and response.status == 206
         total = int(response.headers.get("Content-Length") or 0) + (offset if resumed else 0)
-        mode = "ab" if resumed else "wb"
-        log.info(
-            "downloading %s to %s%s", url, path, f" (resuming at {offset} bytes)" if resumed else ""
-        )
-        with partial.open(mode) as handle, _progress(total, offset if resumed else 0) as bar:
+        log.info("downloading %s to %s%s", url, path, f" from byte {offset}" if resumed else "")
+        with (
+            partial.open("ab" if resumed else "wb") as handle,
+            _progress(total, offset if resumed else 0) as bar,
+        ):
             for chunk in iter(lambda: response.read(CHUNK), b""):
                 handle.write(chunk)
                 bar.update(len(chunk))
@@ -246,18 +270,7 @@ def _download(url: str, path: Path, expected: str | None, md5_prefix: str | None
             f"transfer interrupted after {received} of {total} bytes (kept as {partial}; "
             "the next try resumes it)"
         )
-    digest, md5 = _digests(partial)
-    if (expected is not None and digest != expected) or not md5.startswith(md5_prefix or ""):
-        partial.unlink()
-        wanted = f"SHA-256 {expected}" if expected else f"an MD5 starting {md5_prefix}"
-        raise ValueError(
-            f"{url} gave a file with SHA-256 {digest} and MD5 {md5}, expected {wanted}; it "
-            "was not kept"
-        )
-    os.replace(partial, path)
-    if expected is None:
-        _recorded_hash(path).write_text(f"{digest}  {path.name}\n")
-        log.info("%s has no published hash: recorded SHA-256 %s for later uses", path, digest)
+    adopt_download(partial, path, checkpoint.name, _published(checkpoint))
 
 
 def _progress(total: int, done: int) -> Any:
@@ -274,13 +287,24 @@ def _progress(total: int, done: int) -> Any:
 
 
 def format_public_checkpoints(as_json: bool = False) -> str:
-    """The registry as a table (name, method, architecture, epochs, top-1, cached) or JSON."""
+    """The registry as a table (name, method, architecture, epochs, top-1, cached) or JSON.
+
+    A cached file is checked against the catalogue (see :func:`verify_cached`): one that
+    does not match is listed as ``MISMATCH`` and named, with both hashes, in a warning.
+    """
     entries = public_checkpoints()
+    statuses = {name: cache_status(entry) for name, entry in entries.items()}
+    for _, problem in statuses.values():
+        if problem is not None:
+            log.warning("%s", problem)
     if as_json:
-        return json.dumps([asdict(entry) for entry in entries.values()], indent=2)
+        return json.dumps(
+            [asdict(entry) | {"cached": statuses[name][0]} for name, entry in entries.items()],
+            indent=2,
+        )
     lines = [f"{'name':24}{'method':16}{'arch':24}{'epochs':>7}{'linear top-1':>14}  cached"]
-    for entry in entries.values():
-        cached = "yes" if cached_path(entry).is_file() else "no"
+    for name, entry in entries.items():
+        cached = statuses[name][0]
         if not entry.urls and cached == "no":
             cached = "no (convert: see --json notes)"
         top1 = f"{entry.linear_top1:.1f}" if entry.linear_top1 is not None else "-"
