@@ -4,6 +4,8 @@ Each recipe is composed exactly as shipped (only ``data.root`` and ``checkpoint.
 added) next to a checkpoint file in its method's real layout, and its backbone is
 loaded from that file through the recipe's adapter; then every recipe trains two steps
 with a small scratch ResNet-18 on a tiny tree holding files of the 1 % / 10 % lists.
+The ViT recipes (DINOv2, MAE) are composed the same way and train two steps with a
+small scratch timm ViT, their recipe (AdamW, layer decay, drop-path) unchanged.
 """
 
 from __future__ import annotations
@@ -26,11 +28,20 @@ RECIPES = Path(__file__).resolve().parents[1] / "configs" / "experiment" / "imag
 COMPOSED = Path(__file__).parent / "fixtures" / "imagenet_recipes_composed.json"
 """Every recipe's composed groups (``data.root`` and ``checkpoint.path`` set to ``/x``), as
 composed from the self-contained recipe files before they became a base per SSL method plus
-a per-fraction overlay."""
+a per-fraction overlay; the keys added since (``optim.name``, ``betas``, ``layer_decay``,
+``clip_grad_norm``, ``backbone.drop_path_rate``) recorded at their defaults, which keep the
+ResNet recipes SGD at one rate; the ViT recipes as composed when they were added."""
 SSL = ("mocov2", "simclrv2_sk0", "simclrv2_sk1", "byol", "swav")
 FRACTIONS = {"1pct": 0.01, "10pct": 0.1, "100pct": 1.0}
 LABELLED = {"1pct": 12_811, "10pct": 128_116, "100pct": 1_281_167}
 NAMES = [f"{ssl}_{fraction}" for ssl in SSL for fraction in FRACTIONS]
+VIT_SSL = {"dinov2_vits14": ("dinov2", 0.75), "mae_vitb16": ("mae", 0.65)}
+"""The ViT recipes' SSL method: its adapter and layer decay."""
+VIT_NAMES = [f"{ssl}_{fraction}" for ssl in VIT_SSL for fraction in FRACTIONS]
+RELEASED_FILES = {
+    "dinov2_vits14": "dinov2_vits14_pretrain.pth",
+    "mae_vitb16": "mae_pretrain_vit_base.pth",
+}
 MILE_TABLE_3 = {
     "mocov2": ("52.62", "67.4", "77.38"),
     "simclrv2_sk0": ("61.85", "70.5", "77.29"),
@@ -99,7 +110,7 @@ def _expected(name: str) -> dict[str, Any]:
 
 def test_every_recipe_is_shipped() -> None:
     shipped = sorted(path.stem for path in RECIPES.glob("*.yaml"))
-    assert shipped == sorted([*NAMES, "simclrv2_sk1_1pct_semi"])
+    assert shipped == sorted([*NAMES, *VIT_NAMES, "simclrv2_sk1_1pct_semi"])
 
 
 def test_semi_supervised_recipe_trains_two_steps(
@@ -130,7 +141,7 @@ def test_semi_supervised_recipe_trains_two_steps(
     assert payload["steps"] == 2 and payload["labelled_images"] == 6
 
 
-@pytest.mark.parametrize("name", [*NAMES, "simclrv2_sk1_1pct_semi"])
+@pytest.mark.parametrize("name", [*NAMES, *VIT_NAMES, "simclrv2_sk1_1pct_semi"])
 def test_recipe_composes_as_recorded(name: str) -> None:
     recorded = json.loads(COMPOSED.read_text())[name]
     config = compose_train_config(
@@ -146,15 +157,18 @@ def test_recipe_parts_are_not_recipes() -> None:
     parts = sorted(path.relative_to(RECIPES).as_posix() for path in RECIPES.glob("*/*.yaml"))
     assert parts == [
         "base/byol.yaml",
+        "base/dinov2.yaml",
+        "base/mae.yaml",
         "base/mile_reference.yaml",
         "base/mocov2.yaml",
         "base/simclrv2.yaml",
         "base/swav.yaml",
+        "base/vit_adamw.yaml",
         "labels/100pct.yaml",
         "labels/10pct.yaml",
         "labels/1pct.yaml",
     ]
-    for name in NAMES:
+    for name in [*NAMES, *VIT_NAMES]:
         defaults = (RECIPES / f"{name}.yaml").read_text().split("defaults:")[1]
         ssl, _, fraction = name.rpartition("_")
         assert f"/experiment/imagenet/base/{ssl.split('_')[0]}\n" in defaults
@@ -270,7 +284,11 @@ def test_recipe_trains_two_steps(name: str, tree: Path, tmp_path: Path, one_thre
     assert 0.0 <= result.metrics["real_acc"] <= 1.0
 
 
-@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda path: path.stem)
+@pytest.mark.parametrize(
+    "path",
+    [path for path in sorted(RECIPES.glob("*.yaml")) if path.stem not in VIT_NAMES],
+    ids=lambda path: path.stem,
+)
 def test_recipe_header_names_its_public_checkpoint(path: Path) -> None:
     from mile_ssl.public_checkpoints import public_checkpoints
 
@@ -282,3 +300,73 @@ def test_recipe_header_names_its_public_checkpoint(path: Path) -> None:
     assert experiment == path.stem
     config = compose_train_config([f"experiment=imagenet/{path.stem}", "data.root=/data/imagenet"])
     assert public_checkpoints()[name].adapter == config.checkpoint.adapter
+
+
+# --------------------------------------------------------------------------- ViT recipes
+
+
+@pytest.mark.parametrize("name", VIT_NAMES)
+def test_vit_recipe_composes_as_shipped(name: str, tree: Path) -> None:
+    ssl, _, fraction = name.rpartition("_")
+    adapter, layer_decay = VIT_SSL[ssl]
+    config = compose_train_config(
+        [f"experiment=imagenet/{name}", f"data.root={tree}", f"checkpoint.path={tree}/x.pth"]
+    )
+    assert (config.data.name, config.data.fraction) == ("imagenet", FRACTIONS[fraction])
+    assert config.data.batch_size == 164 and config.data.image_size == 224
+    assert config.backbone.name is None and config.backbone.kwargs == {}  # the file decides
+    assert config.backbone.drop_path_rate == 0.1
+    assert config.checkpoint.adapter == adapter and config.checkpoint.projection_layers == 0
+    assert config.method.name == "mile" and config.mile.variant == "snapshot"
+    phase = max(20, round(2000 * LABELLED[fraction] / 128_116))
+    assert (config.mile.kt, config.mile.ks, config.mile.rho) == (phase, phase, 0.5)
+    assert config.optim.name == "adamw"
+    assert config.optim.lr == pytest.approx(5e-4 * 164 / 256)  # MAE's base rate, scaled
+    assert config.optim.head_lr is None and config.optim.betas == [0.9, 0.999]
+    assert config.optim.weight_decay == 0.05 and config.optim.layer_decay == layer_decay
+    assert config.optim.clip_grad_norm is None and config.optim.warmup_epochs == 5
+    epochs = (
+        100 if name == "mae_vitb16_100pct" else {"1pct": 60, "10pct": 30, "100pct": 30}[fraction]
+    )
+    assert config.trainer.max_epochs == epochs
+
+    text = (RECIPES / f"{name}.yaml").read_text()
+    header = text.split("defaults:")[0]
+    assert header.startswith("# @package _global_\n")
+    assert "has not been reproduced with this code yet" in header
+    for source in ("Source protocol:", "MAE FINETUNE.md", "MILe paper", "This project's choices"):
+        assert source in header, source
+    if adapter == "dinov2":  # no DINOv2 value exists: the header says so and whose are used
+        assert "DINOv2 publishes no fine-tuning hyper-parameters" in header
+        assert "issue #252" in header and "iBOT" in header
+    run = f"# Run: mile-ssl train checkpoint.path={RELEASED_FILES[ssl]} \\\n"
+    assert run + f"#          experiment=imagenet/{name} data.root=" in header
+    # Every value the recipe's parts set states its source.
+    parts = [RECIPES / "base" / "vit_adamw.yaml", RECIPES / "base" / f"{adapter}.yaml"]
+    for part in parts:
+        for line in part.read_text().split("defaults:")[1].splitlines():
+            if re.match(r"\s+\w+: \S", line) and not line.strip().startswith("- "):
+                assert "  # " in line, f"{part.name}: {line}"
+
+
+@pytest.mark.parametrize("name", ["dinov2_vits14_10pct", "mae_vitb16_1pct"])
+def test_vit_recipe_trains_two_steps(
+    name: str, tree: Path, tmp_path: Path, one_thread: None
+) -> None:
+    """A small ViT from random weights trains with the recipe's AdamW, layer decay and
+    drop-path (its 5-epoch warm-up would outlast two steps)."""
+    smoke = [entry for entry in SMOKE if not entry.startswith("backbone")]
+    vit = [
+        "backbone.name=timm:vit_tiny_patch16_224",
+        "+backbone.kwargs.patch_size=8",
+        "+backbone.kwargs.depth=2",
+        "optim.warmup_epochs=null",
+    ]
+    config = compose_train_config(
+        [f"experiment=imagenet/{name}", f"data.root={tree}", *smoke, *vit]
+    )
+    assert config.optim.name == "adamw" and config.backbone.drop_path_rate == 0.1
+    result = run_training(config, tmp_path)
+    payload = json.loads((result.output_dir / "metrics.json").read_text())
+    assert payload["steps"] == 2 and payload["backbone"] == "timm:vit_tiny_patch16_224"
+    assert result.metrics["num_samples"] == 2

@@ -25,6 +25,7 @@ from mile_ssl.config import (
     TrainConfig,
     check_warmup,
 )
+from mile_ssl.config.devices import check_accelerator
 from mile_ssl.data.datamodule import MILeDataModule, UnlabeledStream
 from mile_ssl.data.sources import network_input_size
 from mile_ssl.finetune import MILeModule, build_module, module_class
@@ -34,6 +35,7 @@ from mile_ssl.networks.preprocessing import Preprocessing
 from mile_ssl.networks.vit import vit_spec_at
 from mile_ssl.public_checkpoints import get_public_checkpoint, resolve_public_checkpoint
 from mile_ssl.runs.bad_images import BAD_IMAGES_FILE, BadImageMonitor, read_bad_images
+from mile_ssl.runs.failed_start import MarkStarted
 from mile_ssl.runs.finished_run import RESOLVED_CONFIG_FILE, read_finished_run
 from mile_ssl.runs.guard import StopSignals, listening_for_stop_signals
 from mile_ssl.runs.layout import run_folder
@@ -86,7 +88,8 @@ def initial_backbone(
     With a checkpoint and no backbone named, the checkpoint decides the architecture.
     Random initialisation happens only when asked for (``checkpoint=scratch``); then a
     backbone left unset is the small ``tiny_resnet`` of the digit grids. A ViT is built
-    for ``image_size`` (the network's input size), its position embedding resampled.
+    for ``image_size`` (the network's input size), its position embedding resampled, and
+    a timm backbone with ``backbone.drop_path_rate`` (:func:`with_drop_path`).
     """
     spec = BackboneSpec(backbone.name, dict(backbone.kwargs)) if backbone.name else None
     if checkpoint.init == "checkpoint":
@@ -103,17 +106,25 @@ def initial_backbone(
                 "'checkpoint.name' a public checkpoint: mile-ssl checkpoints lists them); to "
                 "train from random weights select checkpoint=scratch"
             )
-        return load_backbone(
+        loaded = load_backbone(
             path,
             adapter=adapter,
             backbone=spec,
             projection_layers=checkpoint.projection_layers,
             image_size=image_size,
         )
+        if backbone.drop_path_rate is None:
+            return loaded
+        # Rebuilt with the checkpoint's weights: the file's architecture is known only now.
+        spec = with_drop_path(loaded.spec, backbone.drop_path_rate)
+        module, _ = build_backbone(spec)
+        module.load_state_dict(loaded.module.state_dict())
+        return replace(loaded, module=module, spec=spec)
     if spec is None:
         spec = BackboneSpec(SCRATCH_BACKBONE)
     if image_size is not None:
         spec = vit_spec_at(spec, image_size)
+    spec = with_drop_path(spec, backbone.drop_path_rate)
     module, feature_dim = build_backbone(spec)
     log.warning("training %s from random initialisation (checkpoint=scratch)", spec.name)
     return LoadedBackbone(
@@ -124,6 +135,25 @@ def initial_backbone(
         adapter="scratch",
         source=None,
     )
+
+
+def with_drop_path(spec: BackboneSpec, rate: float | None) -> BackboneSpec:
+    """``spec`` with timm's stochastic depth ``drop_path_rate`` (``backbone.drop_path_rate``).
+
+    The rate is a builder argument, recorded with the architecture so that evaluation and
+    export rebuild the same network (drop-path is inactive there).
+
+    Raises:
+        ValueError: If a rate is set for a backbone other than a timm model, naming the key.
+    """
+    if rate is None:
+        return spec
+    if not spec.name.startswith("timm:"):
+        raise ValueError(
+            f"config key 'backbone.drop_path_rate' ({rate}) needs a timm backbone "
+            f"(timm:<model>): {spec.name} has no stochastic depth; leave it unset (null)"
+        )
+    return replace(spec, kwargs={**spec.kwargs, "drop_path_rate": rate})
 
 
 def resolve_epochs(config: TrainConfig, labelled_images: int) -> TrainConfig:
@@ -209,6 +239,7 @@ def run_training(
     Returns:
         Final metrics and where the run was written.
     """
+    check_accelerator(config.trainer)
     output_dir = Path(output_dir)
     # Only the first process takes the lock: the others of a multi-process run write
     # into the same folder on its behalf.
@@ -306,6 +337,7 @@ def _run_locked(
         [
             bad_images,
             UnreadableValidationImages(datamodule.splits.val, output_dir / BAD_VAL_IMAGES_FILE),
+            MarkStarted(output_dir),
             *callbacks,
         ],
         logger,

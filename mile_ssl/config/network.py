@@ -22,11 +22,23 @@ class BackboneConfig:
         kwargs: Builder arguments.
         channels_last: Run convolutions in channels-last memory format (faster with
             bf16 on CPUs and GPUs).
+        drop_path_rate: Stochastic depth of a timm backbone (timm's ``drop_path_rate``:
+            the last block drops its residual branches with this probability, earlier
+            ones linearly less); ``null`` keeps the architecture's default (none).
     """
 
     name: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     channels_last: bool = True
+    drop_path_rate: float | None = None
+
+    def __post_init__(self) -> None:
+        require(
+            self.drop_path_rate is None or 0.0 <= self.drop_path_rate < 1.0,
+            "backbone.drop_path_rate",
+            "in [0, 1) or null",
+            self.drop_path_rate,
+        )
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from mile_ssl.config.checks import require, require_choice
@@ -11,30 +12,51 @@ LOGGERS = ("csv", "tensorboard", "wandb")
 PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
 @dataclass
 class OptimConfig:
-    """SGD with linear warm-up and cosine decay over the whole run.
+    """The optimiser, its parameter groups and the learning-rate schedule.
+
+    Linear warm-up then cosine decay over the whole run, for every optimiser. ``sgd``
+    (the default, the ResNet recipe) decays every weight; ``adamw`` (the ViT recipe of
+    BEiT, MAE and timm) exempts norms, biases and tokens from weight decay.
 
     Attributes:
-        lr: Base learning rate of the backbone.
+        name: ``sgd`` (Nesterov momentum) or ``adamw``.
+        lr: Base learning rate of the backbone (of its top layer with ``layer_decay``).
         head_lr: Learning rate of the new linear head (default: ``lr``).
         momentum: SGD momentum.
-        nesterov: Nesterov momentum.
-        weight_decay: L2 weight decay.
+        nesterov: Nesterov momentum (SGD).
+        betas: AdamW's moment coefficients.
+        weight_decay: Weight decay (L2 for SGD, decoupled for AdamW).
+        layer_decay: Layer-wise learning-rate decay, as BEiT and MAE define it: layer 0
+            is the stem (patch embedding and tokens; a ResNet's first convolution), the
+            blocks (ResNet stages) are layers 1..N, the head and anything after the
+            blocks layer N + 1, and layer ``i`` trains at ``layer_decay ** (N + 1 - i)``
+            times its rate (``lr``, or ``head_lr`` for the head). ``null``: one rate.
+        clip_grad_norm: Clip the gradients of each step to this global norm (``null``:
+            no clipping).
         warmup_steps: Linear warm-up steps.
         warmup_epochs: Warm-up in passes over the labelled images; replaces
             ``warmup_steps`` when set.
     """
 
+    name: str = "sgd"
     lr: float = 0.1
     head_lr: float | None = None
     momentum: float = 0.9
     nesterov: bool = True
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 1e-4
+    layer_decay: float | None = None
+    clip_grad_norm: float | None = None
     warmup_steps: int = 0
     warmup_epochs: float | None = None
 
     def __post_init__(self) -> None:
+        require_choice("optim.name", self.name, OPTIMIZERS)
         require(self.lr > 0, "optim.lr", "> 0", self.lr)
         require(
             self.warmup_epochs is None or self.warmup_epochs >= 0,
@@ -52,6 +74,36 @@ class OptimConfig:
             "false when optim.momentum is 0 (Nesterov needs momentum)",
             self.nesterov,
         )
+        require(
+            len(self.betas) == 2 and all(0.0 <= beta < 1.0 for beta in self.betas),
+            "optim.betas",
+            "two numbers in [0, 1)",
+            list(self.betas),
+        )
+        require(
+            self.layer_decay is None or 0.0 < self.layer_decay <= 1.0,
+            "optim.layer_decay",
+            "in (0, 1] or null",
+            self.layer_decay,
+        )
+        require(
+            self.clip_grad_norm is None or self.clip_grad_norm > 0,
+            "optim.clip_grad_norm",
+            "> 0 or null",
+            self.clip_grad_norm,
+        )
+
+
+def optimizer_layout(optim: Mapping[str, Any]) -> str:
+    """What shapes an optimiser's saved state: its kind and whether its groups are per layer.
+
+    A resumed run restores the optimiser state of its checkpoint, which only fits an
+    optimiser of the same kind over the same parameter groups; ``optim`` is a saved
+    ``optim`` section (older checkpoints lack the newer keys: SGD, one rate).
+    """
+    name = optim.get("name", "sgd")
+    layers = "per-layer rates" if optim.get("layer_decay") is not None else "one rate"
+    return f"optim.name={name} with {layers} (optim.layer_decay)"
 
 
 @dataclass

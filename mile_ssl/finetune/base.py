@@ -30,7 +30,7 @@ from mile_ssl.config import MULTI_LABEL_METHODS, MethodConfig, MileConfig, Optim
 from mile_ssl.data.views import STRONG_VIEW_KEY
 from mile_ssl.finetune.divergence import DivergenceError, NonFiniteLossMonitor
 from mile_ssl.finetune.networks import Classifier
-from mile_ssl.finetune.optimizers import group_settings, make_optimizer
+from mile_ssl.finetune.optimizers import group_settings, make_optimizer, warn_about_recipe
 from mile_ssl.finetune.validation import ValidationOutputs
 from mile_ssl.losses import sigmoid_head_bias
 from mile_ssl.schedule import Phase, StepPosition, warmup_cosine
@@ -168,6 +168,8 @@ class FineTuneModule(L.LightningModule):
 
     def configure_optimizers(self) -> list[Optimizer]:
         """The student's optimiser (subclasses append a trained teacher's)."""
+        if self.trainer.is_global_zero:
+            warn_about_recipe(self.student, self.optim)
         return [make_optimizer(self.student, self.optim)]
 
     def optimizer(self, index: int = 0) -> Any:
@@ -208,6 +210,14 @@ class FineTuneModule(L.LightningModule):
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         optimizer.step()
+
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        """Clip the gradients to the global norm ``optim.clip_grad_norm`` (AMP-unscaled).
+
+        Lightning calls this between the backward pass and the update.
+        """
+        if self.optim.clip_grad_norm is not None:
+            self.clip_gradients(optimizer, self.optim.clip_grad_norm, "norm")
 
     def reads_device_every_step(self) -> bool:
         """Whether device values may be read in every step.
@@ -254,12 +264,13 @@ class FineTuneModule(L.LightningModule):
                 f"step counter {self.completed_steps} disagrees with Lightning's global_step "
                 f"{self.trainer.global_step}; was the checkpoint written by another program?"
             )
+        settings = group_settings(self.student, self.optim)  # every network's groups
         optimizers = self.optimizers()
         for optimizer in optimizers if isinstance(optimizers, list) else [optimizers]:
-            for group, settings in zip(
-                optimizer.optimizer.param_groups, group_settings(self.optim), strict=True
+            for group, group_setting in zip(
+                optimizer.optimizer.param_groups, settings, strict=True
             ):
-                group.update(settings)
+                group.update(group_setting)
 
     # Logging -------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mile_ssl.config import TrainConfig
+from mile_ssl.config.training import optimizer_layout
 from mile_ssl.runs.finished_run import read_finished_run
 from mile_ssl.runs.layout import run_folder
 
@@ -118,6 +119,12 @@ def read_resume_point(
                 f"cannot resume from {path}: it was trained with {name}={saved[key]!r}, "
                 f"this run sets {value!r}; resume with the same {name}, or start a new run"
             )
+    saved_layout, layout = optimizer_layout(state["optim"]), optimizer_layout(asdict(config.optim))
+    if saved_layout != layout:
+        raise ValueError(
+            f"cannot resume from {path}: its optimiser state is that of {saved_layout}, this "
+            f"run sets {layout}; resume with the same optimiser, or start a new run"
+        )
     changes: list[tuple[str, Any, Any]] = []
     if identity is not None:
         check_identity(path, metadata, identity)
