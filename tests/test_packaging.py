@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+import logging
 import re
 import subprocess
 import sys
 import zipfile
+from importlib.metadata import packages_distributions
 from pathlib import Path
 from typing import get_args
 
@@ -16,6 +19,7 @@ from packaging.utils import canonicalize_name
 
 from mile_ssl.data.digits import DigitGridConfig, make_digit_grids
 from mile_ssl.extras import Extra, MissingExtraError
+from mile_ssl.runs.report import plot_pseudo_label_history
 from tests.conftest import TINY_OVERRIDES, run_cli_in_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,6 +94,52 @@ def test_core_leaves_the_demo_the_loggers_and_dali_to_extras() -> None:
     assert set(get_args(Extra)) <= set(extras)
 
 
+def _imported_modules(path: Path) -> tuple[set[str], set[str]]:
+    """Top-level modules ``path`` imports, and those it imports through an extra."""
+    imported: set[str] = set()
+    through_extra: set[str] = set()
+
+    def top_level(node: ast.AST) -> set[str]:
+        if isinstance(node, ast.Import):
+            return {alias.name.split(".")[0] for alias in node.names}
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            return {node.module.split(".")[0]}
+        return set()
+
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        imported |= top_level(node)
+        if isinstance(node, ast.With) and any(
+            isinstance(item.context_expr, ast.Call)
+            and getattr(item.context_expr.func, "id", None) == "extra_imports"
+            for item in node.items
+        ):
+            for statement in node.body:
+                for child in ast.walk(statement):
+                    through_extra |= top_level(child)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "import_extra":
+            module = node.args[0]
+            assert isinstance(module, ast.Constant), ast.dump(node)
+            through_extra.add(str(module.value).split(".")[0])
+    return imported, through_extra
+
+
+def test_every_module_the_core_imports_is_a_declared_dependency() -> None:
+    core = _names(PROJECT["dependencies"])
+    distributions = packages_distributions()
+    undeclared = []
+    for path in sorted(
+        [*REPO.joinpath("mile_ssl").rglob("*.py"), *REPO.joinpath("adapters").rglob("*.py")]
+    ):
+        imported, through_extra = _imported_modules(path)
+        for module in sorted(imported - through_extra - set(sys.stdlib_module_names)):
+            if module in ("mile_ssl", "__future__"):
+                continue
+            providers = {canonicalize_name(name) for name in distributions.get(module, [])}
+            if not providers & core:
+                undeclared.append(f"{path.relative_to(REPO)}: {module} ({sorted(providers)})")
+    assert undeclared == []
+
+
 @pytest.mark.parametrize("logger", ["tensorboard", "wandb"])
 def test_a_missing_logger_extra_is_one_message(
     logger: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -108,7 +158,9 @@ def test_a_missing_logger_extra_is_one_message(
 def test_the_demo_without_its_extra_is_one_message(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(sys.modules, "lightly", None)
+    # Its submodules too: a module found in sys.modules is used without its package.
+    for name in ["lightly", *(name for name in sys.modules if name.startswith("lightly."))]:
+        monkeypatch.setitem(sys.modules, name, None)
     # Imported afresh, as in a new process, so that they meet the missing package.
     for module in ("mile_ssl.commands.demo", "mile_ssl.commands.pretrain"):
         monkeypatch.delitem(sys.modules, module, raising=False)
@@ -130,3 +182,19 @@ def test_digit_data_without_scikit_learn_names_the_extra(monkeypatch: pytest.Mon
         make_digit_grids(DigitGridConfig(num_train=8, num_val=8))
     assert "pip install 'mile-ssl[demo]'" in str(error.value)
     assert isinstance(error.value, ImportError) and isinstance(error.value, ValueError)
+
+
+def test_training_without_matplotlib_skips_only_its_plot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    statistics = ("pseudo_labels_per_image", "pseudo_empty_fraction", "pseudo_precision")
+    history = [{"step": 2, "pseudo_recall": 0.5, **dict.fromkeys(statistics, 0.25)}]
+    plot = tmp_path / "pseudo_labels.png"
+    with monkeypatch.context() as patch, caplog.at_level(logging.WARNING):
+        patch.setitem(sys.modules, "matplotlib", None)
+        assert plot_pseudo_label_history(plot, history) is None
+    assert not plot.exists()
+    assert "pseudo_labels.png not written" in caplog.text
+    assert "pip install 'mile-ssl[demo]'" in caplog.text
+    assert plot_pseudo_label_history(plot, history) == plot
+    assert plot.stat().st_size > 0

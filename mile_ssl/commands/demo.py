@@ -29,10 +29,16 @@ from mile_ssl.commands.train import run_training
 from mile_ssl.config import SUPERVISED_METHODS, DataConfig, compose_train_config
 from mile_ssl.data.digits import CLASS_NAMES, GRID_SIDE, DigitGridDataset
 from mile_ssl.data.sources import validation_set
+from mile_ssl.extras import extra_imports
 from mile_ssl.metrics.sets import predicted_sets
 from mile_ssl.networks.backbones import BackboneSpec
 from mile_ssl.runs.finished_run import read_finished_run
 from mile_ssl.runs.report import draw_metric_bars, format_metrics_table, write_json
+
+# The figure is drawn last, after minutes of training: a missing matplotlib stops the
+# demo before it starts (lightly and scikit-learn stop it there by themselves).
+with extra_imports("demo", "mile-ssl demo"):
+    import matplotlib  # noqa: F401
 
 log = logging.getLogger(__name__)
 

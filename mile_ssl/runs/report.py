@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mile_ssl.atomic_files import write_text_atomically, write_with
+from mile_ssl.extras import MissingExtraError, extra_imports
+
+log = logging.getLogger(__name__)
 
 TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("top1", "top-1"),
@@ -122,7 +126,9 @@ PSEUDO_LABEL_PANELS: tuple[tuple[str, str], ...] = (
 """Statistic prefix and panel title of :func:`plot_pseudo_label_history`."""
 
 
-def plot_pseudo_label_history(path: str | Path, history: Sequence[Mapping[str, float]]) -> Path:
+def plot_pseudo_label_history(
+    path: str | Path, history: Sequence[Mapping[str, float]]
+) -> Path | None:
     """Line plots of the per-cycle pseudo-label statistics over training.
 
     One panel per statistic, one line per image group present (all images, and in
@@ -132,12 +138,21 @@ def plot_pseudo_label_history(path: str | Path, history: Sequence[Mapping[str, f
         path: PNG file to write.
         history: One mapping per cycle with ``step`` and the statistics
             (:attr:`mile_ssl.finetune.MILeModule.pseudo_label_history`).
+
+    Returns:
+        ``path``; None, with a warning saying how to install it, where matplotlib (the
+        ``demo`` extra) is not installed: training needs no plotting library, and the
+        run's ``pseudo_labels.json`` holds the same numbers.
     """
-    import matplotlib
+    try:
+        with extra_imports("demo", "the pseudo-label plot"):
+            import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+    except MissingExtraError as error:
+        log.warning("%s not written: %s", path, error)
+        return None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     steps = [entry["step"] for entry in history]
