@@ -21,8 +21,8 @@ from omegaconf import DictConfig
 from mile_ssl.atomic_files import write_text_atomically
 from mile_ssl.config import register_configs, to_train_config
 from mile_ssl.config.overrides import normalise_overrides
-from mile_ssl.runs.failed_start import HYDRA_CALLBACK, RecordRunFolders, undone_if_start_fails
-from mile_ssl.runs.layout import keep_run_records, named_run_folder, register_run_name_resolver
+from mile_ssl.runs.failed_start import recording_run_folders, undone_if_start_fails
+from mile_ssl.runs.layout import keep_run_records, register_run_name_resolver
 from mile_ssl.runs.lock import holding_named_run_folder
 from mile_ssl.solo.command_line import expand_solo_command, expand_solo_recipe
 from mile_ssl.user_errors import (
@@ -162,10 +162,9 @@ def _from_solo(argv: Sequence[str]) -> None:
 
 def _inspect(argv: Sequence[str]) -> None:
     """Describe a checkpoint: format, architecture, kept and dropped keys, preprocessing."""
-    import json
-
     from mile_ssl.adapters.inspect import describe_checkpoint, format_description
     from mile_ssl.networks.backbones import BackboneSpec
+    from mile_ssl.runs.report import json_text
 
     parser = _command_parser(
         "inspect",
@@ -180,11 +179,7 @@ def _inspect(argv: Sequence[str]) -> None:
     args = parser.parse_args(argv)
     backbone = BackboneSpec(args.backbone) if args.backbone else None
     description = describe_checkpoint(args.path, adapter=args.adapter, backbone=backbone)
-    print(
-        json.dumps(description, indent=2, default=str)
-        if args.json
-        else format_description(description)
-    )
+    print(json_text(description) if args.json else format_description(description))
 
 
 def _command_parser(
@@ -212,9 +207,8 @@ def _split_checkpoint(
 
 def _eval(argv: Sequence[str]) -> None:
     """All metrics of a run on its validation set or the data given, input sized as trained."""
-    import json
-
     from mile_ssl.commands.eval_report import eval_command_result, format_eval_result
+    from mile_ssl.runs.report import json_text
 
     parser = _command_parser(
         "eval",
@@ -235,14 +229,13 @@ def _eval(argv: Sequence[str]) -> None:
             "checkpoint; only data overrides (data=..., data.KEY=...) apply"
         )
     result = eval_command_result(checkpoint, overrides=overrides)
-    print(json.dumps(result, indent=2, default=str) if args.json else format_eval_result(result))
+    print(json_text(result) if args.json else format_eval_result(result))
 
 
 def _predict(argv: Sequence[str]) -> None:
     """Multi-label predictions for images or folders of images."""
-    import json
-
     from mile_ssl.commands.predict import format_predictions, predict, prediction_failures
+    from mile_ssl.runs.report import json_text
 
     parser = _command_parser(
         "predict",
@@ -270,7 +263,7 @@ def _predict(argv: Sequence[str]) -> None:
     failures = prediction_failures(results)
     for path, reason in failures:
         print(f"mile-ssl predict: {path}: {reason}", file=sys.stderr)
-    print(json.dumps(results, indent=2, default=str) if args.json else format_predictions(results))
+    print(json_text(results) if args.json else format_predictions(results))
     if failures:
         raise SystemExit(1)
 
@@ -375,38 +368,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             register_configs()
             register_run_name_resolver()
             overrides = keep_run_records(normalise_overrides(expand_solo_recipe(rest)))
-            overrides = _recording_run_folders(overrides)
+            overrides = recording_run_folders(overrides)
             sys.argv = [sys.argv[0], *overrides]
             with (
-                undone_if_start_fails(_named_single_run_folder(overrides)),
+                undone_if_start_fails(overrides),
                 holding_named_run_folder(overrides),
                 holding_interrupts(),
             ):
                 _train()
         else:
             COMMAND_FUNCTIONS[command](rest)
-
-
-def _recording_run_folders(overrides: list[str]) -> list[str]:
-    """``overrides`` and the Hydra callback that records run folders before Hydra writes.
-
-    The callback is :class:`~mile_ssl.runs.failed_start.RecordRunFolders`. A process
-    Lightning starts for a further rank gets the first one's command line, which already
-    holds it.
-    """
-    callback = f"+{HYDRA_CALLBACK}._target_="
-    if any(override.startswith(callback) for override in overrides):
-        return overrides
-    target = f"{RecordRunFolders.__module__}.{RecordRunFolders.__qualname__}"
-    return [*overrides, callback + target]
-
-
-def _named_single_run_folder(overrides: list[str]) -> Path | None:
-    """The ``hydra.run.dir`` of a single run, recorded before its lock is taken there."""
-    folder = named_run_folder(overrides)
-    if folder is None or "${" in str(folder) or {"-m", "--multirun"} & set(overrides):
-        return None
-    return folder
 
 
 COMMAND_FUNCTIONS: dict[str, Callable[[Sequence[str]], None]] = {

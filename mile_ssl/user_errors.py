@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 import signal
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import yaml
-from hydra.errors import HydraException
+from hydra.errors import HydraException, MissingConfigException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 DEBUG_VARIABLE = "MILE_SSL_DEBUG"
 EXIT_USER_ERROR = 2
@@ -60,6 +58,9 @@ def describe(error: BaseException) -> str:
     OmegaConf's lines naming the schema classes are left out: they name mile_ssl's
     internals, not anything the user wrote (``full_key`` names the key).
     """
+    schema_message = _against_schema(error)
+    if schema_message is not None:
+        return schema_message
     message = str(error).strip() or type(error).__name__
     cause = error.__cause__
     if isinstance(error, HydraException) and isinstance(cause, OmegaConfBaseException):
@@ -71,6 +72,26 @@ def describe(error: BaseException) -> str:
         for line in message.splitlines()
         if not line.strip().startswith(("reference_type=", "object_type="))
     )
+
+
+def _against_schema(error: BaseException) -> str | None:
+    """A "did you mean" for Hydra's unknown group option or key, if ``error`` is one.
+
+    Hydra's own messages list a group's options with its config search path, and answer
+    a misspelt key with how to add it.
+    """
+    from mile_ssl.config.keys import unknown_key_message, unknown_option_message
+
+    missing, options = getattr(error, "missing_cfg_file", None), getattr(error, "options", None)
+    if isinstance(error, MissingConfigException) and missing and "/" in missing and options:
+        return unknown_option_message(missing, options)
+    cause = error.__cause__
+    if isinstance(error, HydraException) and isinstance(
+        cause, (ConfigKeyError, ConfigAttributeError)
+    ):
+        full_key = getattr(cause, "full_key", None)
+        return unknown_key_message(full_key) if full_key else None
+    return None
 
 
 @contextmanager
@@ -133,8 +154,8 @@ def holding_interrupts() -> Iterator[None]:
     """Hold a Ctrl-C until :func:`release_interrupts`, for the block.
 
     Hydra creates the run folder and writes its records before the job function runs; a
-    Ctrl-C landing there would leave that folder behind. Held, it is raised once the job
-    can remove the folder again (:func:`removed_on_user_error`).
+    Ctrl-C landing there would stop Hydra half-way. Held, it is raised once the job runs,
+    and the start that it stops is undone (:mod:`mile_ssl.runs.failed_start`).
     """
     if threading.current_thread() is not threading.main_thread() or (
         signal.getsignal(signal.SIGINT) == signal.SIG_IGN
@@ -157,47 +178,3 @@ def release_interrupts(raise_held: bool = True) -> None:
     if _held.pending and raise_held:
         _held.pending = False
         raise KeyboardInterrupt
-
-
-def holds_only(directory: Path, names: set[str]) -> bool:
-    """Whether ``directory`` exists and holds nothing but entries named in ``names``."""
-    return directory.is_dir() and all(child.name in names for child in directory.iterdir())
-
-
-@contextmanager
-def removed_on_user_error(directory: Path, own_files: set[str]) -> Iterator[None]:
-    """Remove ``directory`` if a user error stops the job before it wrote anything.
-
-    Hydra creates a run directory (its ``.hydra`` record and the job's log) before the
-    job runs; a job that fails on bad input should leave nothing behind. The directory
-    is removed only if it held nothing but ``own_files`` when the job started and still
-    does, so an existing run directory (e.g. one being resumed into) and the checkpoints
-    of a run that failed midway are never touched; so are the
-    date folders above it, under the working directory, that it leaves empty.
-
-    Args:
-        directory: The run directory.
-        own_files: Names of the entries Hydra wrote for this job.
-    """
-    fresh = holds_only(directory, own_files)
-    try:
-        yield
-    except (KeyboardInterrupt, SystemExit) as stop:
-        # Bad input, or Ctrl-C during start-up: a folder holding nothing of the run goes.
-        stopped_early = isinstance(stop, KeyboardInterrupt) or stop.code == EXIT_USER_ERROR
-        if fresh and stopped_early and holds_only(directory, own_files):
-            shutil.rmtree(directory, ignore_errors=True)
-            _remove_empty_parents(directory)
-        raise
-
-
-def _remove_empty_parents(directory: Path) -> None:
-    """Remove the emptied date folders above a run directory, up to the working directory."""
-    working = Path.cwd().resolve()
-    for parent in directory.resolve().parents:
-        if parent == working or working not in parent.parents:
-            return
-        try:
-            parent.rmdir()
-        except OSError:  # not empty
-            return

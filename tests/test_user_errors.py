@@ -2,13 +2,15 @@
 
 Every case runs the command line on real files, as a user would: in this process
 (:func:`run_cli_in_process`), and for one case and the two-process run, through the
-installed console script.
+installed console script. The working folder is compared byte for byte before and
+after: a command stopped by bad input leaves nothing behind and loses nothing.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import torch
 
 from tests.conftest import TINY_OVERRIDES, run_cli, run_cli_in_process, write_image_folder
 from tests.layouts import moco
+from tests.runs.test_failed_start import tree_snapshot
 
 FIXTURES = Path(__file__).parent / "fixtures" / "solo_learn"
 TINY = [override for override in TINY_OVERRIDES if not override.startswith("checkpoint")]
@@ -32,6 +35,8 @@ def files(module_tmp_path: Path) -> Path:
     (root / "truncated.pth").write_bytes(good[: len(good) // 2])
     write_image_folder(root / "images" / "train", per_class=2)
     write_image_folder(root / "images" / "val", per_class=1)
+    write_image_folder(root / "one_class" / "train", classes=1, per_class=2)
+    write_image_folder(root / "one_class" / "val", classes=1, per_class=1)
     (root / "empty" / "train").mkdir(parents=True)
     (root / "empty" / "val").mkdir(parents=True)
     (root / "not_a_recipe.yaml").write_text("learning_rate: 0.1\n")
@@ -43,10 +48,63 @@ def _train(*overrides: str) -> list[str]:
     return ["train", *TINY, *overrides]
 
 
+def _folder(root: str, *overrides: str) -> list[str]:
+    """A scratch run on the image folder ``{files}/<root>`` (four 32 px training images)."""
+    return _train(
+        "checkpoint=scratch",
+        "data=folder",
+        f"data.root={{files}}/{root}",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "trainer.max_steps=1",
+        *overrides,
+    )
+
+
+def _solo_recipe(*overrides: str) -> list[str]:
+    return [
+        "train",
+        "--config-path",
+        str(FIXTURES / "linear" / "imagenet"),
+        "--config-name",
+        "byol.yaml",
+        "data.train_path={files}/images/train",
+        "data.val_path={files}/images/val",
+        *overrides,
+    ]
+
+
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+NAMED_FILE_ERRORS = {"missing split file", "missing label sets file"}
+NEEDS_NO_GPU = {"no GPU", "solo-learn recipe asking for a GPU on a machine without one"}
+
+
 CASES: dict[str, tuple[list[str], list[str]]] = {
-    "misspelt key": (_train("checkpoint=scratch", "data.fractoin=0.1"), ["data.fractoin"]),
+    "misspelt key": (
+        _train("checkpoint=scratch", "data.fractoin=0.1"),
+        ["unknown key 'data.fractoin'; did you mean 'data.fraction'?"],
+    ),
+    "misspelt key with Hydra's +": (
+        _train("checkpoint=scratch", "+trainer.max_step=2"),
+        ["unknown key 'trainer.max_step'; did you mean 'trainer.max_steps'?"],
+    ),
+    "misspelt section": (
+        _train("checkpoint=scratch", "trainr.max_steps=2"),
+        ["unknown key 'trainr.max_steps'; did you mean 'trainer.max_steps'?"],
+    ),
+    "misspelt top-level key": (
+        _train("checkpoint=scratch", "sead=2"),
+        ["unknown key 'sead'; did you mean 'seed'?"],
+    ),
     "value out of range": (_train("checkpoint=scratch", "mile.kt=0"), ["mile.kt"]),
-    "unknown group option": (_train("checkpoint=scratch", "method=mlie"), ["mlie", "method"]),
+    "unknown group option": (
+        _train("checkpoint=scratch", "method=mlie"),
+        ["unknown option 'method=mlie'; did you mean 'method=mile'?", "softmax"],
+    ),
+    "unknown nested group option": (
+        _train("checkpoint=scratch", "experiment=imagenet/mocov2_1pc"),
+        ["did you mean 'experiment=imagenet/mocov2_1pct'?"],
+    ),
     "type mismatch": (_train("checkpoint=scratch", "trainer.max_steps=many"), ["max_steps"]),
     "missing checkpoint": (_train("checkpoint.path=missing.pt"), ["missing.pt"]),
     "no checkpoint given": (_train(), ["checkpoint.path", "checkpoint=scratch"]),
@@ -80,16 +138,36 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         ["a_file"],
     ),
     "solo-learn recipe without checkpoint": (
-        [
-            "train",
-            "--config-path",
-            str(FIXTURES / "linear" / "imagenet"),
-            "--config-name",
-            "byol.yaml",
-            "data.train_path={files}/images/train",
-            "data.val_path={files}/images/val",
-        ],
+        _solo_recipe(),
         ["pretrained_feature_extractor=PATH", "byol.yaml"],
+    ),
+    "batch larger than the training set": (
+        _folder("images", "data.batch_size=64"),
+        ["4 training images", "data.batch_size"],
+    ),
+    "batch larger than the training set, into a new named folder": (
+        _folder("images", "data.batch_size=64", "hydra.run.dir=new/deep/run"),
+        ["data.batch_size"],
+    ),
+    "missing split file": (
+        _folder("images", "data.split_file={files}/absent.txt"),
+        ["config key 'data.split_file'", "absent.txt", "No such file or directory"],
+    ),
+    "missing label sets file": (
+        _folder("images", "data.val_label_sets={files}/absent.json"),
+        ["config key 'data.val_label_sets'", "absent.json"],
+    ),
+    "one class": (
+        _folder("one_class"),
+        ["one_class/train", "one class only (n00000000)", "at least two"],
+    ),
+    "no GPU": (
+        _train("checkpoint=scratch", "trainer.accelerator=gpu"),
+        ["'trainer.accelerator' is 'gpu'", "trainer.accelerator=cpu", "trainer.accelerator=auto"],
+    ),
+    "solo-learn recipe asking for a GPU on a machine without one": (
+        _solo_recipe("pretrained_feature_extractor={files}/moco.pth.tar"),
+        ["'trainer.accelerator' is 'gpu'", "solo-learn recipe", "trainer.accelerator=cpu"],
     ),
     "from-solo on another YAML": (
         ["from-solo", "{files}/not_a_recipe.yaml"],
@@ -110,23 +188,38 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_user_error_is_one_message_and_exit_status_2(
-    case: str, files: Path, tmp_path: Path
-) -> None:
+@pytest.fixture
+def working(tmp_path: Path) -> Path:
+    """A working folder that already holds an earlier run, which no error may touch."""
+    earlier = tmp_path / "runs" / "2026-01-01" / "00-00-00-abcdef"
+    earlier.mkdir(parents=True)
+    (earlier / "metrics.json").write_text('{"metrics": {"top1": 0.5}}\n')
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(case, marks=NO_GPU) if case in NEEDS_NO_GPU else case for case in CASES]
+)
+def test_user_error_is_one_message_and_exit_status_2(case: str, files: Path, working: Path) -> None:
     args, named = CASES[case]
-    result = run_cli_in_process([arg.replace("{files}", str(files)) for arg in args], tmp_path)
-    _assert_one_message(result, named, files, tmp_path)
+    before = tree_snapshot(working)
+    result = run_cli_in_process([arg.replace("{files}", str(files)) for arg in args], working)
+    _assert_one_message(result, named, files)
+    if case in NAMED_FILE_ERRORS:  # a bare OSError names neither the key nor the fix
+        assert "[Errno" not in result.stderr
+    assert tree_snapshot(working) == before, "the working folder changed"
 
 
-def test_installed_script_exits_with_status_2_on_a_user_error(files: Path, tmp_path: Path) -> None:
+def test_installed_script_exits_with_status_2_on_a_user_error(files: Path, working: Path) -> None:
     args, named = CASES["unrecognised checkpoint"]
-    result = run_cli([arg.replace("{files}", str(files)) for arg in args], tmp_path)
-    _assert_one_message(result, named, files, tmp_path)
+    before = tree_snapshot(working)
+    result = run_cli([arg.replace("{files}", str(files)) for arg in args], working)
+    _assert_one_message(result, named, files)
+    assert tree_snapshot(working) == before
 
 
 def _assert_one_message(
-    result: subprocess.CompletedProcess[str], named: list[str], files: Path, tmp_path: Path
+    result: subprocess.CompletedProcess[str], named: list[str], files: Path
 ) -> None:
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr + result.stdout
@@ -139,8 +232,6 @@ def _assert_one_message(
         assert text.replace("{files}", str(files)) in message, message
     # Schema class names are mile_ssl's internals, not something the user wrote.
     assert "object_type=" not in message and "reference_type=" not in message
-    # Nothing is left behind: no run directory for a run that never started.
-    assert not (tmp_path / "runs").exists(), sorted((tmp_path / "runs").rglob("*"))
 
 
 def test_debug_variable_shows_the_traceback(tmp_path: Path) -> None:
@@ -153,11 +244,86 @@ def test_existing_run_directory_is_kept_after_an_error(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.json").write_text(json.dumps({"kept": True}))
+    before = tree_snapshot(tmp_path)
     result = run_cli_in_process(
         _train("checkpoint.path=missing.pt", f"hydra.run.dir={run}"), tmp_path
     )
     assert result.returncode == 2
-    assert json.loads((run / "metrics.json").read_text()) == {"kept": True}
+    # Hydra wrote its records and log into the folder; the failed start took them out.
+    assert tree_snapshot(tmp_path) == before
+
+
+def test_no_arguments_prints_the_commands_to_stderr_and_exits_2(tmp_path: Path) -> None:
+    result = run_cli_in_process([], tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("usage: mile-ssl COMMAND")
+    assert all(command in result.stderr for command in ("train", "eval", "predict", "export"))
+
+
+@pytest.fixture(scope="module")
+def trained(files: Path, module_tmp_path: Path) -> Path:
+    """A finished one-step sigmoid run on the image folder (its secondary mAP is undefined:
+    the folder has no label sets beyond each image's own class)."""
+    args = _folder("images", "method=sigmoid", "data.batch_size=2")
+    run = module_tmp_path / "trained"
+    result = run_cli_in_process(
+        [*(arg.replace("{files}", str(files)) for arg in args), f"hydra.run.dir={run}"],
+        module_tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run
+
+
+def _strict_json(text: str) -> dict[str, object]:
+    """Parse as a strict JSON parser does: NaN and Infinity are not JSON."""
+
+    def refuse(constant: str) -> object:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_undefined_metrics_are_null_in_metrics_json_and_eval_json(
+    trained: Path, files: Path, tmp_path: Path
+) -> None:
+    saved = _strict_json((trained / "metrics.json").read_text())["metrics"]
+    assert isinstance(saved, dict) and saved["secondary_map"] is None
+    assert 0.0 <= saved["top1"] <= 1.0
+    evaluated = run_cli_in_process(
+        ["eval", f"checkpoint={trained / 'checkpoints' / 'last.ckpt'}", "--json"], tmp_path
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    metrics = _strict_json(evaluated.stdout)["metrics"]
+    assert isinstance(metrics, dict) and metrics["secondary_map"] is None
+    assert metrics["top1"] == pytest.approx(saved["top1"])
+
+
+def test_a_failed_resume_leaves_the_run_folder_byte_for_byte(
+    trained: Path, files: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = tree_snapshot(tmp_path)
+    # The run is at its last step: refused once the checkpoint and the data are read,
+    # after Hydra appended to the run's log and the lock recorded this process.
+    args = _folder("images", "method=sigmoid", "data.batch_size=2", f"hydra.run.dir={run}")
+    result = run_cli_in_process([arg.replace("{files}", str(files)) for arg in args], tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "raise trainer.max_steps" in result.stderr
+    assert tree_snapshot(tmp_path) == before
+
+
+def test_a_sweep_keeps_the_jobs_that_trained_and_removes_the_one_that_failed_to_start(
+    files: Path, tmp_path: Path
+) -> None:
+    args = _folder("images", "method=sigmoid", "data.batch_size=2,64", "hydra.sweep.dir=sweep")
+    result = run_cli_in_process(
+        ["train", "-m", *(arg.replace("{files}", str(files)) for arg in args[1:])], tmp_path
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "data.batch_size" in result.stderr and "Traceback" not in result.stderr
+    assert (tmp_path / "sweep" / "0" / "metrics.json").is_file()
+    assert not (tmp_path / "sweep" / "1").exists()
 
 
 @pytest.mark.skipif(os.cpu_count() == 1, reason="two CPU processes")

@@ -1,7 +1,8 @@
 """Command-line overrides as the user meant them, before Hydra composes them.
 
-Three corrections, each for a mistake Hydra would report badly or not at all: a key that
-moved to another group (Hydra would only say the old one does not exist), a value
+Four corrections, each for a mistake Hydra would report badly or not at all: a key that
+moved to another group (Hydra would only say the old one does not exist), a misspelt key
+(Hydra suggests adding it with ``+``; :mod:`mile_ssl.config.keys` names the key meant), a value
 holding ``=`` (Hydra's grammar refuses it unquoted), and steps given on the command line
 next to a recipe that counts in epochs (the recipe's epochs would silently win).
 """
@@ -9,6 +10,8 @@ next to a recipe that counts in epochs (the recipe's epochs would silently win).
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from mile_ssl.config.keys import refuse_unknown_key
 
 MOVED_KEYS = {
     "mile.strong_student_view": "data.strong_student_view",
@@ -41,7 +44,8 @@ STEPS_OVER_EPOCHS = (
 def normalise_overrides(overrides: Sequence[str]) -> list[str]:
     """Command-line overrides as the user meant them.
 
-    A key that moved is refused, naming its new name (:data:`MOVED_KEYS`). Values
+    A key that moved is refused, naming its new name (:data:`MOVED_KEYS`), and a key the
+    schema lacks, naming the closest (:func:`~mile_ssl.config.keys.refuse_unknown_key`). Values
     holding ``=`` are quoted (:func:`quote_paths_with_equals`), and steps given on
     the command line win over epochs a preset or recipe sets: ``trainer.max_steps=2``
     with ``experiment=imagenet/mocov2_1pct`` (which sets ``trainer.max_epochs``) trains
@@ -51,6 +55,8 @@ def normalise_overrides(overrides: Sequence[str]) -> list[str]:
     keys = [override_key(override) for override in quoted]
     for key in keys:
         refuse_moved_key(key)
+    for override in quoted:
+        refuse_unknown_key(override)
     added = [
         f"{epochs}=null"
         for steps, epochs in STEPS_OVER_EPOCHS

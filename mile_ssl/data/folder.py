@@ -172,6 +172,24 @@ class LabeledImageFolder(SubstitutingImages):
         """File name (without folders) of every image, in item order."""
         return [Path(path).name for path, _ in self.samples]
 
+    def require_several_classes(self) -> None:
+        """Refuse a training set whose images are all of one class.
+
+        A classifier fine-tuned on it can only ever predict that class: 100 % top-1 on
+        validation images of the same class, and nothing learned.
+
+        Raises:
+            ValueError: Naming the folder and its one class.
+        """
+        present = sorted({label for _, label in self.samples})
+        if len(present) > 1:
+            return
+        raise ValueError(
+            f"training folder {self.root} has images of one class only "
+            f"({self.classes[present[0]]}): fine-tuning needs at least two; add a folder "
+            f"of images per class ({self.root}/<class>/<image>)"
+        )
+
     def path_of(self, index: int) -> str:
         """Absolute path of the file of item ``index`` (e.g. a ``bad_index``)."""
         return absolute_path(self.samples[index][0])

@@ -10,7 +10,27 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def read_ground_truth(path: str | Path, classes: Sequence[str]) -> dict[str, int]:
+def read_named_file(path: str | Path, key: str) -> str:
+    """The text of the file config key ``key`` names.
+
+    Raises:
+        ValueError: Naming the key, the file and why it cannot be read (the bare
+            ``OSError`` names neither the key nor, for some errors, the file).
+    """
+    try:
+        return Path(path).read_text()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ValueError(
+            f"config key '{key}' names {path}, which cannot be read: {reason}"
+        ) from None
+    except UnicodeDecodeError:
+        raise ValueError(f"config key '{key}' names {path}, which is not a text file") from None
+
+
+def read_ground_truth(
+    path: str | Path, classes: Sequence[str], key: str = "data.val_ground_truth"
+) -> dict[str, int]:
     """Class index of each image of a flat validation folder.
 
     Two formats: lines ``<file name> <wnid or class index>`` (whitespace-separated), or
@@ -18,11 +38,12 @@ def read_ground_truth(path: str | Path, classes: Sequence[str]) -> dict[str, int
     first token of ``PredictionString`` is the wnid; ``.JPEG`` is appended to ``ImageId``).
 
     Raises:
-        ValueError: Naming the file and line of an unknown class or malformed entry.
+        ValueError: Naming the file and line of an unknown class or malformed entry, or
+            the config key ``key`` and the file if it cannot be read.
     """
     path = Path(path)
     index = {name: position for position, name in enumerate(classes)}
-    lines = path.read_text().splitlines()
+    lines = read_named_file(path, key).splitlines()
     csv_format = bool(lines) and lines[0].replace(" ", "").startswith("ImageId,")
     labels: dict[str, int] = {}
     for number, line in enumerate(lines[1:] if csv_format else lines, start=2 if csv_format else 1):
@@ -45,16 +66,21 @@ def read_ground_truth(path: str | Path, classes: Sequence[str]) -> dict[str, int
     return labels
 
 
-def read_label_sets(path: str | Path, num_classes: int) -> dict[str, list[int]]:
+def read_label_sets(
+    path: str | Path, num_classes: int, key: str = "data.val_label_sets"
+) -> dict[str, list[int]]:
     """Read a JSON object mapping file names to lists of class indices.
 
     Raises:
         ValueError: Naming the file and the first entry that is not a list of class
-            indices in ``[0, num_classes)``.
+            indices in ``[0, num_classes)``; naming the config key ``key`` and the file
+            if it cannot be read or is not JSON.
     """
     path = Path(path)
-    with path.open() as handle:
-        data = json.load(handle)
+    try:
+        data = json.loads(read_named_file(path, key))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"config key '{key}' names {path}, which is not JSON: {error}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object of file name -> class indices")
     for name, indices in data.items():
@@ -69,17 +95,21 @@ def read_label_sets(path: str | Path, num_classes: int) -> dict[str, list[int]]:
 
 
 def read_split_file(
-    path: str | Path, available: Sequence[str], allow_missing: bool = False
+    path: str | Path,
+    available: Sequence[str],
+    allow_missing: bool = False,
+    key: str = "data.split_file",
 ) -> list[int]:
     """Positions in ``available`` of the file names listed in ``path`` (one per line).
 
     Raises:
         ValueError: If listed files are missing, naming how many and the first few: a
             partial dataset copy must not silently change the labelled subset. With
-            ``allow_missing`` this is a logged warning instead.
+            ``allow_missing`` this is a logged warning instead. Also naming the config
+            key ``key`` and the file if it cannot be read.
     """
     path = Path(path)
-    wanted = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    wanted = [line.strip() for line in read_named_file(path, key).splitlines() if line.strip()]
     position = {name: index for index, name in enumerate(available)}
     missing = [name for name in wanted if name not in position]
     if missing:

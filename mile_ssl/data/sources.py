@@ -185,6 +185,7 @@ def folder_splits(
         known_bad=known_bad,
         empty_classes="drop" if config.allow_empty_classes else "error",
     )
+    train.require_several_classes()
     return Splits(
         train=train,
         train_labels=train.labels,
@@ -265,6 +266,7 @@ def imagenet_splits(
         known_bad=known_bad,
         empty_classes="warn" if config.allow_empty_classes else "error",
     )
+    train.require_several_classes()
     standard = shipped_split(config.fraction) if config.split == "simclr" else None
     return Splits(
         train=train,
