@@ -11,6 +11,7 @@ import pytest
 import timm
 import torch
 import torchvision
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 
 from mile_ssl.config import MethodConfig, OptimConfig, compose_train_config
@@ -141,8 +142,11 @@ def test_out_of_range_values_name_their_key(override: str, key: str) -> None:
         compose_train_config([override])
 
 
-def _one_step_update(clip: float | None, tmp_path: Path) -> float:
-    """The global norm of the weight change of one real training step at lr 1 (plain SGD)."""
+def _one_step_update(clip: float | None, tmp_path: Path, scaled: bool = False) -> float:
+    """The global norm of the weight change of one real training step at lr 1 (plain SGD).
+
+    ``scaled``: fp16 mixed precision with a gradient scaler (loss x 2**16), as on a GPU.
+    """
     torch.manual_seed(0)
     optim = OptimConfig(lr=1.0, momentum=0.0, nesterov=False, weight_decay=0.0, clip_grad_norm=clip)
     module = SupervisedModule(
@@ -154,9 +158,11 @@ def _one_step_update(clip: float | None, tmp_path: Path) -> float:
         "image": 5 * torch.randn(8, 3, 16, 16, generator=generator),
         "label": torch.arange(8) % 4,
     }
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
     trainer = L.Trainer(
         max_steps=1,
         accelerator="cpu",
+        plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)] if scaled else None,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -170,9 +176,12 @@ def _one_step_update(clip: float | None, tmp_path: Path) -> float:
     return math.sqrt(float(sum(changes)))
 
 
-def test_clipping_bounds_the_gradient_norm_of_a_training_step(tmp_path: Path) -> None:
-    """At lr 1 without momentum the update is the gradient: its norm is the clipped norm."""
-    unclipped = _one_step_update(None, tmp_path / "a")
+@pytest.mark.parametrize("scaled", [False, True], ids=["fp32", "fp16_gradient_scaler"])
+def test_clipping_bounds_the_gradient_norm_of_a_training_step(scaled: bool, tmp_path: Path) -> None:
+    """At lr 1 without momentum the update is the gradient: its norm is the clipped norm,
+    also when the loss is scaled (clipping comes after unscaling, or it would be 2**16
+    times smaller)."""
+    unclipped = _one_step_update(None, tmp_path / "a", scaled)
     assert unclipped > 0.1
-    clipped = _one_step_update(0.01, tmp_path / "b")
+    clipped = _one_step_update(0.01, tmp_path / "b", scaled)
     assert clipped == pytest.approx(0.01, rel=1e-3)
