@@ -131,6 +131,11 @@ def sandbox(module_tmp_path: Path) -> Path:
     cache = module_tmp_path / "cache"  # $MILE_SSL_CACHE: the public checkpoints named
     cache.mkdir()
     moco(2)(cache).rename(cache / "moco_v2_800ep_pretrain.pth.tar")
+    # A stand-in, not the published file: accepted as a user accepts a file by hand.
+    accepted = run_cli_in_process(
+        ["checkpoints", "--download", "mocov2_800ep", "--force"], work, MILE_SSL_CACHE=str(cache)
+    )
+    assert accepted.returncode == 0, accepted.stderr
     write_jpeg(work / "photo.jpg", 1)
     write_jpeg(work / "more_photos" / "a.jpg", 2)
     (work / "examples").symlink_to(ROOT / "examples")

@@ -11,10 +11,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mile_ssl.config import TrainConfig, compose_train_config
-from mile_ssl.runs.finished_run import read_finished_run
-from mile_ssl.networks.preprocessing import Preprocessing
 from mile_ssl.commands.train import run_training
+from mile_ssl.config import TrainConfig, compose_train_config
+from mile_ssl.networks.preprocessing import Preprocessing
+from mile_ssl.runs.finished_run import read_finished_run
 from tests.conftest import TINY_OVERRIDES, folder_run_overrides, write_image_folder
 
 
@@ -129,3 +129,29 @@ def test_wrong_files_are_named(run_dir: Path, tmp_path: Path) -> None:
         _copy_checkpoint(run_dir, tmp_path / "several" / name)
     with pytest.raises(ValueError, match=r"several.*step1\.ckpt.*no last\.ckpt"):
         read_finished_run(tmp_path / "several")
+
+
+def test_input_settings_come_from_the_run_unless_given(
+    run_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = read_finished_run(run_dir)
+    assert run.data_config() == run.config.data  # no overrides: the run's own data
+    root = tmp_path / "elsewhere"
+    named = [f"data.root={root}", "data=folder"]
+    with caplog.at_level(logging.WARNING, logger="mile_ssl.runs.finished_run"):
+        data = run.data_config(named)
+        assert (data.root, data.image_size, data.backend) == (str(root), 32, "torchvision")
+        assert run.input_setting("image_size", 32, option="--image-size") == 32
+    assert "differs" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="mile_ssl.runs.finished_run"):
+        assert run.data_config([*named, "data.image_size=224"]).image_size == 224
+        assert run.input_setting("image_size", 48, option="--image-size") == 48
+    said = [record.getMessage() for record in caplog.records if "differs" in record.getMessage()]
+    assert len(said) == 2
+    assert said[0].startswith("data.image_size=224 differs") and "data.image_size=32" in said[0]
+    assert said[1].startswith("--image-size=48 differs")
+
+    # A checkpoint without its config: the shipped defaults, nothing to differ from.
+    alone = read_finished_run(_copy_checkpoint(run_dir, tmp_path / "alone.ckpt"))
+    assert alone.data_config(named).image_size == 224
+    assert alone.input_setting("image_size", 48) == 48
