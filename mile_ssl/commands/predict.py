@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import torch
 
 from mile_ssl.data.augment import eval_transform
 from mile_ssl.data.images import UnreadableImageError, find_inputs, load_rgb
+from mile_ssl.finetune import FineTuneModule
 from mile_ssl.metrics import class_probabilities, predicted_sets
 from mile_ssl.runs.finished_run import read_finished_run
 
@@ -121,6 +123,44 @@ def predict(
         ValueError: If an argument is out of range or a folder holds no images (named).
         FileNotFoundError: If no input is there (each named): nothing to predict.
     """
+    _check_arguments(threshold, top_k, image_size, batch_size)
+    inputs_found = find_inputs(inputs)
+    if all(missing is not None for _, missing in inputs_found):
+        shown = "; ".join(f"{path}: {missing}" for path, missing in inputs_found[:5])
+        more = f" and {len(inputs_found) - 5} more" if len(inputs_found) > 5 else ""
+        raise FileNotFoundError(f"none of the inputs is there: {shown}{more}")
+    run = read_finished_run(run_checkpoint)
+    module = run.build_module()
+    module.eval().to(device)
+    class_ids = run.class_names
+    if len(class_ids) != module.num_classes:
+        class_ids = [str(index) for index in range(module.num_classes)]
+    label = _Labeller(module, class_ids, display_names(class_ids), threshold, top_k, device)
+    size = run.input_setting("image_size", image_size, option="--image-size")
+    if run.input_setting("backend") == "dali":
+        log.info("the run decoded with DALI (data.backend=dali); predict decodes with PIL")
+    transform = eval_transform(size or DEFAULT_IMAGE_SIZE, run.preprocessing)
+
+    results: dict[Path, dict[str, Any]] = {}
+    pending: list[tuple[Path, torch.Tensor]] = []
+    for path, missing in inputs_found:
+        if missing is not None:
+            results[path] = _failure(path, missing, label.kind)
+            continue
+        try:
+            pending.append((path, transform(load_rgb(path))))
+        except UnreadableImageError as error:
+            results[path] = _failure(path, error.reason, label.kind)
+        if len(pending) == batch_size:
+            results.update(label(pending))
+            pending = []
+    if pending:
+        results.update(label(pending))
+    return [results[path] for path, _ in inputs_found]
+
+
+def _check_arguments(threshold: float, top_k: int, image_size: int | None, batch_size: int) -> None:
+    """Refuse an out-of-range argument before any file or checkpoint is read."""
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
     if top_k < 1:
@@ -129,68 +169,48 @@ def predict(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if image_size is not None and image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
-    inputs_found = find_inputs(inputs)
-    if all(missing is not None for _, missing in inputs_found):
-        shown = "; ".join(f"{path}: {missing}" for path, missing in inputs_found[:5])
-        more = f" and {len(inputs_found) - 5} more" if len(inputs_found) > 5 else ""
-        raise FileNotFoundError(f"none of the inputs is there: {shown}{more}")
-    paths = [path for path, _ in inputs_found]
-    run = read_finished_run(run_checkpoint)
-    module = run.build_module()
-    module.eval().to(device)
-    class_ids = run.class_names
-    if len(class_ids) != module.num_classes:
-        class_ids = [str(index) for index in range(module.num_classes)]
-    names = display_names(class_ids)
-    multi_label = module.multi_label
-    size = run.input_setting("image_size", image_size, option="--image-size")
-    if run.input_setting("backend") == "dali":
-        log.info("the run decoded with DALI (data.backend=dali); predict decodes with PIL")
-    size = size or DEFAULT_IMAGE_SIZE
-    transform = eval_transform(size, run.preprocessing)
-    k = min(top_k, module.num_classes)
 
-    kind = "sigmoid" if multi_label else "softmax"
 
-    def forward(chunk: Sequence[tuple[Path, torch.Tensor]]) -> dict[Path, dict[str, Any]]:
-        images = torch.stack([image for _, image in chunk]).to(device)
+@dataclass
+class _Labeller:
+    """The predicted set and top-k classes of batches of images, by a fine-tuned module."""
+
+    module: FineTuneModule
+    class_ids: Sequence[str]
+    names: Sequence[str]
+    threshold: float
+    top_k: int
+    device: str | torch.device
+
+    @property
+    def kind(self) -> str:
+        """``sigmoid`` or ``softmax``: what the probabilities are."""
+        return "sigmoid" if self.module.multi_label else "softmax"
+
+    def __call__(self, chunk: Sequence[tuple[Path, torch.Tensor]]) -> dict[Path, dict[str, Any]]:
+        """The result of each image of ``chunk`` (path, evaluation view), by path."""
+        multi_label = self.module.multi_label
+        images = torch.stack([image for _, image in chunk]).to(self.device)
         with torch.inference_mode():
-            logits = module(images).float().cpu()
+            logits = self.module(images).float().cpu()
         probabilities = class_probabilities(logits, multi_label)
-        sets = predicted_sets(logits, threshold, multi_label)
-        top = probabilities.topk(k, dim=1).indices
+        sets = predicted_sets(logits, self.threshold, multi_label)
+        top = probabilities.topk(min(self.top_k, self.module.num_classes), dim=1).indices
         return {
             path: {
                 "path": str(path),
                 "error": None,
-                "predicted": _entries(
-                    probabilities[row],
-                    torch.nonzero(sets[row]).flatten().tolist(),
-                    class_ids,
-                    names,
+                "predicted": self._entries(
+                    probabilities[row], torch.nonzero(sets[row]).flatten().tolist()
                 ),
-                "top_k": _entries(probabilities[row], top[row].tolist(), class_ids, names),
-                "probabilities": kind,
+                "top_k": self._entries(probabilities[row], top[row].tolist()),
+                "probabilities": self.kind,
             }
             for row, (path, _) in enumerate(chunk)
         }
 
-    results: dict[Path, dict[str, Any]] = {}
-    pending: list[tuple[Path, torch.Tensor]] = []
-    for path, missing in inputs_found:
-        if missing is not None:
-            results[path] = _failure(path, missing, kind)
-            continue
-        try:
-            pending.append((path, transform(load_rgb(path))))
-        except UnreadableImageError as error:
-            results[path] = _failure(path, error.reason, kind)
-        if len(pending) == batch_size:
-            results.update(forward(pending))
-            pending = []
-    if pending:
-        results.update(forward(pending))
-    return [results[path] for path in paths]
+    def _entries(self, probabilities: torch.Tensor, indices: Iterable[int]) -> list[dict[str, Any]]:
+        return _entries(probabilities, indices, self.class_ids, self.names)
 
 
 def _failure(path: Path, reason: str, kind: str) -> dict[str, Any]:

@@ -237,9 +237,7 @@ def test_eval_decodes_with_the_backend_the_run_trained_with_or_the_one_set(
     gif = root / "val" / "n00000001" / "n00000001_0.gif"
     (root / "val" / "n00000001" / "n00000001_0.JPEG").unlink()
     write_image(gif, seed=3, size=(40, 40))
-    config = compose_train_config(
-        [*TINY_NETWORK, *folder_run_overrides(root), "data.backend=dali"]
-    )
+    config = compose_train_config([*TINY_NETWORK, *folder_run_overrides(root), "data.backend=dali"])
     run = run_training(config, tmp_path / "run").output_dir
     saved = _saved_metrics(run)
 
