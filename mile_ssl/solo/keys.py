@@ -23,9 +23,14 @@ PRECISIONS = {
     "32": "32-true",
     "32-true": "32-true",
 }
-SCHEDULERS_AS_COSINE = ("warmup_cosine", "cosine", "none")
+SCHEDULERS_AS_COSINE = ("warmup_cosine", "cosine")
 DEFAULT_BATCH_SIZE = 256
 """solo-learn's ``optimizer.batch_size`` when a recipe leaves it out."""
+DEFAULT_WARMUP_EPOCHS = 10
+"""solo-learn's ``scheduler.warmup_epochs`` when a ``warmup_cosine`` recipe leaves it out."""
+SOLO_OPTIMIZERS = {"sgd": "sgd", "lars": "sgd", "adamw": "adamw", "adam": "adamw"}
+"""solo-learn's optimisers (``LinearModel._OPTIMIZERS``) and the ``optim.name`` each
+trains as: LARS is SGD with a per-layer trust ratio, Adam is AdamW with L2 weight decay."""
 
 
 class RecipeReader:
@@ -122,7 +127,45 @@ def _scaled_lr(lr: Any, recipe: RecipeReader) -> str | None:
 
 
 def _warmup(epochs: Any, recipe: RecipeReader) -> Any:
-    return epochs if recipe.take("scheduler.name") == "warmup_cosine" else None
+    """solo-learn warms up under ``warmup_cosine`` only, 10 epochs unless the recipe says."""
+    if recipe.take("scheduler.name") != "warmup_cosine":
+        return None
+    return DEFAULT_WARMUP_EPOCHS if epochs is None else epochs
+
+
+def trains_as(recipe: RecipeReader) -> str:
+    """The ``optim.name`` the recipe's optimiser trains as (``sgd`` when it names none)."""
+    return SOLO_OPTIMIZERS.get(str(recipe.take("optimizer.name")), "sgd")
+
+
+def _optimizer(name: Any, recipe: RecipeReader) -> str | None:
+    if name is None:
+        return None
+    if str(name) not in SOLO_OPTIMIZERS:
+        raise ValueError(
+            f"{recipe.source}: optimizer.name={name!r} is not one of solo-learn's optimizers "
+            f"{sorted(SOLO_OPTIMIZERS)}"
+        )
+    return SOLO_OPTIMIZERS[str(name)]
+
+
+def _nesterov(nesterov: Any, recipe: RecipeReader) -> Any:
+    """solo-learn's SGD and LARS default to plain momentum (torch's); mile_ssl's to Nesterov."""
+    if nesterov is None and trains_as(recipe) == "sgd":
+        return False
+    return nesterov
+
+
+def _clip_grad_norm(value: Any, recipe: RecipeReader) -> Any:
+    """Lightning's ``gradient_clip_val``, a ``Trainer`` argument solo-learn passes on.
+
+    Lightning clips the global 2-norm unless ``gradient_clip_algorithm`` says
+    ``value``; 0 or ``None`` is no clipping.
+    """
+    algorithm = recipe.take("gradient_clip_algorithm")
+    if algorithm is not None and str(algorithm).lower() != "norm":
+        return None
+    return _positive(value, recipe)
 
 
 def _devices(devices: Any, recipe: RecipeReader) -> Any:
@@ -157,10 +200,15 @@ SETTINGS: tuple[tuple[str, str, Callable[[Any, RecipeReader], Any]], ...] = (
     ("data.num_workers", "data.num_workers", _as_is),
     ("data.fraction", "data.fraction", _positive),
     ("optimizer.batch_size", "data.batch_size", _batch_size),
+    ("optimizer.name", "optim.name", _optimizer),
     ("optimizer.lr", "optim.lr", _scaled_lr),
     ("optimizer.weight_decay", "optim.weight_decay", _as_is),
+    ("optimizer.layer_decay", "optim.layer_decay", _positive),
     ("optimizer.kwargs.momentum", "optim.momentum", _as_is),
-    ("optimizer.kwargs.nesterov", "optim.nesterov", _as_is),
+    ("optimizer.kwargs.nesterov", "optim.nesterov", _nesterov),
+    ("optimizer.kwargs.betas", "optim.betas", _as_is),
+    ("gradient_clip_val", "optim.clip_grad_norm", _clip_grad_norm),
+    ("backbone.kwargs.drop_path_rate", "backbone.drop_path_rate", _as_is),
     ("scheduler.warmup_epochs", "optim.warmup_epochs", _warmup),
     ("seed", "seed", _as_is),
     ("max_epochs", "trainer.max_epochs", _as_is),
@@ -178,6 +226,7 @@ the mile_ssl value, or ``None`` to leave the mile_ssl key at its default.
 """
 
 COSINE_TO_ZERO = "mile_ssl uses warm-up + cosine to zero"
+NO_MIXING = "mile_ssl trains on unmixed images with hard labels (MILe's BCE): no {}"
 FROZEN_BACKBONE = (
     "absent/false means a frozen backbone (linear probe) in solo-learn; MILe fine-tunes "
     "the whole network"
@@ -186,10 +235,20 @@ FROZEN_BACKBONE = (
 NOT_USED: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     (
         "optimizer.name",
-        lambda name: name not in (None, "sgd"),
-        "{!r}: mile_ssl trains with SGD (optim.*)",
+        lambda name: name == "lars",
+        "'lars' trains as SGD with its momentum: mile_ssl has no per-layer trust ratio",
     ),
-    ("optimizer.kwargs.*", lambda _: True, "no such option for mile_ssl's SGD"),
+    (
+        "optimizer.name",
+        lambda name: name == "adam",
+        "'adam' trains as AdamW: weight decay is decoupled, not added to the gradient",
+    ),
+    ("optimizer.kwargs.*", lambda _: True, "no such option for mile_ssl's SGD or AdamW"),
+    (
+        "gradient_clip_algorithm",
+        lambda algorithm: algorithm is not None and str(algorithm).lower() != "norm",
+        "{!r}: mile_ssl clips the global norm only (optim.clip_grad_norm); no clipping",
+    ),
     (
         "scheduler.name",
         lambda name: name not in (None, *SCHEDULERS_AS_COSINE),
@@ -197,9 +256,16 @@ NOT_USED: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ),
     ("scheduler.lr_decay_steps", lambda value: value is not None, COSINE_TO_ZERO),
     ("scheduler.min_lr", lambda value: value is not None, COSINE_TO_ZERO),
-    ("scheduler.warmup_start_lr", lambda value: value is not None, COSINE_TO_ZERO),
+    (
+        "scheduler.warmup_start_lr",
+        lambda value: value is not None and float(value) != 0,
+        "mile_ssl's warm-up rises from 0 (optim.lr / warm-up steps at the first step)",
+    ),
     ("scheduler.interval", lambda value: value is not None, COSINE_TO_ZERO),
     ("finetune", lambda finetune: not finetune, FROZEN_BACKBONE),
+    ("label_smoothing", lambda value: bool(value), NO_MIXING.format("label smoothing")),
+    ("mixup", lambda value: bool(value), NO_MIXING.format("mixup")),
+    ("cutmix", lambda value: bool(value), NO_MIXING.format("cutmix")),
 )
 """(solo-learn key, test of its value, reason): keys reported as not used when the test holds.
 

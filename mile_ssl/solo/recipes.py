@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from mile_ssl.config.overrides import MOVED_KEYS, STEPS_OVER_EPOCHS, override_key
-from mile_ssl.solo.keys import NOT_USED, SETTINGS, RecipeReader
+from mile_ssl.solo.keys import NOT_USED, SETTINGS, RecipeReader, trains_as
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,19 @@ IGNORED = {
     "auto_resume": "resume explicitly with trainer.resume_from",
     "hydra": "mile_ssl sets its own run directory",
 }
+TABLE_KWARGS = frozenset(
+    solo_key.removeprefix("backbone.kwargs.")
+    for solo_key, _, _ in SETTINGS
+    if solo_key.startswith("backbone.kwargs.")
+)
+"""Builder arguments the table maps to mile_ssl keys (``drop_path_rate``), not kwargs."""
+LAYER_DECAY_NOTE = (
+    "optimizer.layer_decay={}: mile_ssl scales each layer's rate by it, numbering layers as "
+    "BEiT and MAE do (docs/vit_recipe.md); solo-learn computes these scales with timm's "
+    "numbering (one factor higher, the last block at the full rate) but applies none of "
+    "them (neither its optimiser nor its scheduler reads the groups' lr_scale), so its "
+    "runs train every layer at one rate: optim.layer_decay=null does the same"
+)
 
 
 @dataclass
@@ -56,10 +69,10 @@ class Translation:
     warnings: list[str] = field(default_factory=list)
     needs_checkpoint: bool = False
 
-    def set(self, solo_key: str, override: str) -> None:
-        """Record that ``solo_key`` became ``override``."""
+    def set(self, solo_key: str, override: str, note: str = "") -> None:
+        """Record that ``solo_key`` became ``override`` (``note`` says more, in the mapping)."""
         self.overrides.append(override)
-        self.mapping.append((solo_key, override))
+        self.mapping.append((solo_key, f"{override} ({note})" if note else override))
 
     def skip(self, solo_key: str, reason: str) -> None:
         """Record that ``solo_key`` is not used, and why."""
@@ -165,13 +178,16 @@ def translate_solo_config(
     _checkpoint_and_backbone(recipe, translation)
     _image_folders(recipe, translation)
     for solo_key, mile_key, transform in SETTINGS:
-        value = transform(recipe.take(solo_key), recipe)
+        given = recipe.take(solo_key)
+        value = transform(given, recipe)
         if value is not None:
-            translation.set(solo_key, f"{mile_key}={_value(value)}")
+            note = "solo-learn's default" if given is None else ""
+            translation.set(solo_key, f"{mile_key}={_value(value)}", note)
     for solo_key, applies, reason in NOT_USED:
         for key, value in recipe.take_all(solo_key):
             if applies(value):
                 translation.skip(key, reason.format(value))
+    _optimizer_notes(recipe, translation)
     _mile_section(recipe, translation)
     _defaults(recipe, translation)
     for key in recipe.unread():
@@ -195,7 +211,11 @@ def _checkpoint_and_backbone(recipe: RecipeReader, translation: Translation) -> 
             ("pretrain_method", f"{method} (recorded; the adapter reads the file)")
         )
     backbone = recipe.take("backbone.name")
-    kwargs = dict(recipe.take("backbone.kwargs") or {})
+    kwargs = {
+        key: value
+        for key, value in dict(recipe.take("backbone.kwargs") or {}).items()
+        if key not in TABLE_KWARGS
+    }
     run_args = _run_args(checkpoint)
     if run_args is not None:
         _check_run_backbone(run_args, backbone, recipe.source)
@@ -208,6 +228,38 @@ def _checkpoint_and_backbone(recipe: RecipeReader, translation: Translation) -> 
         translation.set("backbone.name", f"backbone.name={_backbone_spec_name(str(backbone))}")
         for key, value in kwargs.items():
             translation.set(f"backbone.kwargs.{key}", f"+backbone.kwargs.{key}={_value(value)}")
+
+
+def _optimizer_notes(recipe: RecipeReader, translation: Translation) -> None:
+    """Where the optimiser the table set trains differently from solo-learn's.
+
+    solo-learn applies no layer-wise rates (:data:`LAYER_DECAY_NOTE`). Its weight decay
+    spares 1-D parameters (norms, biases) only with ``optimizer.exclude_bias_n_norm_wd``
+    or ``layer_decay`` (which also spares the backbone's ``no_weight_decay()``);
+    mile_ssl's AdamW always spares them and its SGD never does.
+    """
+    layer_decay = recipe.take("optimizer.layer_decay")
+    if layer_decay is not None and float(layer_decay) > 0:
+        translation.warnings.append(LAYER_DECAY_NOTE.format(layer_decay))
+    exclude = recipe.take("optimizer.exclude_bias_n_norm_wd")
+    spares = bool(exclude) or (layer_decay is not None and float(layer_decay) > 0)
+    decays = float(recipe.take("optimizer.weight_decay") or 0) > 0
+    optimizer = trains_as(recipe)
+    if exclude and optimizer == "adamw":
+        translation.mapping.append(
+            ("optimizer.exclude_bias_n_norm_wd", "mile_ssl's AdamW never decays norms, biases")
+        )
+    elif exclude:
+        translation.skip(
+            "optimizer.exclude_bias_n_norm_wd",
+            "mile_ssl's SGD decays every weight (its AdamW spares norms and biases)",
+        )
+    elif decays and spares != (optimizer == "adamw"):
+        translation.warnings.append(
+            f"optimizer.weight_decay: solo-learn's {recipe.take('optimizer.name')} "
+            f"{'spares' if spares else 'decays'} norms and biases here; mile_ssl's "
+            f"{optimizer} {'decays them' if optimizer == 'sgd' else 'never decays them'}"
+        )
 
 
 def _image_folders(recipe: RecipeReader, translation: Translation) -> None:

@@ -72,8 +72,13 @@ def _pretrained_run(folder: Path, recipe: str) -> Path:
 
 
 def _solo_command(recipe: str, checkpoint: Path, images: Path) -> list[str]:
-    """``main_linear.py``'s command line, with CPU settings for this machine."""
+    """``main_linear.py``'s command line, with CPU settings for this machine.
+
+    The fine-tuning recipes warm up for solo-learn's default 10 epochs; here for half an
+    epoch (one of the two steps), so that warm-up ends before the run does.
+    """
     path = FIXTURES / recipe
+    warmup = ["++scheduler.warmup_epochs=0.5"] if recipe.startswith("finetune/") else []
     return [
         "--config-path",
         str(path.parent),
@@ -87,6 +92,7 @@ def _solo_command(recipe: str, checkpoint: Path, images: Path) -> list[str]:
         "precision=32",
         "optimizer.batch_size=8",
         "data.num_workers=0",
+        *warmup,
     ]
 
 
@@ -121,6 +127,13 @@ def test_published_recipe_trains_two_steps(recipe: str, images: Path, tmp_path: 
     expected_backend = "dali" if solo["data"]["format"] == "dali" else "torchvision"
     assert resolved["data"]["backend"] == expected_backend
     assert "data.format: dali is not available" not in log
+    # The fine-tuning recipes' AdamW, layer decay and drop-path reach the run.
+    optimizer, layer_decay = solo["optimizer"]["name"], solo["optimizer"].get("layer_decay")
+    assert resolved["optim"]["name"] == optimizer
+    assert resolved["optim"]["layer_decay"] == layer_decay
+    drop_path = solo["backbone"].get("kwargs", {}).get("drop_path_rate")
+    assert resolved["backbone"]["drop_path_rate"] == drop_path
+    assert ("applies none of them" in log) == (layer_decay is not None)
 
 
 def test_recipe_without_checkpoint_names_the_key(images: Path, tmp_path: Path) -> None:
@@ -223,9 +236,6 @@ def test_translation_maps_keys_and_reports_the_rest() -> None:
     for key in (
         "defaults: wandb",
         "name",
-        "optimizer.name",
-        "optimizer.layer_decay",
-        "scheduler.warmup_start_lr",
         "checkpoint.dir",
         "auto_resume.enabled",
         "label_smoothing",
@@ -233,6 +243,9 @@ def test_translation_maps_keys_and_reports_the_rest() -> None:
         "cutmix",
     ):
         assert key in unsupported, key
+    # AdamW and layer decay are mapped; warm-up from solo-learn's 0.0 is mile_ssl's too.
+    for key in ("optimizer.name", "optimizer.layer_decay", "scheduler.warmup_start_lr"):
+        assert key not in unsupported, key
 
 
 def test_from_solo_takes_the_same_overrides(tmp_path: Path, images: Path) -> None:
@@ -253,3 +266,123 @@ def test_from_solo_takes_the_same_overrides(tmp_path: Path, images: Path) -> Non
     without = run_cli_in_process(["from-solo", str(FIXTURES / recipe), "--out", str(out)], tmp_path)
     assert without.returncode == 0, without.stderr
     assert "checkpoint.path is unset" in out.read_text()
+
+
+def _translate(recipe: str, **changes: Any) -> tuple[Any, Any]:
+    """A fixture with dotted ``changes`` (``optimizer__name="lars"``), translated and composed.
+
+    A change to ``None`` removes the key.
+    """
+    path = FIXTURES / recipe
+    solo: dict[str, Any] = read_solo_config(path)
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split("__")
+        node = solo
+        for part in parents:
+            node = node.setdefault(part, {})
+        if value is None:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    translation = translate_solo_config(solo, path, "cpu")
+    return translation, compose_train_config(translation.overrides)
+
+
+@pytest.mark.parametrize("recipe", ["finetune/imagenet/mae.yaml", "finetune/imagenet-100/mae.yaml"])
+def test_mae_finetune_recipe_is_the_adamw_recipe(recipe: str) -> None:
+    translation, config = _translate(recipe)
+    solo = read_solo_config(FIXTURES / recipe)
+    assert config.optim.name == "adamw"
+    assert config.optim.layer_decay == solo["optimizer"]["layer_decay"] == 0.75
+    assert config.optim.weight_decay == solo["optimizer"]["weight_decay"] == 0.05
+    assert config.optim.betas == [0.9, 0.999]  # solo-learn's default AdamW kwargs
+    assert config.backbone.drop_path_rate == solo["backbone"]["kwargs"]["drop_path_rate"]
+    assert config.backbone.kwargs == {}
+    # AdamW's rate scales with the batch as SGD's does: 5e-4 x 64 x 8 devices / 256.
+    assert config.optim.lr == pytest.approx(5e-4 * 64 * 8 / 256)
+    # warmup_cosine without warmup_epochs: solo-learn's 10, said to be its default.
+    assert config.optim.warmup_epochs == 10
+    assert ("scheduler.warmup_epochs", "optim.warmup_epochs=10 (solo-learn's default)") in (
+        translation.mapping
+    )
+    assert config.optim.clip_grad_norm is None
+    (note,) = [warning for warning in translation.warnings if "layer_decay" in warning]
+    assert "timm's numbering" in note and "optim.layer_decay=null" in note
+    unsupported = dict(translation.unsupported)
+    assert "no label smoothing" in unsupported["label_smoothing"]
+    assert "no mixup" in unsupported["mixup"] and "no cutmix" in unsupported["cutmix"]
+    assert not [key for key in unsupported if key.startswith(("optimizer", "backbone"))]
+
+
+def test_optimizer_kwargs_and_gradient_clipping_map() -> None:
+    recipe = "finetune/imagenet-100/mae.yaml"
+    translation, config = _translate(
+        recipe,
+        optimizer__kwargs={"betas": [0.9, 0.95], "eps": 1e-6},
+        gradient_clip_val=1.0,
+    )
+    assert config.optim.betas == [0.9, 0.95]
+    assert config.optim.clip_grad_norm == 1.0
+    assert dict(translation.unsupported)["optimizer.kwargs.eps"].startswith("no such option")
+    # Lightning's clipping by value is not mile_ssl's norm: reported, not applied.
+    translation, config = _translate(recipe, gradient_clip_val=1.0, gradient_clip_algorithm="value")
+    assert config.optim.clip_grad_norm is None
+    assert "global norm only" in dict(translation.unsupported)["gradient_clip_algorithm"]
+    # solo-learn's default layer_decay, 0, is one rate.
+    translation, config = _translate(recipe, optimizer__layer_decay=0.0)
+    assert config.optim.layer_decay is None
+    assert not [warning for warning in translation.warnings if "layer_decay" in warning]
+    # Without layer decay solo-learn's AdamW decays norms and biases too; mile_ssl's never.
+    assert any("decays norms and biases here" in warning for warning in translation.warnings)
+
+
+def test_sgd_lars_and_adam_train_as_mile_ssl_optimizers() -> None:
+    recipe = "linear/imagenet-100/mocov2plus.yaml"
+    translation, config = _translate(recipe)
+    # torch's SGD, which solo-learn uses, has plain momentum unless the recipe says.
+    assert config.optim.name == "sgd" and config.optim.nesterov is False
+    assert config.optim.momentum == 0.9
+    translation, config = _translate(
+        recipe,
+        optimizer__name="lars",
+        optimizer__kwargs={"momentum": 0.8, "eta": 0.02},
+        optimizer__exclude_bias_n_norm_wd=True,
+    )
+    assert config.optim.name == "sgd" and config.optim.momentum == 0.8
+    unsupported = dict(translation.unsupported)
+    assert "no per-layer trust ratio" in unsupported["optimizer.name"]
+    assert "optimizer.kwargs.eta" in unsupported
+    assert "decays every weight" in unsupported["optimizer.exclude_bias_n_norm_wd"]
+    translation, config = _translate(recipe, optimizer__name="adam")
+    assert config.optim.name == "adamw"
+    assert "decoupled" in dict(translation.unsupported)["optimizer.name"]
+    translation, config = _translate(
+        recipe, optimizer__name="adamw", optimizer__exclude_bias_n_norm_wd=True
+    )
+    assert config.optim.name == "adamw" and not translation.warnings
+    assert "optimizer.exclude_bias_n_norm_wd" not in dict(translation.unsupported)
+
+
+def test_unknown_optimizer_is_refused_by_name(images: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "recipes" / "rmsprop.yaml"
+    recipe.parent.mkdir()
+    solo = read_solo_config(FIXTURES / "finetune" / "imagenet-100" / "mae.yaml")
+    solo["optimizer"]["name"] = "rmsprop"
+    recipe.write_text(yaml.safe_dump(solo))
+    result = run_cli_in_process(
+        [
+            "train",
+            "--config-path",
+            str(recipe.parent),
+            "--config-name",
+            recipe.name,
+            "pretrained_feature_extractor=mae.ckpt",
+            f"data.train_path={images / 'train'}",
+            f"data.val_path={images / 'val'}",
+            "hydra.run.dir=run",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 2
+    assert "optimizer.name='rmsprop' is not one of solo-learn's optimizers" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
