@@ -1,14 +1,18 @@
-"""Where a run stands: the MILe phase of a step and the learning-rate factor.
+"""Where a run stands: the MILe phase of a step, the learning-rate factor, the unlabeled steps.
 
-Both are pure functions of the step counter, so a run resumed from any step continues
-on exactly the same schedule.
+All are pure functions of the step counter (and the config), so a run resumed from any
+step continues on exactly the same schedule.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+
+from mile_ssl.config import TEACHER_METHODS, MethodConfig, MileConfig
 
 
 class Phase(str, Enum):
@@ -65,3 +69,26 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int) -> float:
     decay_steps = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def unlabeled_steps(method: MethodConfig, mile: MileConfig) -> Callable[[int], bool] | None:
+    """Which training steps read unlabeled images; ``None`` when none ever does.
+
+    Every step of ``distill`` and ``self_train`` (their fixed teacher labels all images),
+    the student phase of semi-supervised MILe (its teacher learns from labels), no step
+    of any other method. A function of the config alone, because the data pipeline that
+    draws these images is set up before the module (which needs the data's classes).
+    """
+    if method.name in TEACHER_METHODS:
+        return _every_step
+    if method.name == "mile" and mile.semi_supervised:
+        return functools.partial(_in_student_phase, kt=mile.kt, ks=mile.ks)
+    return None
+
+
+def _every_step(step: int) -> bool:
+    return True
+
+
+def _in_student_phase(step: int, kt: int, ks: int) -> bool:
+    return mile_position(step, kt, ks).phase is Phase.STUDENT

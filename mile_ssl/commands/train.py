@@ -28,7 +28,7 @@ from mile_ssl.config import (
 from mile_ssl.config.devices import check_accelerator
 from mile_ssl.data.datamodule import MILeDataModule, UnlabeledStream
 from mile_ssl.data.sources import network_input_size
-from mile_ssl.finetune import MILeModule, build_module, module_class
+from mile_ssl.finetune import MILeModule, build_module
 from mile_ssl.finetune.validation import BAD_VAL_IMAGES_FILE, UnreadableValidationImages
 from mile_ssl.networks.backbones import BackboneSpec, build_backbone
 from mile_ssl.networks.preprocessing import Preprocessing
@@ -55,6 +55,7 @@ from mile_ssl.runs.trainer import (
     resolve_sync_batchnorm,
     world_size,
 )
+from mile_ssl.schedule import unlabeled_steps
 
 log = logging.getLogger(__name__)
 
@@ -186,11 +187,11 @@ def resolve_epochs(config: TrainConfig, labelled_images: int) -> TrainConfig:
 
 
 def unlabeled_stream(config: TrainConfig) -> UnlabeledStream | None:
-    """Which steps take unlabeled images, if any: the method's class decides.
+    """Which steps take unlabeled images, if any (:func:`~mile_ssl.schedule.unlabeled_steps`).
 
     (MILe's student phase in semi-supervised mode, every step of the teacher baselines.)
     """
-    uses_unlabeled = module_class(config.method.name).unlabeled_steps(config.mile)
+    uses_unlabeled = unlabeled_steps(config.method, config.mile)
     if uses_unlabeled is None:
         return None
     return UnlabeledStream(config.data.unlabeled_ratio, uses_unlabeled)

@@ -1,7 +1,9 @@
 """What every fine-tuning method shares: optimisers, schedule, divergence, validation, checkpoints.
 
 A method is a subclass that says which networks it trains (:meth:`FineTuneModule.networks`),
-what phase a step is in (:meth:`FineTuneModule.position`) and what one training step does;
+what phase a step is in (:meth:`FineTuneModule.position`) and what one training step does.
+Every class is built the same way, from one :class:`~mile_ssl.finetune.settings.ModuleSettings`
+record (:meth:`FineTuneModule.from_settings`), of which each reads what it uses;
 the step counter, the learning rate, the divergence check, the logging, validation and
 the checkpoint entry live here, so that every method resumes and reports the same way.
 
@@ -17,42 +19,28 @@ progress bar reads them without a device round trip.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import lightning as L
 import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from mile_ssl.config import MULTI_LABEL_METHODS, MethodConfig, MileConfig, OptimConfig
+from mile_ssl.config import MULTI_LABEL_METHODS, TEACHER_METHODS, MethodConfig, OptimConfig
 from mile_ssl.data.views import STRONG_VIEW_KEY
+from mile_ssl.finetune.batches import Batch
 from mile_ssl.finetune.divergence import DivergenceError, NonFiniteLossMonitor
 from mile_ssl.finetune.networks import Classifier
 from mile_ssl.finetune.optimizers import group_settings, make_optimizer, warn_about_recipe
+from mile_ssl.finetune.settings import ModuleSettings
 from mile_ssl.finetune.validation import ValidationOutputs
 from mile_ssl.losses import sigmoid_head_bias
 from mile_ssl.schedule import Phase, StepPosition, warmup_cosine
 
 CHECKPOINT_KEY = "mile_ssl"
 """Key of the module's entry in a Lightning checkpoint (steps, settings, metadata)."""
-
-Batch = dict[str, torch.Tensor]
-
-
-def ground_truth(batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The labels of ``batch`` and, in a batch that mixes streams, their row weights.
-
-    Ground truth is only ever read for labelled images: unlabeled images (label -1)
-    weigh 0 and their label is replaced by class 0, which then never counts. Without a
-    ``labelled`` entry every image is labelled and the weights are ``None``.
-    """
-    labelled = batch.get("labelled")
-    if labelled is None:
-        return batch["label"], None
-    labels = torch.where(labelled, batch["label"], torch.zeros_like(batch["label"]))
-    return labels, labelled.float()
 
 
 class FineTuneModule(L.LightningModule):
@@ -65,47 +53,55 @@ class FineTuneModule(L.LightningModule):
         backbone: Pretrained feature extractor.
         feature_dim: Width of its pooled features.
         num_classes: Number of classes.
-        method: Objective and evaluation threshold (``method.name`` one of the
-            subclass's :attr:`METHODS`).
-        optim: Optimiser and learning-rate schedule.
-        channels_last: Keep networks and inputs in channels-last memory format.
-        metadata: Plain data saved with every checkpoint (architecture, preprocessing,
-            class names) so that evaluation and export can rebuild the network.
+        **settings: Further :class:`~mile_ssl.finetune.settings.ModuleSettings` fields by
+            name (``method.name`` one of the class's :attr:`METHODS`); each class reads
+            those it uses, and an unknown name is a ``TypeError``.
     """
 
     METHODS: ClassVar[tuple[str, ...]] = ()
     """Values of ``method.name`` the class trains; the first is its default."""
 
+    FIXED_ON_RESUME: ClassVar[tuple[str, ...]] = ("method",)
+    """Config sections a resume must keep (:meth:`fixed_on_resume`)."""
+
     def __init__(
-        self,
-        backbone: nn.Module,
-        feature_dim: int,
-        num_classes: int,
-        method: MethodConfig | None = None,
-        optim: OptimConfig | None = None,
-        channels_last: bool = True,
-        metadata: dict[str, Any] | None = None,
+        self, backbone: nn.Module, feature_dim: int, num_classes: int, **settings: Any
     ) -> None:
+        given = ModuleSettings(backbone, feature_dim, num_classes, **settings)
         super().__init__()
-        self.method = method or MethodConfig(self.METHODS[0])
+        self.method = given.method or MethodConfig(self.METHODS[0])
         if self.method.name not in self.METHODS:
             raise ValueError(
                 f"method.name={self.method.name!r}: {type(self).__name__} trains "
                 f"{list(self.METHODS)}; mile_ssl.finetune.build_module picks the class"
             )
-        self.optim = optim or OptimConfig()
-        self.metadata = dict(metadata or {})
+        if given.fixed_teacher is not None and self.method.name not in TEACHER_METHODS:
+            raise ValueError(
+                f"method.name={self.method.name!r}: a fixed teacher is only for "
+                f"{list(TEACHER_METHODS)} (distill.teacher_checkpoint)"
+            )
+        self.optim = given.optim or OptimConfig()
+        self.metadata = dict(given.metadata or {})
         self.num_classes = num_classes
-        self.channels_last = channels_last
+        self.channels_last = given.channels_last
         self.automatic_optimization = False
         head_bias = sigmoid_head_bias(num_classes) if self.multi_label else None
         self.student = Classifier(backbone, feature_dim, num_classes, head_bias)
-        if channels_last:
+        if self.channels_last:
             self.student.to(memory_format=torch.channels_last)
         self.completed_steps = 0
         self.validation_metrics: dict[str, float] = {}
         self._validation = ValidationOutputs()
         self._non_finite_loss = NonFiniteLossMonitor()
+        self.build_method(given)
+
+    @classmethod
+    def from_settings(cls, settings: ModuleSettings) -> Self:
+        """The module of ``settings`` (the one way every method class is built)."""
+        return cls(**settings.arguments())
+
+    def build_method(self, settings: ModuleSettings) -> None:
+        """Take what the subclass reads from ``settings`` (the student is built by now)."""
 
     @property
     def multi_label(self) -> bool:
@@ -116,16 +112,6 @@ class FineTuneModule(L.LightningModule):
     def trains_teacher(self) -> bool:
         """Whether a second network trains besides the student (its own optimiser)."""
         return False
-
-    @classmethod
-    def unlabeled_steps(cls, mile: MileConfig) -> Callable[[int], bool] | None:
-        """Which training steps read unlabeled images; ``None`` when none ever does.
-
-        The data pipeline draws unlabeled images for exactly the steps this predicate
-        accepts; it is a class-level answer because the data is set up before the module
-        (which needs the number of classes the data finds).
-        """
-        return None
 
     def networks(self) -> list[nn.Module]:
         """The networks a training step runs (compiled by :meth:`compile_networks`)."""
@@ -333,9 +319,17 @@ class FineTuneModule(L.LightningModule):
 
     # Checkpoints ---------------------------------------------------------------------
 
+    @classmethod
+    def fixed_on_resume(cls, config: object) -> dict[str, Any]:
+        """The :attr:`FIXED_ON_RESUME` sections of ``config``, a run's config or a module.
+
+        What checkpoints store and a resume compares: the one statement of that rule.
+        """
+        return {section: asdict(getattr(config, section)) for section in cls.FIXED_ON_RESUME}
+
     def checkpoint_settings(self) -> dict[str, Any]:
-        """Settings a resume must keep, by config section (MILe adds ``mile``)."""
-        return {"method": asdict(self.method)}
+        """Settings a resume must keep, by config section (:meth:`fixed_on_resume`)."""
+        return self.fixed_on_resume(self)
 
     def checkpoint_extras(self) -> dict[str, Any]:
         """Further state of a subclass saved in the checkpoint entry."""

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
-from mile_ssl.config import TEACHER_METHODS, DistillConfig, MethodConfig, MileConfig, OptimConfig
+from mile_ssl.config import DistillConfig, MethodConfig, MileConfig, OptimConfig
 from mile_ssl.finetune.base import FineTuneModule
 from mile_ssl.finetune.baselines import FixedTeacherModule
 from mile_ssl.finetune.mile import MILeModule
+from mile_ssl.finetune.settings import ModuleSettings
 from mile_ssl.finetune.supervised import SupervisedModule
 
 METHOD_CLASSES: dict[str, type[FineTuneModule]] = {
@@ -33,6 +35,17 @@ def module_class(method_name: str) -> type[FineTuneModule]:
     return METHOD_CLASSES[method_name]
 
 
+def module_from_settings(settings: ModuleSettings) -> FineTuneModule:
+    """The module of ``settings.method.name``, built by its class from the whole record.
+
+    Raises:
+        ValueError: For a record without a method, or one its class refuses.
+    """
+    if settings.method is None:
+        raise ValueError("the settings name no method; set method=MethodConfig(name)")
+    return module_class(settings.method.name).from_settings(settings)
+
+
 def build_module(
     backbone: nn.Module,
     feature_dim: int,
@@ -44,51 +57,28 @@ def build_module(
     distill: DistillConfig | None = None,
     fixed_teacher: nn.Module | None = None,
     channels_last: bool = True,
-    metadata: dict[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> FineTuneModule:
     """The fine-tuning module of ``method.name``, given the settings of a whole run.
 
-    Each class takes the settings it uses: ``mile`` goes to MILe only, ``distill`` and
-    ``fixed_teacher`` to the fixed-teacher baselines only.
+    Each class takes the settings it uses (:class:`~mile_ssl.finetune.settings.ModuleSettings`):
+    ``mile`` goes to MILe only, ``distill`` and ``fixed_teacher`` to the fixed-teacher
+    baselines only, which are built without a teacher to evaluate a finished run.
 
     Raises:
-        ValueError: If ``fixed_teacher`` is given to, or missing from, a method.
+        ValueError: If ``fixed_teacher`` is given to a method that does not learn from one.
     """
-    cls = module_class(method.name)
-    if (fixed_teacher is None) == (cls is FixedTeacherModule):
-        raise ValueError(
-            f"method.name={method.name!r}: a fixed teacher is needed by, and only by, "
-            f"{list(TEACHER_METHODS)} (set distill.teacher_checkpoint)"
-        )
-    if fixed_teacher is not None:
-        return FixedTeacherModule(
+    return module_from_settings(
+        ModuleSettings(
             backbone,
             feature_dim,
             num_classes,
-            fixed_teacher,
             method=method,
-            distill=distill,
             optim=optim,
-            channels_last=channels_last,
-            metadata=metadata,
-        )
-    if cls is MILeModule:
-        return MILeModule(
-            backbone,
-            feature_dim,
-            num_classes,
-            method=method,
             mile=mile,
-            optim=optim,
+            distill=distill,
+            fixed_teacher=fixed_teacher,
             channels_last=channels_last,
             metadata=metadata,
         )
-    return cls(
-        backbone,
-        feature_dim,
-        num_classes,
-        method=method,
-        optim=optim,
-        channels_last=channels_last,
-        metadata=metadata,
     )

@@ -22,24 +22,26 @@ teacher is refreshed from the student (:data:`VARIANTS`); both refresh it in one
   phase.
 
 Semi-supervised MILe (``mile.semi_supervised``): student-phase batches also hold
-unlabeled images (:meth:`MILeModule.unlabeled_steps`), which the teacher labels too.
+unlabeled images (:func:`~mile_ssl.schedule.unlabeled_steps`), which the teacher labels too.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from mile_ssl.config import MethodConfig, MileConfig, OptimConfig
-from mile_ssl.finetune.base import Batch, FineTuneModule, ground_truth
+from mile_ssl.config import MileConfig
+from mile_ssl.finetune.base import FineTuneModule
+from mile_ssl.finetune.batches import Batch, ground_truth
 from mile_ssl.finetune.networks import Classifier, copy_weights_
 from mile_ssl.finetune.optimizers import make_optimizer
+from mile_ssl.finetune.settings import ModuleSettings
 from mile_ssl.losses import multi_label_bce, one_hot_bce, semi_supervised_bce
 from mile_ssl.pseudo_labels import (
     STATISTICS,
@@ -84,32 +86,18 @@ class MILeModule(FineTuneModule):
     sets (``label_set``), a stream flag (``labelled``) and a strong view
     (``image_strong``) are used when present.
 
-    Args:
-        backbone: Pretrained feature extractor.
-        feature_dim: Width of its pooled features.
-        num_classes: Number of classes.
-        method: Evaluation threshold (``method.name`` is ``mile``).
-        mile: The learning bottleneck: phase lengths, threshold, variant, semi-supervision.
-        optim: Optimiser and learning-rate schedule.
-        channels_last: Keep networks and inputs in channels-last memory format.
-        metadata: Plain data saved with every checkpoint (see :class:`FineTuneModule`).
+    Arguments are :class:`FineTuneModule`'s; of the settings MILe reads ``method``
+    (evaluation threshold; ``method.name`` is ``mile``), ``mile`` (the learning
+    bottleneck: phase lengths, threshold, variant, semi-supervision), ``optim``,
+    ``channels_last`` and ``metadata``.
     """
 
     METHODS: ClassVar[tuple[str, ...]] = ("mile",)
+    FIXED_ON_RESUME: ClassVar[tuple[str, ...]] = ("method", "mile")
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        feature_dim: int,
-        num_classes: int,
-        method: MethodConfig | None = None,
-        mile: MileConfig | None = None,
-        optim: OptimConfig | None = None,
-        channels_last: bool = True,
-        metadata: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(backbone, feature_dim, num_classes, method, optim, channels_last, metadata)
-        self.mile = mile or MileConfig()
+    def build_method(self, settings: ModuleSettings) -> None:
+        """The teacher, a copy of the student, and the pseudo-label records."""
+        self.mile = settings.mile or MileConfig()
         self.variant = VARIANTS[self.mile.variant]
         # One copy at construction; every refresh copies the weights in place.
         self.teacher: Classifier = copy.deepcopy(self.student)
@@ -118,13 +106,6 @@ class MILeModule(FineTuneModule):
         """Per cycle: mean pseudo-label statistics of its student phase."""
         self._phase_statistics = PhaseStatistics()
         self._finished_cycles: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
-
-    @classmethod
-    def unlabeled_steps(cls, mile: MileConfig) -> Callable[[int], bool] | None:
-        """Semi-supervised MILe: the student phase's steps; the teacher learns from labels."""
-        if not mile.semi_supervised:
-            return None
-        return lambda step: mile_position(step, mile.kt, mile.ks).phase is Phase.STUDENT
 
     @property
     def trains_teacher(self) -> bool:
@@ -273,10 +254,6 @@ class MILeModule(FineTuneModule):
     def on_train_end(self) -> None:
         """Read the cycles finished since the last logging step."""
         self.record_finished_cycles()
-
-    def checkpoint_settings(self) -> dict[str, Any]:
-        """``method`` and ``mile``: a resume must keep both."""
-        return {**super().checkpoint_settings(), "mile": asdict(self.mile)}
 
     def checkpoint_extras(self) -> dict[str, Any]:
         """The pseudo-label history and the statistics of the phase in progress."""

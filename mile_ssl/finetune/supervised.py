@@ -6,7 +6,8 @@ from typing import ClassVar
 
 import torch
 
-from mile_ssl.finetune.base import Batch, FineTuneModule, ground_truth
+from mile_ssl.finetune.base import FineTuneModule
+from mile_ssl.finetune.batches import Batch, ground_truth
 from mile_ssl.losses import one_hot_bce, softmax_cross_entropy
 
 

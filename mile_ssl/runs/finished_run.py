@@ -31,7 +31,6 @@ import yaml
 
 from mile_ssl.adapters.reading import read_checkpoint, resolve_checkpoint_path
 from mile_ssl.config import (
-    TEACHER_METHODS,
     DataConfig,
     MethodConfig,
     MileConfig,
@@ -87,22 +86,22 @@ def read_run_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def module_from_checkpoint(checkpoint: Mapping[str, Any]) -> FineTuneModule:
-    """Rebuild the fine-tuned module, with its weights, from a run checkpoint."""
+    """Rebuild the fine-tuned module, with its weights, from a run checkpoint.
+
+    The module is of the run's own class; a ``distill`` or ``self_train`` run's comes
+    without its fixed teacher, which is not part of the run and which evaluating,
+    predicting and exporting the student do not need.
+    """
     state = checkpoint[CHECKPOINT_KEY]
     backbone_meta = state["metadata"]["backbone"]
     backbone, feature_dim = build_backbone(
         BackboneSpec(backbone_meta["name"], dict(backbone_meta["kwargs"]))
     )
-    method = MethodConfig(**state["method"])
-    if method.name in TEACHER_METHODS:
-        # The baselines' student is a softmax classifier; their fixed teacher is not part
-        # of the run, and evaluating the student does not need it.
-        method = replace(method, name="softmax")
     module = build_module(
         backbone,
         feature_dim,
         int(state["num_classes"]),
-        method=method,
+        method=MethodConfig(**state["method"]),
         mile=MileConfig(**state["mile"]) if "mile" in state else None,
         optim=OptimConfig(**state["optim"]),
         metadata=state["metadata"],

@@ -4,9 +4,10 @@ A resume reads the checkpoint first, so that an unreadable file or a run of anot
 method fails before the run directory is touched. Settings that only steer the
 optimiser (``optim.*``, ``trainer.max_steps``) may change on resume: they are applied
 from the resumed step on and each change is logged. Settings that define what was
-learned so far (``method.*``, ``mile.*``, the labelled images) cannot change; the error
-names the key. The log rows written before the checkpoint's step are carried into the
-new run's ``logs/metrics.csv``, so that a resumed run's log reads as one run.
+learned so far (the config sections the method's checkpoints store, ``method.*`` and
+for MILe ``mile.*``, and the labelled images) cannot change; the error names the key.
+The log rows written before the checkpoint's step are carried into the new run's
+``logs/metrics.csv``, so that a resumed run's log reads as one run.
 """
 
 from __future__ import annotations
@@ -20,14 +21,13 @@ from typing import Any
 
 from mile_ssl.config import TrainConfig
 from mile_ssl.config.training import optimizer_layout
+from mile_ssl.finetune import module_class
 from mile_ssl.runs.finished_run import read_finished_run
 from mile_ssl.runs.layout import run_folder
 
 log = logging.getLogger(__name__)
 
 METRICS_CSV = Path("logs") / "metrics.csv"
-FIXED_ON_RESUME = ("method", "mile")
-"""Config sections that define the run: a resume must keep them."""
 
 FIXED_DATA_KEYS = ("unlabeled_ratio", "strong_student_view")
 """``data.*`` keys that shape every training batch: a resume must keep them too."""
@@ -106,8 +106,8 @@ def read_resume_point(
     metadata = state["metadata"]
     fixed = [
         (f"{section}.{key}", state.get(section, {}), key, value)
-        for section in FIXED_ON_RESUME
-        for key, value in asdict(getattr(config, section)).items()
+        for section, settings in module_class(config.method.name).fixed_on_resume(config).items()
+        for key, value in settings.items()
     ]
     fixed += [
         (f"data.{key}", metadata.get("data_stream", {}), key, getattr(config.data, key))

@@ -9,6 +9,8 @@ import torch
 
 from mile_ssl.commands.evaluate import evaluate_checkpoint
 from mile_ssl.commands.train import run_training
+from mile_ssl.finetune import FixedTeacherModule
+from mile_ssl.runs.finished_run import module_from_checkpoint
 
 
 def test_distillation_loss_is_cross_entropy_to_tempered_teacher() -> None:
@@ -53,7 +55,10 @@ def test_distill_and_self_train_learn_from_a_frozen_earlier_run(
         # Only the student is checkpointed; the teacher file is untouched.
         assert not any(key.startswith(("teacher.", "_fixed")) for key in saved["state_dict"])
         assert result.metrics["coverage"] == 1.0  # a softmax student predicts one label
-        # The run evaluates on its own, without its teacher's file.
+        # The run is rebuilt as what it is, without its teacher, and evaluates on its own.
+        rebuilt = module_from_checkpoint(saved)
+        assert isinstance(rebuilt, FixedTeacherModule) and rebuilt.method.name == method
+        assert rebuilt.networks() == [rebuilt.student] and rebuilt.completed_steps == 3
         evaluated = evaluate_checkpoint(result.last_checkpoint, config.data)
         assert evaluated["top1"] == pytest.approx(result.metrics["top1"])
     after = torch.load(teacher_run.last_checkpoint, weights_only=True)["state_dict"]

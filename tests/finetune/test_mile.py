@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from mile_ssl.commands.train import run_training
-from mile_ssl.config import MileConfig, TrainConfig
+from mile_ssl.config import MethodConfig, MileConfig, TrainConfig
 from mile_ssl.finetune import MILeModule, copy_weights_
 from mile_ssl.losses import multi_label_bce, per_image_bce
 from mile_ssl.networks.backbones import BackboneSpec, build_backbone
 from mile_ssl.pseudo_labels import threshold_pseudo_labels
+from mile_ssl.schedule import unlabeled_steps
 
 
 def _flat(module: torch.nn.Module) -> torch.Tensor:
@@ -256,8 +257,9 @@ def test_student_loss_weights_rows_exactly_as_selecting_them(
 
 
 def test_only_semi_supervised_student_steps_read_unlabeled_images() -> None:
-    assert MILeModule.unlabeled_steps(MileConfig(kt=2, ks=3)) is None
-    uses_unlabeled = MILeModule.unlabeled_steps(MileConfig(kt=2, ks=3, semi_supervised=True))
+    mile = MethodConfig("mile")
+    assert unlabeled_steps(mile, MileConfig(kt=2, ks=3)) is None
+    uses_unlabeled = unlabeled_steps(mile, MileConfig(kt=2, ks=3, semi_supervised=True))
     assert uses_unlabeled is not None
     assert [uses_unlabeled(step) for step in range(7)] == [False, False, True, True, True] + [
         False,

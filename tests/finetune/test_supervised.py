@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mile_ssl.commands.train import run_training
-from mile_ssl.finetune.base import ground_truth
+from mile_ssl.finetune.batches import ground_truth
 from mile_ssl.losses import one_hot_bce, softmax_cross_entropy
 
 
