@@ -20,8 +20,12 @@ from omegaconf import DictConfig
 
 from mile_ssl.atomic_files import write_text_atomically
 from mile_ssl.config import register_configs, to_train_config
-from mile_ssl.config.overrides import normalise_overrides
-from mile_ssl.runs.failed_start import recording_run_folders, undone_if_start_fails
+from mile_ssl.config.overrides import normalise_overrides, overrides_first
+from mile_ssl.runs.failed_start import (
+    record_job_folder,
+    recording_run_folders,
+    undone_if_start_fails,
+)
 from mile_ssl.runs.layout import keep_run_records, register_run_name_resolver
 from mile_ssl.runs.lock import holding_named_run_folder
 from mile_ssl.solo.command_line import expand_solo_command, expand_solo_recipe
@@ -81,6 +85,7 @@ commands:
 def _train(config: DictConfig) -> None:
     hydra_config = HydraConfig.get()
     output_dir = Path(hydra_config.runtime.output_dir)
+    record_job_folder(hydra_config)
     with exit_on_user_error("train"):
         release_interrupts()
         # Imported here, where a Ctrl-C during the seconds they take still removes the
@@ -369,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             register_run_name_resolver()
             overrides = keep_run_records(normalise_overrides(expand_solo_recipe(rest)))
             overrides = recording_run_folders(overrides)
-            sys.argv = [sys.argv[0], *overrides]
+            sys.argv = [sys.argv[0], *overrides_first(overrides)]
             with (
                 undone_if_start_fails(overrides),
                 holding_named_run_folder(overrides),

@@ -78,6 +78,16 @@ def test_invalid_config_fails_before_training_naming_the_key(
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_overrides_after_hydras_flags_compose(tmp_path: Path) -> None:
+    # Steps typed next to a recipe add trainer.max_epochs=null after the flag.
+    result = run_cli_in_process(
+        ["train", "checkpoint=scratch", "trainer.max_steps=7", "--cfg", "job"], tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "max_steps: 7" in result.stdout and "max_epochs: null" in result.stdout
+    assert not (tmp_path / "runs").exists()
+
+
 def test_missing_checkpoint_is_refused_naming_the_file(
     tmp_path: Path, tiny_overrides: list[str]
 ) -> None:

@@ -253,6 +253,45 @@ def test_existing_run_directory_is_kept_after_an_error(tmp_path: Path) -> None:
     assert tree_snapshot(tmp_path) == before
 
 
+def test_a_requeued_jobs_folder_is_left_as_it_was(files: Path, tmp_path: Path) -> None:
+    # Under SLURM the default folder is the job's own, which a requeued job finds again.
+    run = tmp_path / "runs" / "slurm-4242"
+    run.mkdir(parents=True)
+    (run / "cli.log").write_text("[INFO] the first start of the job\n")
+    (run / "metrics.json").write_text('{"kept": true}\n')
+    before = tree_snapshot(tmp_path)
+    args = _folder("images", "data.split_file={files}/absent.txt")
+    result = run_cli_in_process(
+        [arg.replace("{files}", str(files)) for arg in args], tmp_path, SLURM_JOB_ID="4242"
+    )
+    assert result.returncode == 2 and "data.split_file" in result.stderr
+    assert tree_snapshot(tmp_path) == before
+
+
+def test_a_config_of_ones_own_leaves_nothing_either(files: Path, tmp_path: Path) -> None:
+    # Without mile_ssl's config.yaml, Hydra's own default folder (outputs/DATE/TIME).
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "mine.yaml").write_text("defaults:\n  - base_config\n  - _self_\n")
+    before = tree_snapshot(tmp_path)
+    result = run_cli_in_process(
+        [
+            "train",
+            "--config-dir",
+            "config",
+            "--config-name",
+            "mine",
+            "checkpoint.init=scratch",
+            "trainer.accelerator=cpu",
+            "data.name=folder",
+            f"data.root={files}/images",
+            f"data.split_file={files}/absent.txt",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 2 and "data.split_file" in result.stderr
+    assert tree_snapshot(tmp_path) == before
+
+
 def test_no_arguments_prints_the_commands_to_stderr_and_exits_2(tmp_path: Path) -> None:
     result = run_cli_in_process([], tmp_path)
     assert result.returncode == 2 and result.stdout == ""
@@ -327,20 +366,16 @@ def test_a_sweep_keeps_the_jobs_that_trained_and_removes_the_one_that_failed_to_
 
 
 @pytest.mark.skipif(os.cpu_count() == 1, reason="two CPU processes")
-def test_error_in_a_two_process_run_exits_every_rank(files: Path, tmp_path: Path) -> None:
-    result = run_cli(
-        _train(
-            "trainer=ddp_cpu",
-            "checkpoint=scratch",
-            "data=folder",
-            f"data.root={files}/empty",
-        ),
-        tmp_path,
-        timeout=240,
-    )
+def test_error_in_a_two_process_run_exits_every_rank(files: Path, working: Path) -> None:
+    # Found once both processes run: each has written its log into the run folder.
+    args = _folder("images", "trainer=ddp_cpu", "data.batch_size=3")
+    before = tree_snapshot(working)
+    result = run_cli([arg.replace("{files}", str(files)) for arg in args], working, timeout=240)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
-    assert "no class sub-folders" in result.stderr[result.stderr.index("error:") :]
+    message = result.stderr[result.stderr.index("error:") :]
+    assert "cannot fill one step of 3 images x 2 processes" in message
+    assert tree_snapshot(working) == before
 
 
 @pytest.mark.parametrize(

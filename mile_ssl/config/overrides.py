@@ -65,6 +65,29 @@ def normalise_overrides(overrides: Sequence[str]) -> list[str]:
     return [*quoted, *added]
 
 
+HYDRA_VALUE_FLAGS = frozenset(
+    {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn"}
+    | {"--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
+)
+"""Hydra's command-line flags that take the next word as their value."""
+
+
+def overrides_first(args: Sequence[str]) -> list[str]:
+    """``args`` with the overrides before Hydra's flags, in their order.
+
+    Hydra reads all overrides as one positional argument: an override after a flag, as
+    one added to ``mile-ssl train trainer.max_steps=2 --cfg job`` would be, is refused as
+    an unrecognised argument.
+    """
+    overrides: list[str] = []
+    flags: list[str] = []
+    for index, arg in enumerate(args):
+        value = index > 0 and args[index - 1] in HYDRA_VALUE_FLAGS
+        is_override = "=" in arg and not arg.startswith("-") and not value
+        (overrides if is_override else flags).append(arg)
+    return [*overrides, *flags]
+
+
 def override_key(override: str) -> str:
     """The dotted key of a Hydra override string (``+a.b=1`` -> ``a.b``)."""
     return override.partition("=")[0].lstrip("+~")

@@ -5,7 +5,7 @@ writes its records (``.hydra``, the job's log) before the job runs, the lock and
 logger write theirs, and a batch larger than the training set or a missing GPU is found
 when the data or the devices are set up. The command line records each run folder before
 anything is written to it (:func:`undone_if_start_fails`, and the Hydra callback
-:class:`RecordRunFolders` for the folder Hydra names), training marks its folder started
+:class:`RecordRunFolders` for the folders Hydra names), training marks its folder started
 at the first step (:func:`mark_started`), and a start that fails puts every recorded
 folder without a started run back:
 
@@ -42,12 +42,12 @@ KEEP_BYTES = 1 << 20
 """Files up to this size are kept in memory while a run starts, so that a failed start
 can put back what it rewrote (the lock, ``.hydra`` records, the resolved config)."""
 
+HYDRA_CALLBACK = "hydra.callbacks.mile_ssl_run_folders"
+"""Where the command line registers :class:`RecordRunFolders` among Hydra's callbacks."""
+
 KEEP_TOTAL_BYTES = 64 << 20
 """The most bytes kept per folder; larger files (checkpoints, long logs) are never
 rewritten by a start, and a log it appends to is cut back to its recorded length."""
-
-HYDRA_CALLBACK = "hydra.callbacks.mile_ssl_run_folders"
-"""Where the command line registers :class:`RecordRunFolders` among Hydra's callbacks."""
 
 
 @dataclass(frozen=True)
@@ -262,7 +262,7 @@ def undone_if_start_fails(overrides: Sequence[str] = ()) -> Iterator[None]:
     A failure is any exception, Ctrl-C, or exit with a non-zero status. Folders are
     recorded by :func:`record_folder`: the ``hydra.run.dir`` of a single run here,
     before its lock is taken; the folders Hydra makes through :class:`RecordRunFolders`
-    (:func:`recording_run_folders`).
+    (:func:`recording_run_folders`) and :func:`record_job_folder`.
 
     Args:
         overrides: The ``mile-ssl train`` command line.
@@ -288,8 +288,9 @@ def undone_if_start_fails(overrides: Sequence[str] = ()) -> Iterator[None]:
 def recording_run_folders(overrides: list[str]) -> list[str]:
     """``overrides`` and the Hydra callback that records run folders before Hydra writes.
 
-    The callback is :class:`RecordRunFolders`. A process Lightning starts for a further
-    rank gets the first one's command line, which already holds it.
+    The callback is :class:`RecordRunFolders`, given as an override so that it works with
+    any primary config. A process Lightning starts for a further rank gets the first
+    one's command line, which already holds it.
     """
     callback = f"+{HYDRA_CALLBACK}._target_="
     if any(override.startswith(callback) for override in overrides):
@@ -301,8 +302,8 @@ class RecordRunFolders(Callback):
     """Hydra callback recording the folders Hydra is about to make and write.
 
     ``on_run_start`` comes before Hydra makes the run folder, ``on_multirun_start``
-    before it makes the sweep folder; a sweep job's folder, made and written before any
-    callback of the job, is recorded as made by the run when it holds nothing else.
+    before it makes the sweep folder (:func:`recording_run_folders` registers it); a
+    job's own folder is recorded by :func:`record_job_folder`.
     """
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
@@ -313,17 +314,23 @@ class RecordRunFolders(Callback):
         """Record ``hydra.sweep.dir``."""
         record_folder(_resolved(config, "hydra.sweep.dir"))
 
-    def on_job_start(self, config: Any, **kwargs: Any) -> None:
-        """Record a sweep job's folder, when it holds only Hydra's records of this job."""
-        from hydra.types import RunMode
 
-        hydra = config.hydra
-        if hydra.mode != RunMode.MULTIRUN:
-            return
-        folder = Path(hydra.runtime.output_dir)
-        own = {f"{hydra.job.name}.log", str(hydra.output_subdir)}
-        if folder.is_dir() and all(child.name in own for child in folder.iterdir()):
-            record_folder(folder, created=True)
+def record_job_folder(hydra: Any) -> None:
+    """Record the folder of the job Hydra is running, as made by it if it holds nothing else.
+
+    Hydra makes a sweep job's folder and writes its records before any callback of the
+    job: a folder not yet recorded that holds only this job's records and log was made
+    by this job.
+
+    Args:
+        hydra: The job's Hydra config (``HydraConfig.get()``).
+    """
+    folder = Path(os.path.abspath(hydra.runtime.output_dir))
+    own = {f"{hydra.job.name}.log", str(hydra.output_subdir)}
+    if folder in _records.folders or not folder.is_dir():
+        return
+    if all(child.name in own for child in folder.iterdir()):
+        record_folder(folder, created=True)
 
 
 def _resolved(config: Any, key: str) -> str:
