@@ -29,8 +29,10 @@ COMPOSED = Path(__file__).parent / "fixtures" / "imagenet_recipes_composed.json"
 """Every recipe's composed groups (``data.root`` and ``checkpoint.path`` set to ``/x``), as
 composed from the self-contained recipe files before they became a base per SSL method plus
 a per-fraction overlay; the keys added since (``optim.name``, ``betas``, ``layer_decay``,
-``clip_grad_norm``, ``backbone.drop_path_rate``) recorded at their defaults, which keep the
-ResNet recipes SGD at one rate; the ViT recipes as composed when they were added."""
+``clip_grad_norm``, ``schedule``, ``plateau_factor``, ``plateau_patience``,
+``backbone.drop_path_rate``) recorded at their defaults, which keep the ResNet recipes SGD at
+one rate on the cosine schedule; the ViT and the Table 5 recipes (:data:`TABLE_5`, ``distill``
+recorded too) as composed when they were added."""
 SSL = ("mocov2", "simclrv2_sk0", "simclrv2_sk1", "byol", "swav")
 FRACTIONS = {"1pct": 0.01, "10pct": 0.1, "100pct": 1.0}
 LABELLED = {"1pct": 12_811, "10pct": 128_116, "100pct": 1_281_167}
@@ -38,10 +40,15 @@ NAMES = [f"{ssl}_{fraction}" for ssl in SSL for fraction in FRACTIONS]
 VIT_SSL = {"dinov2_vits14": ("dinov2", 0.75), "mae_vitb16": ("mae", 0.65)}
 """The ViT recipes' SSL method: its adapter and layer decay."""
 VIT_NAMES = [f"{ssl}_{fraction}" for ssl in VIT_SSL for fraction in FRACTIONS]
-RELEASED_FILES = {
-    "dinov2_vits14": "dinov2_vits14_pretrain.pth",
-    "mae_vitb16": "mae_pretrain_vit_base.pth",
-}
+RELEASED_NAMES = {"dinov2_vits14": "dinov2_vits14", "mae_vitb16": "mae_vitb"}
+"""The named checkpoint each ViT preset's run line downloads."""
+TABLE_5 = [
+    f"simclrv2_sk1_{fraction}_{row}"
+    for fraction in ("1pct", "10pct")
+    for row in ("self_distill", "distill_from_2x")
+] + ["simclrv2_sk1_10pct_semi"]
+"""The MILe paper's Table 5 rows besides the 1 % semi-supervised MILe recipe
+(tests/test_table5_recipes.py)."""
 MILE_TABLE_3 = {
     "mocov2": ("52.62", "67.4", "77.38"),
     "simclrv2_sk0": ("61.85", "70.5", "77.29"),
@@ -110,7 +117,7 @@ def _expected(name: str) -> dict[str, Any]:
 
 def test_every_recipe_is_shipped() -> None:
     shipped = sorted(path.stem for path in RECIPES.glob("*.yaml"))
-    assert shipped == sorted([*NAMES, *VIT_NAMES, "simclrv2_sk1_1pct_semi"])
+    assert shipped == sorted([*NAMES, *VIT_NAMES, "simclrv2_sk1_1pct_semi", *TABLE_5])
 
 
 def test_semi_supervised_recipe_trains_two_steps(
@@ -141,7 +148,7 @@ def test_semi_supervised_recipe_trains_two_steps(
     assert payload["steps"] == 2 and payload["labelled_images"] == 6
 
 
-@pytest.mark.parametrize("name", [*NAMES, *VIT_NAMES, "simclrv2_sk1_1pct_semi"])
+@pytest.mark.parametrize("name", [*NAMES, *VIT_NAMES, "simclrv2_sk1_1pct_semi", *TABLE_5])
 def test_recipe_composes_as_recorded(name: str) -> None:
     recorded = json.loads(COMPOSED.read_text())[name]
     config = compose_train_config(
@@ -160,8 +167,10 @@ def test_recipe_parts_are_not_recipes() -> None:
         "base/dinov2.yaml",
         "base/mae.yaml",
         "base/mile_reference.yaml",
+        "base/mile_reference_schedule.yaml",
         "base/mocov2.yaml",
         "base/simclrv2.yaml",
+        "base/simclrv2_distill.yaml",
         "base/swav.yaml",
         "base/vit_adamw.yaml",
         "labels/100pct.yaml",
@@ -339,8 +348,8 @@ def test_vit_recipe_composes_as_shipped(name: str, tree: Path) -> None:
     if adapter == "dinov2":  # no DINOv2 value exists: the header says so and whose are used
         assert "DINOv2 publishes no fine-tuning hyper-parameters" in header
         assert "issue #252" in header and "iBOT" in header
-    run = f"# Run: mile-ssl train checkpoint.path={RELEASED_FILES[ssl]} \\\n"
-    assert run + f"#          experiment=imagenet/{name} data.root=" in header
+    run = f"# Run: mile-ssl train checkpoint.name={RELEASED_NAMES[ssl]} experiment=imagenet/{name}"
+    assert run in header
     # Every value the recipe's parts set states its source.
     parts = [RECIPES / "base" / "vit_adamw.yaml", RECIPES / "base" / f"{adapter}.yaml"]
     for part in parts:

@@ -36,6 +36,7 @@ from mile_ssl.config.training import (
     PRECISIONS,
     OptimConfig,
     TrainerConfig,
+    check_schedule,
     check_warmup,
 )
 
@@ -86,6 +87,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.trainer.max_epochs is None and self.optim.warmup_epochs is None:
             check_warmup(self.optim.warmup_steps, self.trainer.max_steps)
+        check_schedule(self.optim, self.trainer)
 
 
 def register_configs() -> None:

@@ -13,15 +13,18 @@ PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true
 
 
 OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "plateau")
 
 
 @dataclass
 class OptimConfig:
     """The optimiser, its parameter groups and the learning-rate schedule.
 
-    Linear warm-up then cosine decay over the whole run, for every optimiser. ``sgd``
-    (the default, the ResNet recipe) decays every weight; ``adamw`` (the ViT recipe of
-    BEiT, MAE and timm) exempts norms, biases and tokens from weight decay.
+    Linear warm-up, then cosine decay over the whole run (``schedule=cosine``, the
+    default) or a constant rate cut on validation-loss plateaus (``schedule=plateau``,
+    the MILe reference code's), for every optimiser. ``sgd`` (the default, the ResNet
+    recipe) decays every weight; ``adamw`` (the ViT recipe of BEiT, MAE and timm)
+    exempts norms, biases and tokens from weight decay.
 
     Attributes:
         name: ``sgd`` (Nesterov momentum) or ``adamw``.
@@ -41,6 +44,13 @@ class OptimConfig:
         warmup_steps: Linear warm-up steps.
         warmup_epochs: Warm-up in passes over the labelled images; replaces
             ``warmup_steps`` when set.
+        schedule: After the warm-up, ``cosine`` decays the rate to 0 at the last step;
+            ``plateau`` keeps it constant and multiplies it by ``plateau_factor`` after
+            more than ``plateau_patience`` validations in a row (every
+            ``trainer.val_every_n_steps``, which it needs) without a new best validation
+            loss: torch's ``ReduceLROnPlateau``, as the MILe reference code runs it.
+        plateau_factor: What a plateau cut multiplies the rate by (torch's default).
+        plateau_patience: Validations without improvement before a cut (torch's default).
     """
 
     name: str = "sgd"
@@ -54,9 +64,20 @@ class OptimConfig:
     clip_grad_norm: float | None = None
     warmup_steps: int = 0
     warmup_epochs: float | None = None
+    schedule: str = "cosine"
+    plateau_factor: float = 0.1
+    plateau_patience: int = 10
 
     def __post_init__(self) -> None:
         require_choice("optim.name", self.name, OPTIMIZERS)
+        require_choice("optim.schedule", self.schedule, SCHEDULES)
+        require(
+            0.0 < self.plateau_factor < 1.0,
+            "optim.plateau_factor",
+            "in (0, 1)",
+            self.plateau_factor,
+        )
+        require(self.plateau_patience >= 0, "optim.plateau_patience", ">= 0", self.plateau_patience)
         require(self.lr > 0, "optim.lr", "> 0", self.lr)
         require(
             self.warmup_epochs is None or self.warmup_epochs >= 0,
@@ -174,6 +195,21 @@ class TrainerConfig:
         for key in ("val_every_n_steps", "checkpoint_every_n_steps"):
             value = getattr(self, key)
             require(value is None or value >= 1, f"trainer.{key}", ">= 1 or null", value)
+
+
+def check_schedule(optim: OptimConfig, trainer: TrainerConfig) -> None:
+    """Refuse a plateau schedule that would never see a validation loss before the end.
+
+    Raises:
+        ValueError: Naming both keys and the fix.
+    """
+    if optim.schedule == "plateau" and trainer.val_every_n_steps is None:
+        raise ValueError(
+            "config key 'optim.schedule' (plateau) cuts the learning rate when the "
+            "validation loss stops improving, but 'trainer.val_every_n_steps' is null "
+            "(one validation, at the end): set trainer.val_every_n_steps (the MILe "
+            "reference code validates every 6000 steps) or use optim.schedule=cosine"
+        )
 
 
 def check_warmup(warmup_steps: int, max_steps: int) -> None:

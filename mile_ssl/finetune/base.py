@@ -37,7 +37,8 @@ from mile_ssl.finetune.optimizers import group_settings, make_optimizer, warn_ab
 from mile_ssl.finetune.settings import ModuleSettings
 from mile_ssl.finetune.validation import ValidationOutputs
 from mile_ssl.losses import sigmoid_head_bias
-from mile_ssl.schedule import Phase, StepPosition, warmup_cosine
+from mile_ssl.lr_schedule import LearningRateSchedule
+from mile_ssl.schedule import Phase, StepPosition
 
 CHECKPOINT_KEY = "mile_ssl"
 """Key of the module's entry in a Lightning checkpoint (steps, settings, metadata)."""
@@ -93,6 +94,7 @@ class FineTuneModule(L.LightningModule):
         self.validation_metrics: dict[str, float] = {}
         self._validation = ValidationOutputs()
         self._non_finite_loss = NonFiniteLossMonitor()
+        self.lr_schedule = LearningRateSchedule(self.optim)
         self.build_method(given)
 
     @classmethod
@@ -173,7 +175,7 @@ class FineTuneModule(L.LightningModule):
 
     def learning_rate(self, step: int) -> float:
         """The backbone learning rate of training step ``step``."""
-        return self.optim.lr * warmup_cosine(step, self._total_steps(), self.optim.warmup_steps)
+        return self.optim.lr * self.lr_schedule.factor(step, self._total_steps())
 
     def optimize(self, optimizer: Any, loss: torch.Tensor) -> None:
         """One update of the network ``optimizer`` holds, at this step's learning rate.
@@ -187,7 +189,7 @@ class FineTuneModule(L.LightningModule):
         the run stops at the next check naming that first non-finite step; no checkpoint
         holding its update, or any later one, is written.
         """
-        factor = warmup_cosine(self.completed_steps, self._total_steps(), self.optim.warmup_steps)
+        factor = self.lr_schedule.factor(self.completed_steps, self._total_steps())
         for group in optimizer.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
         self._non_finite_loss.record(self.completed_steps, loss)
@@ -304,11 +306,15 @@ class FineTuneModule(L.LightningModule):
                 torch.distributed.broadcast(buffer, src=0)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        """Keep the student's logits; metrics need the whole validation set."""
-        self._validation.add(self.student(self.prepare(batch["image"])), batch)
+        """Keep the student's logits (metrics need the whole validation set) and its loss."""
+        logits = self.student(self.prepare(batch["image"]))
+        self._validation.add(logits, batch)
+        self.lr_schedule.add_validation_batch(logits, batch, self.multi_label)
 
     def on_validation_epoch_end(self) -> None:
-        """Gather every rank's outputs, drop sampler padding, compute metrics once."""
+        """Metrics of all ranks' outputs, padding dropped; the plateau schedule's ``val/loss``."""
+        if (watched := self.lr_schedule.end_validation(self.trainer.strategy.reduce)) is not None:
+            self.log("val/loss", watched, sync_dist=True)  # the same on every rank
         report = self._validation.report(self, self.multi_label, self.method.eval_threshold)
         if report is None:
             return
@@ -369,12 +375,13 @@ class FineTuneModule(L.LightningModule):
             "num_classes": self.num_classes,
             **self.checkpoint_settings(),
             "optim": asdict(self.optim),
+            "lr_schedule": self.lr_schedule.state_dict(),
             "metadata": self.metadata,
             **self.checkpoint_extras(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the step counter; refuse a checkpoint of a different schedule."""
+        """Restore the step counter and the learning-rate schedule; refuse other settings."""
         state = checkpoint.get(CHECKPOINT_KEY)
         if state is None:
             raise ValueError(
@@ -387,4 +394,5 @@ class FineTuneModule(L.LightningModule):
                     f"from this run's {value}"
                 )
         self.completed_steps = int(state["completed_steps"])
+        self.lr_schedule.load_state_dict(state.get("lr_schedule"))
         self.load_checkpoint_extras(state)
