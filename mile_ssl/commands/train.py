@@ -28,9 +28,9 @@ from mile_ssl.config import (
 from mile_ssl.config.devices import check_accelerator
 from mile_ssl.data.datamodule import MILeDataModule, UnlabeledStream
 from mile_ssl.data.sources import network_input_size
-from mile_ssl.finetune import MILeModule, build_module
+from mile_ssl.finetune import FineTuneModule, MILeModule, build_module
 from mile_ssl.finetune.validation import BAD_VAL_IMAGES_FILE, UnreadableValidationImages
-from mile_ssl.networks.backbones import BackboneSpec, build_backbone
+from mile_ssl.networks.backbones import BackboneSpec, build_backbone, with_drop_path
 from mile_ssl.networks.preprocessing import Preprocessing
 from mile_ssl.networks.vit import vit_spec_at
 from mile_ssl.public_checkpoints import get_public_checkpoint, resolve_public_checkpoint
@@ -138,25 +138,6 @@ def initial_backbone(
     )
 
 
-def with_drop_path(spec: BackboneSpec, rate: float | None) -> BackboneSpec:
-    """``spec`` with timm's stochastic depth ``drop_path_rate`` (``backbone.drop_path_rate``).
-
-    The rate is a builder argument, recorded with the architecture so that evaluation and
-    export rebuild the same network (drop-path is inactive there).
-
-    Raises:
-        ValueError: If a rate is set for a backbone other than a timm model, naming the key.
-    """
-    if rate is None:
-        return spec
-    if not spec.name.startswith("timm:"):
-        raise ValueError(
-            f"config key 'backbone.drop_path_rate' ({rate}) needs a timm backbone "
-            f"(timm:<model>): {spec.name} has no stochastic depth; leave it unset (null)"
-        )
-    return replace(spec, kwargs={**spec.kwargs, "drop_path_rate": rate})
-
-
 def resolve_epochs(config: TrainConfig, labelled_images: int) -> TrainConfig:
     """Turn ``trainer.max_epochs`` / ``optim.warmup_epochs`` into step counts.
 
@@ -262,6 +243,58 @@ def resume_point_in_folder(config: TrainConfig, output_dir: Path) -> TrainConfig
     return replace(config, trainer=replace(config.trainer, resume_from=str(found)))
 
 
+def fine_tuning_module(
+    config: TrainConfig,
+    loaded: LoadedBackbone,
+    datamodule: MILeDataModule,
+    identity: RunIdentity,
+    fixed_teacher: nn.Module | None,
+) -> FineTuneModule:
+    """The method's module around ``loaded``, with what evaluation and export rebuild it from."""
+    return build_module(
+        loaded.module,
+        loaded.feature_dim,
+        datamodule.num_classes,
+        method=config.method,
+        mile=config.mile,
+        optim=config.optim,
+        channels_last=config.backbone.channels_last,
+        fixed_teacher=fixed_teacher,
+        distill=config.distill,
+        metadata={
+            "backbone": identity.backbone,
+            "preprocessing": loaded.preprocessing.to_dict(),
+            "class_names": list(datamodule.class_names),
+            "data_stream": {key: getattr(config.data, key) for key in FIXED_DATA_KEYS},
+            **identity.metadata(),
+        },
+    )
+
+
+def write_run_reports(
+    output_dir: Path,
+    module: FineTuneModule,
+    datamodule: MILeDataModule,
+    loaded: LoadedBackbone,
+    bad_images: int,
+) -> None:
+    """``metrics.json`` and, for MILe, the pseudo-label statistics of each cycle."""
+    payload = {
+        "metrics": dict(module.validation_metrics),
+        "steps": module.completed_steps,
+        "labelled_images": len(datamodule.train_indices),
+        "labelled_sha256": datamodule.labelled_digest,
+        "bad_images": bad_images,
+        "backbone": loaded.spec.name,
+        "adapter": loaded.adapter,
+        "checkpoint": str(loaded.source) if loaded.source else None,
+    }
+    write_json(output_dir / METRICS_FILE, payload)
+    if isinstance(module, MILeModule) and module.pseudo_label_history:
+        write_json(output_dir / PSEUDO_LABELS_FILE, module.pseudo_label_history)
+        plot_pseudo_label_history(output_dir / PSEUDO_LABELS_PLOT, module.pseudo_label_history)
+
+
 def _run_locked(
     config: TrainConfig,
     output_dir: Path,
@@ -303,24 +336,7 @@ def _run_locked(
         if config.trainer.resume_from
         else None
     )
-    module = build_module(
-        loaded.module,
-        loaded.feature_dim,
-        datamodule.num_classes,
-        method=config.method,
-        mile=config.mile,
-        optim=config.optim,
-        channels_last=config.backbone.channels_last,
-        fixed_teacher=fixed_teacher,
-        distill=config.distill,
-        metadata={
-            "backbone": identity.backbone,
-            "preprocessing": loaded.preprocessing.to_dict(),
-            "class_names": list(datamodule.class_names),
-            "data_stream": {key: getattr(config.data, key) for key in FIXED_DATA_KEYS},
-            **identity.metadata(),
-        },
-    )
+    module = fine_tuning_module(config, loaded, datamodule, identity, fixed_teacher)
     if config.trainer.compile:
         module.compile_networks()
     logger = build_logger(config.trainer, output_dir, resume.previous_rows if resume else ())
@@ -358,20 +374,7 @@ def _run_locked(
     trainer.save_checkpoint(last_checkpoint, weights_only=False)
     metrics = dict(module.validation_metrics)
     if trainer.is_global_zero:
-        payload = {
-            "metrics": metrics,
-            "steps": module.completed_steps,
-            "labelled_images": len(datamodule.train_indices),
-            "labelled_sha256": datamodule.labelled_digest,
-            "bad_images": bad_images.count,
-            "backbone": loaded.spec.name,
-            "adapter": loaded.adapter,
-            "checkpoint": str(loaded.source) if loaded.source else None,
-        }
-        write_json(output_dir / METRICS_FILE, payload)
-        if isinstance(module, MILeModule) and module.pseudo_label_history:
-            write_json(output_dir / PSEUDO_LABELS_FILE, module.pseudo_label_history)
-            plot_pseudo_label_history(output_dir / PSEUDO_LABELS_PLOT, module.pseudo_label_history)
+        write_run_reports(output_dir, module, datamodule, loaded, bad_images.count)
     return RunResult(
         metrics=metrics,
         output_dir=output_dir,

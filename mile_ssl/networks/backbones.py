@@ -7,7 +7,7 @@ checkpoint, once an adapter has stripped its SSL heads, must match it key for ke
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -187,3 +187,22 @@ def _build_timm(arch: str, **kwargs: Any) -> tuple[nn.Module, int]:
 
     model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
     return model, int(model.num_features)  # type: ignore[arg-type]
+
+
+def with_drop_path(spec: BackboneSpec, rate: float | None) -> BackboneSpec:
+    """``spec`` with timm's stochastic depth ``drop_path_rate`` (``backbone.drop_path_rate``).
+
+    The rate is a builder argument, recorded with the architecture so that evaluation and
+    export rebuild the same network (drop-path is inactive there).
+
+    Raises:
+        ValueError: If a rate is set for a backbone other than a timm model, naming the key.
+    """
+    if rate is None:
+        return spec
+    if not spec.name.startswith("timm:"):
+        raise ValueError(
+            f"config key 'backbone.drop_path_rate' ({rate}) needs a timm backbone "
+            f"(timm:<model>): {spec.name} has no stochastic depth; leave it unset (null)"
+        )
+    return replace(spec, kwargs={**spec.kwargs, "drop_path_rate": rate})
