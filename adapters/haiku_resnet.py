@@ -208,33 +208,7 @@ def convert_haiku_resnet(
 
     state_dict: dict[str, Tensor] = {}
     for module, match in modules.items():
-        target = _torchvision_module(match)
-        values = dict(_mapping(params[module], module))
-        if "conv" in (match["layer"] or match["local"]).split("_"):
-            kernel = _tensor(values.pop("w", None), f"{module}/w")
-            if kernel.dim() != 4:
-                raise ValueError(f"{module}/w has shape {tuple(kernel.shape)}, expected HWIO")
-            state_dict[f"{target}.weight"] = kernel.permute(3, 2, 0, 1).contiguous()
-        else:
-            state_dict[f"{target}.weight"] = _channels(
-                _tensor(values.pop("scale", None), f"{module}/scale"), f"{module}/scale"
-            )
-            state_dict[f"{target}.bias"] = _channels(
-                _tensor(values.pop("offset", None), f"{module}/offset"), f"{module}/offset"
-            )
-            for statistic, buffer in (("mean_ema", "running_mean"), ("var_ema", "running_var")):
-                name = f"{module}/~/{statistic}"
-                if name not in state:
-                    raise ValueError(f"the state of {where} has no {name!r}")
-                average = _mapping(state[name], name).get("average")
-                state_dict[f"{target}.{buffer}"] = _channels(
-                    _tensor(average, f"{name}/average"), f"{name}/average"
-                )
-        if values:
-            raise ValueError(
-                f"{module} has unexpected parameters {sorted(values)}; torchvision's ResNet "
-                "has no convolution biases"
-            )
+        state_dict.update(_layer_tensors(module, match, params, state, where))
     for name in state:
         owner = name.rpartition("/~/")[0]
         if _is_head(name):
@@ -242,3 +216,42 @@ def convert_haiku_resnet(
         elif owner not in modules:
             raise ValueError(f"the state of {where} has {name!r}, which belongs to no layer")
     return state_dict, architecture, tuple(dropped)
+
+
+def _layer_tensors(
+    module: str,
+    match: re.Match[str],
+    params: Mapping[str, Any],
+    state: Mapping[str, Any],
+    where: str,
+) -> dict[str, Tensor]:
+    """The torchvision tensors of one Haiku layer: a kernel (HWIO), or BatchNorm and its EMAs."""
+    target = _torchvision_module(match)
+    state_dict: dict[str, Tensor] = {}
+    values = dict(_mapping(params[module], module))
+    if "conv" in (match["layer"] or match["local"]).split("_"):
+        kernel = _tensor(values.pop("w", None), f"{module}/w")
+        if kernel.dim() != 4:
+            raise ValueError(f"{module}/w has shape {tuple(kernel.shape)}, expected HWIO")
+        state_dict[f"{target}.weight"] = kernel.permute(3, 2, 0, 1).contiguous()
+    else:
+        state_dict[f"{target}.weight"] = _channels(
+            _tensor(values.pop("scale", None), f"{module}/scale"), f"{module}/scale"
+        )
+        state_dict[f"{target}.bias"] = _channels(
+            _tensor(values.pop("offset", None), f"{module}/offset"), f"{module}/offset"
+        )
+        for statistic, buffer in (("mean_ema", "running_mean"), ("var_ema", "running_var")):
+            name = f"{module}/~/{statistic}"
+            if name not in state:
+                raise ValueError(f"the state of {where} has no {name!r}")
+            average = _mapping(state[name], name).get("average")
+            state_dict[f"{target}.{buffer}"] = _channels(
+                _tensor(average, f"{name}/average"), f"{name}/average"
+            )
+    if values:
+        raise ValueError(
+            f"{module} has unexpected parameters {sorted(values)}; torchvision's ResNet "
+            "has no convolution biases"
+        )
+    return state_dict

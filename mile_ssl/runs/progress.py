@@ -192,7 +192,10 @@ class StepProgressBar(TQDMProgressBar):
             items["loss"] = loss
         rate = self._rate.per_second()
         if rate is not None:
-            items["images/s"] = round(rate * trainer.world_size)
+            total = rate * trainer.world_size
+            # Whole images where there are many; a slow step (a ViT-g on a CPU) keeps one
+            # decimal rather than showing 0.
+            items["images/s"] = round(total) if total >= 10 else round(total, 1)
         return items
 
     def _show(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

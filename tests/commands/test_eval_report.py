@@ -173,19 +173,21 @@ def test_folder_evaluation_uses_the_checkpoint_classes(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def run_at_40_pixels(module_tmp_path: Path) -> tuple[Path, Path]:
-    """A two-step run trained on 40-pixel crops of 48-pixel JPEGs: (image root, run folder).
+def run_at_64_pixels(module_tmp_path: Path) -> tuple[Path, Path]:
+    """A two-step run trained on 64-pixel crops of 72-pixel JPEGs: (image root, run folder).
 
-    Any size but the shipped 224 shows whether eval sees the images as training did. (40,
-    not 64: this torch build's CPU backward of a channels-last 1x1 stride-2 convolution
-    corrupts memory from 48-pixel inputs on.)
+    Any size but the shipped 224 shows whether eval sees the images as training did. The
+    network is 16 channels wide: this torch build's CPU backward of a channels-last 1x1
+    stride-2 convolution with 8 input channels corrupts memory from 48-pixel inputs on.
     """
-    root = module_tmp_path / "folder40"
-    write_image_folder(root / "train", classes=2, per_class=4, size=48)
-    write_image_folder(root / "val", classes=2, per_class=3, size=48)
+    root = module_tmp_path / "folder64"
+    write_image_folder(root / "train", classes=2, per_class=4, size=72)
+    write_image_folder(root / "val", classes=2, per_class=3, size=72)
     overrides = [item for item in folder_run_overrides(root) if "image_size" not in item]
-    config = compose_train_config([*TINY_NETWORK, *overrides, "data.image_size=40"])
-    return root, run_training(config, module_tmp_path / "run40").output_dir
+    config = compose_train_config(
+        [*TINY_NETWORK, "backbone.kwargs.widths=[16,32]", *overrides, "data.image_size=64"]
+    )
+    return root, run_training(config, module_tmp_path / "run64").output_dir
 
 
 def _saved_metrics(run: Path) -> dict[str, float]:
@@ -194,17 +196,17 @@ def _saved_metrics(run: Path) -> dict[str, float]:
 
 
 def test_eval_without_overrides_reproduces_the_runs_metrics(
-    run_at_40_pixels: tuple[Path, Path], tmp_path: Path
+    run_at_64_pixels: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    root, run = run_at_40_pixels
+    root, run = run_at_64_pixels
     saved = _saved_metrics(run)
     # Without data overrides: the run's own validation set, as it trained; with the data
-    # named but no image size: the run's 40 pixels, not the shipped 224.
+    # named but no image size: the run's 64 pixels, not the shipped 224.
     for data in ([], ["data=folder", f"data.root={root}", "data.num_workers=0"]):
         result = run_cli_in_process(["eval", f"checkpoint={run}", *data, "--json"], tmp_path)
         assert result.returncode == 0, result.stderr[-2000:]
         evaluated = json.loads(result.stdout)
-        assert evaluated["dataset"]["image_size"] == 40, data
+        assert evaluated["dataset"]["image_size"] == 64, data
         assert evaluated["dataset"]["backend"] == "torchvision"
         metrics = evaluated["metrics"]
         assert {key: metrics[key] for key in saved} == saved, data  # the same numbers
@@ -212,15 +214,15 @@ def test_eval_without_overrides_reproduces_the_runs_metrics(
 
 
 def test_an_eval_override_that_differs_from_training_is_said(
-    run_at_40_pixels: tuple[Path, Path], tmp_path: Path
+    run_at_64_pixels: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    root, run = run_at_40_pixels
+    root, run = run_at_64_pixels
     data = ["data=folder", f"data.root={root}", "data.num_workers=0", "data.image_size=32"]
     result = run_cli_in_process(["eval", f"checkpoint={run}", *data, "--json"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["dataset"]["image_size"] == 32
     said = [line for line in result.stderr.splitlines() if "differs from the run" in line]
-    assert len(said) == 1 and "data.image_size=32" in said[0] and "data.image_size=40" in said[0]
+    assert len(said) == 1 and "data.image_size=32" in said[0] and "data.image_size=64" in said[0]
 
 
 def test_eval_decodes_with_the_backend_the_run_trained_with_or_the_one_set(

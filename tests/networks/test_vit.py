@@ -122,6 +122,13 @@ def test_a_vit_fine_tunes_predicts_and_exports_at_its_image_size(
     grid = image_size // 16
     assert module.student.backbone.pos_embed.shape == (1, 1 + grid * grid, 192)
 
+    evaluated = run_cli_in_process(["eval", f"checkpoint={checkpoint_path}", "--json"], tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    report = json.loads(evaluated.stdout)
+    assert report["dataset"]["image_size"] == image_size
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
+    assert report["metrics"]["map"] == saved["map"] and report["metrics"]["top1"] == saved["top1"]
+
     predicted = run_cli_in_process(
         ["predict", str(root / "val"), f"checkpoint={checkpoint_path}", "--json"], tmp_path
     )
