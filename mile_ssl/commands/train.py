@@ -243,6 +243,26 @@ def resume_point_in_folder(config: TrainConfig, output_dir: Path) -> TrainConfig
     return replace(config, trainer=replace(config.trainer, resume_from=str(found)))
 
 
+def known_bad_images(config: TrainConfig) -> list[str]:
+    """Images an earlier run found unreadable: they keep their place even if since deleted."""
+    if not config.trainer.resume_from:
+        return []
+    return read_bad_images(run_folder(config.trainer.resume_from))
+
+
+def run_identity(
+    config: TrainConfig, datamodule: MILeDataModule, loaded: LoadedBackbone
+) -> RunIdentity:
+    """What a resume must find unchanged: the data, the labelled images and the backbone."""
+    return RunIdentity(
+        data=datamodule.fingerprint(),
+        labelled_digest=datamodule.labelled_digest,
+        backbone={"name": loaded.spec.name, "kwargs": dict(loaded.spec.kwargs)},
+        batch_size=config.data.batch_size,
+        world_size=world_size(config.trainer),
+    )
+
+
 def fine_tuning_module(
     config: TrainConfig,
     loaded: LoadedBackbone,
@@ -309,12 +329,7 @@ def _run_locked(
     loaded = initial_backbone(config.backbone, config.checkpoint, network_input_size(config.data))
     unlabeled = unlabeled_stream(config)
     fixed_teacher = load_fixed_teacher(config, loaded)
-    # Images an earlier run found unreadable keep their place even if since deleted.
-    known_bad = (
-        read_bad_images(run_folder(config.trainer.resume_from))
-        if config.trainer.resume_from
-        else []
-    )
+    known_bad = known_bad_images(config)
     datamodule = MILeDataModule(
         config.data,
         loaded.preprocessing,
@@ -323,13 +338,7 @@ def _run_locked(
         known_bad_images=known_bad,
     )
     config = resolve_epochs(config, len(datamodule.train_indices))
-    identity = RunIdentity(
-        data=datamodule.fingerprint(),
-        labelled_digest=datamodule.labelled_digest,
-        backbone={"name": loaded.spec.name, "kwargs": dict(loaded.spec.kwargs)},
-        batch_size=config.data.batch_size,
-        world_size=world_size(config.trainer),
-    )
+    identity = run_identity(config, datamodule, loaded)
     # Checked before anything is written: a failed resume leaves the run folder as it was.
     resume = (
         read_resume_point(config, identity, found_in_run_folder)
