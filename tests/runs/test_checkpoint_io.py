@@ -716,6 +716,14 @@ def test_failed_save_leaves_the_previous_checkpoint(
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
 
 
+def _wait_for_logged_steps(process: subprocess.Popen[str], metrics: Path, steps: int) -> None:
+    """Wait (at most 5 minutes) until ``metrics`` holds ``steps`` training rows."""
+    deadline = time.monotonic() + 300
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) > steps):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+
+
 def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path: Path) -> None:
     command = [
         MILE_SSL,
@@ -734,13 +742,15 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "run" / "resolved_config.yaml").exists():
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-        time.sleep(0.2)
-    time.sleep(3)  # into the training loop
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
+    try:
+        # Into the training loop: the first step is logged (log_every_n_steps=1).
+        _wait_for_logged_steps(process, tmp_path / "run" / "logs" / "metrics.csv", steps=1)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()  # never leave a 100,000-step run behind a failed test
+            process.communicate()
     assert process.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr
     checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
