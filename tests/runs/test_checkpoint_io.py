@@ -741,6 +741,9 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As from a terminal: a pytest-xdist worker ignores SIGINT, and a process started
+        # with SIGINT ignored keeps ignoring it (nohup's meaning), by design.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         # Into the training loop: the first step is logged (log_every_n_steps=1).
