@@ -48,6 +48,9 @@ def _start(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=new_group,
+        # As from a terminal: a pytest-xdist worker ignores SIGINT, and a process started
+        # with SIGINT ignored keeps ignoring it (nohup's meaning), by design.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
