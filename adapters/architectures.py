@@ -133,6 +133,15 @@ def torchvision_arch_spec(arch: object) -> BackboneSpec | None:
     return BackboneSpec(f"torchvision:{arch}")
 
 
+VIT_ENCODER_KEYS = ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.attn.qkv.weight")
+"""Tensors every timm-named ViT encoder has: the marks of a ViT among a file's keys."""
+
+
+def vit_depth(state_dict: Mapping[str, Tensor]) -> int:
+    """Transformer blocks of a timm-named ViT (``blocks.N.*``)."""
+    return len({key.split(".")[1] for key in state_dict if key.startswith("blocks.")})
+
+
 def infer_vit_spec(
     state_dict: Mapping[str, Tensor], *, num_heads: int | None = None
 ) -> BackboneSpec | None:
@@ -159,8 +168,7 @@ def infer_vit_spec(
     if proj.dim() != 4 or proj.shape[2] != proj.shape[3] or pos_embed.dim() != 3:
         return None
     width, patch = int(proj.shape[0]), int(proj.shape[2])
-    depth = len({key.split(".")[1] for key in state_dict if key.startswith("blocks.")})
-    size = _VIT_SIZES.get((width, depth))
+    size = _VIT_SIZES.get((width, vit_depth(state_dict)))
     if size is None:
         return None
     name = f"vit_{size}_patch{patch}_{VIT_PRETRAIN_SIZE}"

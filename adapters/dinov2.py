@@ -37,6 +37,7 @@ from mile_ssl.networks.backbones import BackboneSpec
 from mile_ssl.networks.preprocessing import Preprocessing
 from mile_ssl.networks.vit import GridResampling
 
+from .architectures import vit_depth
 from .conversion import AdapterOptions, ConvertedCheckpoint, refuse_projection_layers
 from .registry import register_adapter
 from .state_dicts import is_tensor_dict
@@ -91,8 +92,7 @@ def detect_dinov2(raw: Mapping[str, Any]) -> bool:
 def dinov2_spec(tensors: Mapping[str, Tensor]) -> BackboneSpec | None:
     """The timm model of these tensors, or ``None`` when no released size fits."""
     width = int(tensors["patch_embed.proj.weight"].shape[0])
-    depth = len({key.split(".")[1] for key in tensors if key.startswith("blocks.")})
-    size = SIZES.get((width, depth))
+    size = SIZES.get((width, vit_depth(tensors)))
     registers = tensors.get("register_tokens")
     if size is None or (registers is not None and registers.shape[1] != TIMM_REGISTERS):
         return None

@@ -20,7 +20,7 @@ from typing import Any
 
 from mile_ssl.networks.preprocessing import Preprocessing
 
-from .architectures import VIT_HEAD_PREFIX, infer_vit_spec
+from .architectures import VIT_ENCODER_KEYS, VIT_HEAD_PREFIX, infer_vit_spec
 from .conversion import AdapterOptions, ConvertedCheckpoint, refuse_projection_layers
 from .dino import DINO_RESAMPLING
 from .registry import register_adapter
@@ -29,14 +29,6 @@ from .state_dicts import is_tensor_dict
 CONTAINER = "state_dict"
 """Where ``checkpoint_teacher.pth`` keeps the backbone."""
 
-_VIT_KEYS = (
-    "cls_token",
-    "pos_embed",
-    "patch_embed.proj.weight",
-    "blocks.0.attn.qkv.weight",
-    "norm.weight",
-)
-
 
 def detect_ibot(raw: Mapping[str, Any]) -> bool:
     """Whether ``raw`` is ``{"state_dict": <headless ViT>}`` and nothing else."""
@@ -44,7 +36,7 @@ def detect_ibot(raw: Mapping[str, Any]) -> bool:
     if list(raw) != [CONTAINER] or not is_tensor_dict(backbone):
         return False
     return (
-        all(key in backbone for key in _VIT_KEYS)
+        all(key in backbone for key in (*VIT_ENCODER_KEYS, "norm.weight"))
         and not any(key.startswith(VIT_HEAD_PREFIX) for key in backbone)
         and "blocks.0.ls1.gamma" not in backbone
     )

@@ -29,7 +29,7 @@ from torch import Tensor
 from mile_ssl.networks.preprocessing import Preprocessing
 from mile_ssl.networks.vit import GridResampling
 
-from .architectures import VIT_HEAD_PREFIX, infer_vit_spec
+from .architectures import VIT_ENCODER_KEYS, VIT_HEAD_PREFIX, infer_vit_spec
 from .conversion import AdapterOptions, ConvertedCheckpoint, refuse_projection_layers
 from .registry import register_adapter
 from .state_dicts import is_tensor_dict
@@ -46,8 +46,6 @@ ENCODER_NORM = ("norm.weight", "norm.bias")
 MAE_RESAMPLING = GridResampling(offset=0.0, antialias=False)
 """MAE's ``util.pos_embed.interpolate_pos_embed``: bicubic to the new size."""
 
-_VIT_KEYS = ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.attn.qkv.weight")
-
 
 def detect_mae(raw: Mapping[str, Any]) -> bool:
     """Whether ``raw["model"]`` is a headless ViT encoder (maybe with MAE's decoder)."""
@@ -55,7 +53,7 @@ def detect_mae(raw: Mapping[str, Any]) -> bool:
     if not is_tensor_dict(model):
         return False
     return (
-        all(key in model for key in (*_VIT_KEYS, *ENCODER_NORM))
+        all(key in model for key in (*VIT_ENCODER_KEYS, *ENCODER_NORM))
         and not any(key.startswith((VIT_HEAD_PREFIX, "fc_norm.")) for key in model)
         and "blocks.0.ls1.gamma" not in model
     )
