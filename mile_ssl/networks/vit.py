@@ -120,7 +120,8 @@ def resample_position_embedding(
     """A checkpoint's ``pos_embed`` resampled to the grid of ``module``, a timm ViT.
 
     The prefix-token vectors are kept; the patch vectors are interpolated bicubically in
-    float32 as ``resampling`` says.
+    float32 as ``resampling`` says: by timm's ``resample_abs_pos_embed`` to the size, or by
+    a scale factor with an offset as DINO computes it.
 
     Args:
         pos_embed: ``(1, prefix + side**2, D)`` from the checkpoint (square grid).
@@ -143,16 +144,20 @@ def resample_position_embedding(
             f"{tuple(target.shape)}: not a square grid of the same width"
         )
     height, width = patch_grid(module)
+    if not resampling.offset:
+        from timm.layers import resample_abs_pos_embed  # timm loads only where a ViT is
+
+        return resample_abs_pos_embed(
+            pos_embed,
+            new_size=[height, width],
+            old_size=[old_side, old_side],
+            num_prefix_tokens=prefix,
+            antialias=resampling.antialias,
+        )
+    # DINO's scale factor, which timm does not offer: (new side + offset) / old side.
     grid = pos_embed[:, prefix:].float().reshape(1, old_side, old_side, -1).permute(0, 3, 1, 2)
-    if resampling.offset:
-        scale = ((height + resampling.offset) / old_side, (width + resampling.offset) / old_side)
-        grid = F.interpolate(
-            grid, scale_factor=scale, mode="bicubic", antialias=resampling.antialias
-        )
-    else:
-        grid = F.interpolate(
-            grid, size=(height, width), mode="bicubic", antialias=resampling.antialias
-        )
+    scale = ((height + resampling.offset) / old_side, (width + resampling.offset) / old_side)
+    grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", antialias=resampling.antialias)
     if tuple(grid.shape[-2:]) != (height, width):
         raise ValueError(f"resampling gave a {tuple(grid.shape[-2:])} grid, not {(height, width)}")
     patches = grid.permute(0, 2, 3, 1).reshape(1, height * width, -1).to(pos_embed.dtype)
