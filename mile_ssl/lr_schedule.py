@@ -16,15 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from mile_ssl.schedule import warmup_cosine
+from mile_ssl.schedule import linear_warmup, warmup_cosine
 
 if TYPE_CHECKING:
     from mile_ssl.config import OptimConfig
-
-
-def linear_warmup(step: int, warmup_steps: int) -> float:
-    """Learning-rate factor of the warm-up: ``(step + 1) / warmup``, then 1."""
-    return (step + 1) / warmup_steps if step < warmup_steps else 1.0
 
 
 class PlateauSchedule:

@@ -58,6 +58,11 @@ def mile_position(step: int, kt: int, ks: int) -> StepPosition:
     return StepPosition(Phase.STUDENT, cycle, offset - kt)
 
 
+def linear_warmup(step: int, warmup_steps: int) -> float:
+    """Learning-rate factor of the warm-up: ``(step + 1) / warmup``, then 1."""
+    return (step + 1) / warmup_steps if step < warmup_steps else 1.0
+
+
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int) -> float:
     """Learning-rate factor: linear warm-up to 1, then cosine decay to 0 at ``total_steps``.
 
@@ -65,7 +70,7 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int) -> float:
     ``0.5 * (1 + cos(pi * (step - warmup) / (total - warmup)))``.
     """
     if step < warmup_steps:
-        return (step + 1) / warmup_steps
+        return linear_warmup(step, warmup_steps)
     decay_steps = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
