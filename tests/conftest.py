@@ -15,7 +15,9 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
+import lightning as L
 import pytest
 import torch
 
@@ -59,6 +61,21 @@ def folder_run_overrides(root: Path) -> list[str]:
         "mile.kt=1",
         "mile.ks=1",
     ]
+
+
+def one_step_trainer(tmp_path: Path, **kwargs: Any) -> L.Trainer:
+    """A bare Lightning trainer of one CPU step: no logger, checkpoint, bar or validation."""
+    return L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        **kwargs,
+    )
 
 
 @pytest.fixture(scope="module")

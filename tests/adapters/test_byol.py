@@ -119,13 +119,8 @@ def haiku_byol_resnet(
     return net.params, net.state
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """The tensors are small: one thread is faster than two competing for busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
+"""The tensors are small: one thread is faster than two competing for busy cores."""
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import pytest
 import torch
 
@@ -29,6 +28,7 @@ from mile_ssl.finetune import (
 )
 from mile_ssl.networks.backbones import BackboneSpec, build_backbone
 from mile_ssl.schedule import unlabeled_steps
+from tests.conftest import one_step_trainer
 
 
 def _backbone() -> tuple[torch.nn.Module, int]:
@@ -99,16 +99,7 @@ def test_a_fixed_teacher_method_built_without_its_teacher_evaluates_but_never_tr
     assert isinstance(module, FixedTeacherModule) and module.networks() == [module.student]
     images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     assert module.eval()(images).shape == (4, 3)
-    trainer = L.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = one_step_trainer(tmp_path)
     batches = [{"image": images, "label": torch.arange(4) % 3}]
     before = [parameter.detach().clone() for parameter in module.parameters()]
     with pytest.raises(ValueError, match=r"'distill'.*distill\.teacher_checkpoint"):

@@ -6,7 +6,6 @@ import math
 import re
 from pathlib import Path
 
-import lightning as L
 import pytest
 import timm
 import torch
@@ -19,6 +18,7 @@ from mile_ssl.finetune import SupervisedModule
 from mile_ssl.finetune.networks import Classifier
 from mile_ssl.finetune.optimizers import make_optimizer
 from mile_ssl.networks.backbones import TinyResNet
+from tests.conftest import one_step_trainer
 
 LR, HEAD_LR, DECAY = 1e-3, 1e-2, 0.65
 
@@ -159,16 +159,9 @@ def _one_step_update(clip: float | None, tmp_path: Path, scaled: bool = False) -
         "label": torch.arange(8) % 4,
     }
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
-    trainer = L.Trainer(
-        max_steps=1,
-        accelerator="cpu",
+    trainer = one_step_trainer(
+        tmp_path,
         plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)] if scaled else None,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
     )
     trainer.fit(module, torch.utils.data.DataLoader([batch], batch_size=None))
     after = list(module.student.parameters())

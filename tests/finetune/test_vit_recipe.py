@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import lightning as L
 import pytest
 import timm
 import torch
@@ -14,7 +13,7 @@ import torch
 from mile_ssl.commands.train import initial_backbone, run_training
 from mile_ssl.config import BackboneConfig, CheckpointConfig, MethodConfig, OptimConfig
 from mile_ssl.finetune import SupervisedModule
-from tests.conftest import TINY_NETWORK, run_cli_in_process
+from tests.conftest import TINY_NETWORK, one_step_trainer, run_cli_in_process
 
 NOT_TIMM = [entry for entry in TINY_NETWORK if not entry.startswith("backbone")]
 NOT_TIMM += ["backbone=resnet18"]
@@ -84,16 +83,7 @@ def test_a_vit_given_the_resnet_recipe_says_which_to_use(
     def fit(optim: OptimConfig) -> list[str]:
         caplog.clear()
         module = SupervisedModule(backbone, 192, 2, method=MethodConfig("softmax"), optim=optim)
-        trainer = L.Trainer(
-            max_steps=1,
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_val_batches=0,
-            default_root_dir=tmp_path,
-        )
+        trainer = one_step_trainer(tmp_path)
         with caplog.at_level(logging.WARNING, logger="mile_ssl"):
             trainer.fit(module, torch.utils.data.DataLoader([batch], batch_size=None))
         return [record.getMessage() for record in caplog.records if "recipe" in record.getMessage()]

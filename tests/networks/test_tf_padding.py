@@ -1,6 +1,5 @@
 import math
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,13 +42,8 @@ HAND_PADS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """The tensors are small: one thread is faster than two competing for busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
+"""The tensors are small: one thread is faster than two competing for busy cores."""
 
 
 @pytest.mark.parametrize(("size", "kernel", "stride"), list(HAND_PADS))
