@@ -240,9 +240,9 @@ def resolve_public_checkpoint(name: str, download: bool = True, *, force: bool =
 def _download(url: str, path: Path, checkpoint: PublicCheckpoint) -> None:
     """Fetch ``url`` into ``path`` through ``<path>.part``, resuming a partial transfer.
 
-    Own code, not ``torch.hub.download_url_to_file``: that neither resumes a transfer
-    nor notices one cut short (it keeps the short file), and these files are 100-300 MB,
-    most without a published hash to catch it.
+    Own code, not ``torch.hub.download_url_to_file``: that deletes its partial file on
+    any failure, so a cut 100-300 MB transfer starts again from zero, and without a hash
+    it keeps a transfer the server cut short (most of these files publish no hash).
 
     Raises:
         CachedFileMismatchError: Naming both hashes, if the file is not the checkpoint
