@@ -31,7 +31,11 @@ from torch.optim import Optimizer
 from mile_ssl.config import MULTI_LABEL_METHODS, TEACHER_METHODS, MethodConfig, OptimConfig
 from mile_ssl.data.views import STRONG_VIEW_KEY
 from mile_ssl.finetune.batches import Batch
-from mile_ssl.finetune.divergence import DivergenceError, NonFiniteLossMonitor
+from mile_ssl.finetune.divergence import (
+    DivergenceError,
+    NonFiniteLossMonitor,
+    non_finite_tensors,
+)
 from mile_ssl.finetune.networks import Classifier
 from mile_ssl.finetune.optimizers import group_settings, make_optimizer, warn_about_recipe
 from mile_ssl.finetune.settings import ModuleSettings
@@ -354,14 +358,8 @@ class FineTuneModule(L.LightningModule):
         """
         consequence = "this checkpoint was not written and the earlier ones are intact"
         self.raise_if_loss_diverged(consequence)
-        tensors = [
-            (name, tensor)
-            for name, tensor in checkpoint["state_dict"].items()
-            if tensor.is_floating_point()
-        ]
-        finite = [torch.isfinite(tensor).all() for _, tensor in tensors]
-        if finite and not bool(torch.stack(finite).all()):
-            broken = [name for (name, _), flag in zip(tensors, finite, strict=True) if not flag]
+        broken = non_finite_tensors(checkpoint["state_dict"])
+        if broken:
             raise self.divergence(
                 f"by step {self.completed_steps}",
                 max(self.completed_steps - 1, 0),
