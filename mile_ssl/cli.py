@@ -29,6 +29,7 @@ from mile_ssl.runs.failed_start import (
 from mile_ssl.runs.layout import keep_run_records, register_run_name_resolver
 from mile_ssl.runs.lock import holding_named_run_folder
 from mile_ssl.solo.command_line import expand_solo_command, expand_solo_recipe
+from mile_ssl.usage import split_command
 from mile_ssl.user_errors import (
     EXIT_SIGINT,
     exit_on_user_error,
@@ -41,44 +42,6 @@ EXIT_PREEMPTED = 143
 """Exit status of a run stopped by a scheduler's signal (SIGTERM, SIGUSR1, SIGUSR2) after
 saving its resumable checkpoint: 128 + SIGTERM, what a job killed by SIGTERM reports, so
 that a scheduler or script never reads a preempted run as a finished one."""
-
-COMMANDS = (
-    "train",
-    "demo",
-    "from-solo",
-    "inspect",
-    "eval",
-    "predict",
-    "export",
-    "checkpoints",
-    "check-data",
-)
-
-USAGE = """usage: mile-ssl COMMAND [ARGS]
-
-commands:
-  train [OVERRIDES]   fine-tune with Hydra overrides, e.g.
-                      mile-ssl train checkpoint.path=ssl.pt method=mile data.fraction=0.1
-                      mile-ssl train --help shows the config groups
-  train --config-path DIR --config-name RECIPE.yaml [OVERRIDES]
-                      fine-tune from a solo-learn linear/fine-tune recipe
-  from-solo RECIPE.yaml [OVERRIDES] [--out FILE]
-                      translate a solo-learn recipe, print the mapping, write the config
-  check-data DATA OVERRIDES
-                      list unreadable images before training, e.g. data=imagenet data.root=DIR
-  checkpoints [--download NAME]
-                      the public SSL checkpoints known by name (checkpoint.name=NAME)
-  inspect PATH [--adapter NAME] [--backbone NAME] [--json]
-                      what a checkpoint holds and how mile_ssl would load it
-  eval checkpoint=RUN.ckpt [DATA OVERRIDES] [--json]
-                      all metrics of a fine-tuned run, e.g. data=imagenet data.root=DIR
-  predict IMAGE_OR_FOLDER... checkpoint=RUN.ckpt [--threshold T] [--json]
-                      multi-label predictions with class names and probabilities
-  export checkpoint=RUN.ckpt [--out DIR]
-                      the student as a torchvision/timm state dict, safetensors, model.json
-  demo [--out DIR]    pretrain on the digit grids with lightly, fine-tune softmax,
-                      sigmoid and MILe, print the comparison table
-"""
 
 
 @hydra.main(config_path="pkg://mile_ssl.configs", config_name="config", version_base="1.3")
@@ -349,21 +312,7 @@ def _checkpoints(argv: Sequence[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Dispatch ``mile-ssl COMMAND``."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args:
-        print(USAGE, file=sys.stderr)
-        raise SystemExit(2)
-    if args[0] in ("-h", "--help"):
-        print(USAGE)
-        return
-    command, rest = args[0], args[1:]
-    if command not in COMMANDS and "LOCAL_RANK" in os.environ:
-        # Lightning's DDP launcher restarts this program for ranks > 0 with
-        # sys.argv[1:] of the "train" call, which no longer holds the command word.
-        command, rest = "train", args
-    if command not in COMMANDS:
-        print(f"mile-ssl: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
-        raise SystemExit(2)
+    command, rest = split_command(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     with exit_on_user_error(command), interrupt_without_traceback(command):
         if command == "train":

@@ -7,11 +7,13 @@ other cases run ``mile_ssl.cli.main`` in this process (:func:`run_cli_in_process
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli, run_cli_in_process
+from tests.conftest import MILE_SSL, run_cli, run_cli_in_process
 
 
 def test_train_writes_a_complete_run_directory(tmp_path: Path, tiny_overrides: list[str]) -> None:
@@ -101,9 +103,39 @@ def test_missing_checkpoint_is_refused_naming_the_file(
 
 
 def test_unknown_command_and_help(tmp_path: Path) -> None:
-    assert run_cli(["frobnicate"], tmp_path).returncode == 2
+    unknown = run_cli(["frobnicate"], tmp_path)
+    assert unknown.returncode == 2
+    assert unknown.stderr.startswith("mile-ssl: unknown command 'frobnicate'")
     help_text = run_cli(["--help"], tmp_path)
     assert help_text.returncode == 0 and "train" in help_text.stdout
+
+
+@pytest.mark.parametrize(("args", "status"), [(["--help"], 0), ([], 2), (["frobnicate"], 2)])
+def test_usage_is_answered_without_importing_torch(args: list[str], status: int) -> None:
+    """The answer takes a tenth of a second, not the seconds torch and Lightning take."""
+    probe = (
+        "import sys\n"
+        f"sys.argv = ['mile-ssl', *{args!r}]\n"
+        "from mile_ssl.console import main\n"
+        "try:\n    main()\n"
+        "except SystemExit as stop:\n"
+        "    print('status', stop.code, 'torch' in sys.modules, file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.stderr.splitlines()[-1] == f"status {status} False"
+    assert "usage: mile-ssl COMMAND" in result.stdout + result.stderr
+
+
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) -> None:
+    """``mile-ssl --help | head -1``: no traceback when the reader has gone."""
+    script = subprocess.Popen(
+        [MILE_SSL, "--help"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert script.stdout is not None and script.stderr is not None
+    script.stdout.close()  # the reader is gone before the usage is written
+    stderr = script.stderr.read().decode()
+    assert script.wait(timeout=300) == 141  # 128 + SIGPIPE, as `cat FILE | head` reports
+    assert stderr == ""
 
 
 def test_inspect_describes_a_checkpoint(tmp_path: Path) -> None:
