@@ -21,7 +21,7 @@ fraction, initialisation and setting (trained first when it is not in ``--method
 ``--wide-teacher KEY=VALUE`` (repeatable, e.g. ``backbone.kwargs.widths=[32,64,128]``)
 adds SimCLR-v2's distillation from a larger network: a second teacher with those
 overrides (from its own SSL pretraining under ``--init ssl``) and a ``<method>_wide`` row
-for each teacher method.
+for each teacher method (or those of ``--wide-methods``).
 """
 
 from __future__ import annotations
@@ -99,6 +99,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="KEY=VALUE",
         help="overrides of a larger teacher for <method>_wide rows of distill/self_train",
+    )
+    parser.add_argument(
+        "--wide-methods",
+        nargs="+",
+        help="the teacher methods that get a <method>_wide row (default: all in --methods)",
     )
     parser.add_argument("--pretrain-steps", type=int, default=300)
     parser.add_argument("--workdir", type=Path, default=Path("runs/benchmark_digits"))
@@ -299,7 +304,7 @@ def benchmark_setting(
                     train(method, setting, None)
                 continue
             train(method, setting, teacher(setting, wide=False))
-            if args.wide_teacher:
+            if args.wide_teacher and method in (args.wide_methods or args.methods):
                 train(method, setting, teacher(setting, wide=True), wide=True)
     return rows
 
