@@ -22,8 +22,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
 from mile_ssl.runs.layout import named_run_folder
 
 LOCK_FILE = ".lock"
@@ -86,6 +84,9 @@ def first_process() -> bool:
     processes Lightning starts, and every task but the first of an ``srun`` or
     ``torchrun`` launch, write into the folder on the first one's behalf.
     """
+    # Imported on use: taking or reading a lock needs no Lightning (seconds to import).
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
