@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ from mile_ssl.data.datamodule import MILeDataModule, UnlabeledStream
 from mile_ssl.data.folder import LabeledImageFolder
 from mile_ssl.networks.preprocessing import Preprocessing
 from tests.broken_images import corrupt_idat, cut_and_close_png, write_image
-from tests.conftest import TINY_OVERRIDES, write_image_folder
+from tests.conftest import TINY_OVERRIDES, run_cli_in_process, write_image_folder
 
 pytest.importorskip("nvidia.dali")
 
@@ -206,12 +204,11 @@ def test_image_folder_run_resumes_with_the_same_weights(
         assert torch.equal(value, resumed_state[key]), key
 
 
-def test_without_dali_the_error_says_how_to_install_it(tree: Path, tmp_path: Path) -> None:
-    # The child process cannot import nvidia.dali, as on a machine without the extra.
-    child = (
-        "import sys; sys.modules['nvidia.dali'] = None; "
-        "from mile_ssl.cli import main; sys.argv[0] = 'mile-ssl'; main()"
-    )
+def test_without_dali_the_error_says_how_to_install_it(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # nvidia.dali cannot be imported, as on a machine without the extra.
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)
     args = [
         "train",
         *TINY_OVERRIDES,
@@ -220,14 +217,7 @@ def test_without_dali_the_error_says_how_to_install_it(tree: Path, tmp_path: Pat
         "data.backend=dali",
         "hydra.run.dir=run",
     ]
-    result = subprocess.run(
-        [sys.executable, "-c", child, *args],
-        cwd=tmp_path,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_cli_in_process(args, tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "pip install 'mile-ssl[dali]'" in result.stderr
     assert "Traceback" not in result.stderr
