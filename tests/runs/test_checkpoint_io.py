@@ -1,8 +1,10 @@
 """What a bad day does to a run: faulty data, divergence, resumes, failed saves, Ctrl-C.
 
 Every file here is real (JPEG/PNG written with PIL, or bytes cut from one) and
-user-visible behaviour goes through the installed ``mile-ssl`` script; failures are
-injected only where the operating system cannot be made to fail on demand (a full disk).
+user-visible behaviour goes through the ``mile-ssl`` command line (in this process, see
+``tests.conftest.run_cli_in_process``; the Ctrl-C test signals a process of its own);
+failures are injected only where the operating system cannot be made to fail on demand
+(a full disk).
 """
 
 from __future__ import annotations
@@ -39,7 +41,13 @@ from mile_ssl.networks.preprocessing import Preprocessing
 from mile_ssl.runs import checkpoint_io
 from mile_ssl.runs.checkpoint_io import write_atomically
 from mile_ssl.runs.report import format_metrics_table
-from tests.conftest import MILE_SSL, TINY_OVERRIDES, run_cli, write_image_folder, write_jpeg
+from tests.conftest import (
+    MILE_SSL,
+    TINY_OVERRIDES,
+    run_cli_in_process,
+    write_image_folder,
+    write_jpeg,
+)
 
 TO_TENSOR = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
 """A deterministic transform, so that two reads of one image compare equal."""
@@ -127,7 +135,7 @@ def faulty_run(module_tmp_path: Path) -> tuple[Path, Path, Path, Path]:
     """A CLI training run over 40 images of which 2 are unreadable (each visited twice)."""
     root = module_tmp_path / "data"
     zero, truncated = _faulty_tree(root)
-    result = run_cli(
+    result = run_cli_in_process(
         [
             *CLI_TRAIN,
             f"data.root={root}",
@@ -159,7 +167,7 @@ def test_resume_works_after_the_bad_images_are_deleted(
     root = tmp_path / "data"
     zero, truncated = _faulty_tree(root)
     common = [*CLI_TRAIN, f"data.root={root}", "data.max_bad_fraction=0.1"]
-    first = run_cli(
+    first = run_cli_in_process(
         [*common, "trainer.max_steps=10", "trainer.checkpoint_every_n_steps=5", "hydra.run.dir=a"],
         tmp_path,
     )
@@ -167,7 +175,7 @@ def test_resume_works_after_the_bad_images_are_deleted(
     zero.unlink()
     truncated.unlink()
     checkpoint = tmp_path / "a" / "checkpoints" / "step5.ckpt"
-    resumed = run_cli(
+    resumed = run_cli_in_process(
         [*common, "trainer.max_steps=10", f"trainer.resume_from={checkpoint}", "hydra.run.dir=b"],
         tmp_path,
     )
@@ -182,7 +190,7 @@ def test_resume_works_after_the_bad_images_are_deleted(
 def test_too_many_unreadable_images_stop_the_run_naming_them(tmp_path: Path) -> None:
     root = tmp_path / "data"
     zero, truncated = _faulty_tree(root)
-    result = run_cli(
+    result = run_cli_in_process(
         [*CLI_TRAIN, f"data.root={root}", "trainer.max_steps=10", "hydra.run.dir=run"], tmp_path
     )
     assert result.returncode == 2, result.stderr[-2000:]
@@ -343,7 +351,7 @@ def test_empty_class_folder_is_an_error_naming_it(tmp_path: Path) -> None:
     write_image_folder(tmp_path / "data" / "train", classes=2, per_class=4, size=16)
     write_image_folder(tmp_path / "data" / "val", classes=2, per_class=1, size=16)
     (tmp_path / "data" / "train" / "zz_empty").mkdir()
-    result = run_cli(
+    result = run_cli_in_process(
         [*CLI_TRAIN, f"data.root={tmp_path / 'data'}", "trainer.max_steps=3"], tmp_path
     )
     assert result.returncode == 2, result.stderr
@@ -442,7 +450,7 @@ def test_predict_reports_unreadable_inputs_and_predicts_the_rest(
     (inputs / "empty.jpg").write_bytes(b"")
     (inputs / "notes.png").write_text("not an image")
     checkpoint = run / "checkpoints" / "last.ckpt"
-    result = run_cli(["predict", str(inputs), f"checkpoint={checkpoint}"], tmp_path)
+    result = run_cli_in_process(["predict", str(inputs), f"checkpoint={checkpoint}"], tmp_path)
     assert result.returncode == 1, "some inputs failed: non-zero, after every good prediction"
     lines = result.stdout.splitlines()
     for path in good:
@@ -520,7 +528,9 @@ def test_check_data_report_lists_the_bad_files_and_sets_the_status(tmp_path: Pat
 
 def test_check_data_command_lists_unreadable_files(tmp_path: Path) -> None:
     zero, truncated = _faulty_tree(tmp_path / "data", per_class=2)
-    result = run_cli(["check-data", "data=folder", f"data.root={tmp_path / 'data'}"], tmp_path)
+    result = run_cli_in_process(
+        ["check-data", "data=folder", f"data.root={tmp_path / 'data'}"], tmp_path
+    )
     assert result.returncode == 1, result.stderr[-2000:]
     assert str(zero) in result.stdout and str(truncated) in result.stdout
     assert "Traceback" not in result.stderr
@@ -546,7 +556,7 @@ def _finite(path: Path) -> bool:
 
 
 def test_divergence_stops_at_once_and_keeps_every_checkpoint_finite(tmp_path: Path) -> None:
-    result = run_cli(
+    result = run_cli_in_process(
         [
             "train",
             *TINY_OVERRIDES,
@@ -572,7 +582,7 @@ def test_divergence_stops_at_once_and_keeps_every_checkpoint_finite(tmp_path: Pa
 
 
 def test_warm_up_longer_than_the_run_is_refused(tmp_path: Path) -> None:
-    result = run_cli(
+    result = run_cli_in_process(
         ["train", *TINY_OVERRIDES, "optim.warmup_steps=1000", "trainer.max_steps=30"], tmp_path
     )
     assert result.returncode == 2
@@ -588,7 +598,7 @@ def test_chance_level_results_are_flagged() -> None:
 @pytest.fixture(scope="module")
 def first_run(module_tmp_path: Path) -> Path:
     """Six steps with a checkpoint every two, logging every step."""
-    result = run_cli(
+    result = run_cli_in_process(
         [
             "train",
             *TINY_OVERRIDES,
@@ -607,7 +617,7 @@ def test_resume_applies_a_new_learning_rate_and_continues_the_log(
     first_run: Path, tmp_path: Path
 ) -> None:
     checkpoint = first_run / "checkpoints" / "step4.ckpt"
-    result = run_cli(
+    result = run_cli_in_process(
         [
             "train",
             *TINY_OVERRIDES,
@@ -646,7 +656,7 @@ def test_resume_refuses_a_changed_setting_before_writing(
     first_run: Path, tmp_path: Path, override: str, saved: str, changed: str
 ) -> None:
     checkpoint = first_run / "checkpoints" / "step4.ckpt"
-    result = run_cli(
+    result = run_cli_in_process(
         [
             "train",
             *TINY_OVERRIDES,
@@ -674,7 +684,7 @@ def test_failed_resume_changes_nothing_in_the_run_folder(first_run: Path, tmp_pa
     data = (first_run / "checkpoints" / "step4.ckpt").read_bytes()
     truncated.write_bytes(data[: len(data) // 3])
     before = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
-    result = run_cli(
+    result = run_cli_in_process(
         [
             "train",
             *TINY_OVERRIDES,
@@ -769,7 +779,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path: Path) -> None:
     words = [
         word for word in words if not word.startswith(("trainer.max_steps=", "hydra.run.dir="))
     ]
-    resumed = run_cli(
+    resumed = run_cli_in_process(
         ["train", *words, f"trainer.max_steps={step + 2}", "hydra.run.dir=resumed"], tmp_path
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
