@@ -32,6 +32,20 @@ RAM_DISK_MIN_FREE = 8 * 2**30
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """One thread per test process, and the tests' folders on the RAM disk.
+
+    pytest-xdist runs one test per core already: OpenMP threads of two tests competing
+    for the same cores made the fine-tuning tests a third slower. ``OMP_NUM_THREADS``
+    reaches the workers, which import torch after this, and every process a test starts
+    (DDP ranks, the installed script); an explicit ``OMP_NUM_THREADS`` is left alone.
+    """
+    if "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)  # this process imported torch before reading it
+    _temporary_folders_in_memory(config)
+
+
+def _temporary_folders_in_memory(config: pytest.Config) -> None:
     """Put the tests' temporary folders on the RAM disk, where the machine has one.
 
     Tests write many checkpoints, hundreds of megabytes each for the ResNet-50s and
@@ -98,16 +112,6 @@ def one_step_trainer(tmp_path: Path, **kwargs: Any) -> L.Trainer:
         default_root_dir=tmp_path,
         **kwargs,
     )
-
-
-@pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    """One torch thread for a module's tests: ResNet-50 loads and tiny forwards gain
-    nothing from more, and OpenMP spinning slows a busy CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

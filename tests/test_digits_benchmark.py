@@ -36,9 +36,7 @@ def script() -> ModuleType:
 
 
 @pytest.fixture(scope="module")
-def report(
-    script: ModuleType, module_tmp_path: Path, one_thread: None
-) -> tuple[dict[str, Any], Path]:
+def report(script: ModuleType, module_tmp_path: Path) -> tuple[dict[str, Any], Path]:
     out = module_tmp_path / "digits.json"
     script.main(
         [
@@ -139,7 +137,7 @@ def test_malformed_select_is_a_usage_error(script: ModuleType) -> None:
 
 
 def test_distillation_from_a_wider_teacher_reuses_each_teacher(
-    script: ModuleType, tmp_path: Path, one_thread: None
+    script: ModuleType, tmp_path: Path
 ) -> None:
     """SimCLR-v2's two distillation rows: from a teacher of the student's size and from a
     wider one, each teacher trained once for both teacher methods."""

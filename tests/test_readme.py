@@ -65,6 +65,8 @@ SMALL_SCRIPTS = {
     ],
 }
 """Options appended to each script the README runs, for its smallest useful size."""
+SCRIPT_OUTPUT = {"examples/lightly_byol_then_mile.py": "MILe from lightly BYOL: top1"}
+"""What each script the README runs prints when it has done its work."""
 COMPOSED_ONLY = ("torchrun", "srun", "trainer.devices=8")
 """Markers of commands that need GPUs or nodes: composed, not run."""
 OWN_PROCESSES = ("trainer=ddp_cpu",)
@@ -196,6 +198,8 @@ def test_readme_command_runs(index: int, sandbox: Path) -> None:
         )
     assert result.returncode == 0, f"{shlex.join(words)}\n{result.stderr[-4000:]}"
     assert "Traceback" not in result.stderr
+    if words[0] == sys.executable:
+        assert SCRIPT_OUTPUT[words[1]] in result.stdout
 
 
 def _config_keys(node: type, prefix: str) -> set[str]:

@@ -120,9 +120,7 @@ def test_every_recipe_is_shipped() -> None:
     assert shipped == sorted([*NAMES, *VIT_NAMES, "simclrv2_sk1_1pct_semi", *TABLE_5])
 
 
-def test_semi_supervised_recipe_trains_two_steps(
-    tree: Path, tmp_path: Path, one_thread: None
-) -> None:
+def test_semi_supervised_recipe_trains_two_steps(tree: Path, tmp_path: Path) -> None:
     shipped = compose_train_config(
         ["experiment=imagenet/simclrv2_sk1_1pct_semi", f"data.root={tree}"]
     )
@@ -236,7 +234,7 @@ def test_recipe_composes_as_shipped(name: str, tree: Path, checkpoints: dict[str
 
 @pytest.mark.parametrize("ssl", SSL)
 def test_recipe_loads_its_checkpoint_format(
-    ssl: str, tree: Path, checkpoints: dict[str, Path], one_thread: None
+    ssl: str, tree: Path, checkpoints: dict[str, Path]
 ) -> None:
     config = compose_train_config(
         [
@@ -279,7 +277,7 @@ SMOKE = [
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_recipe_trains_two_steps(name: str, tree: Path, tmp_path: Path, one_thread: None) -> None:
+def test_recipe_trains_two_steps(name: str, tree: Path, tmp_path: Path) -> None:
     config = compose_train_config([f"experiment=imagenet/{name}", f"data.root={tree}", *SMOKE])
     expected = _expected(name)
     assert config.backbone.name == "torchvision:resnet18"
@@ -359,9 +357,7 @@ def test_vit_recipe_composes_as_shipped(name: str, tree: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["dinov2_vits14_10pct", "mae_vitb16_1pct"])
-def test_vit_recipe_trains_two_steps(
-    name: str, tree: Path, tmp_path: Path, one_thread: None
-) -> None:
+def test_vit_recipe_trains_two_steps(name: str, tree: Path, tmp_path: Path) -> None:
     """A small ViT from random weights trains with the recipe's AdamW, layer decay and
     drop-path (its 5-epoch warm-up would outlast two steps)."""
     smoke = [entry for entry in SMOKE if not entry.startswith("backbone")]

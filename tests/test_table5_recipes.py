@@ -88,7 +88,7 @@ def test_semi_supervised_10pct_recipe_composes_as_shipped() -> None:
 
 
 def test_distillation_recipe_trains_two_steps_from_a_teacher_run(
-    module_tmp_path: Path, tmp_path: Path, one_thread: None
+    module_tmp_path: Path, tmp_path: Path
 ) -> None:
     tree = write_imagenet_tree(module_tmp_path / "imagenet")
     teacher = run_training(

@@ -28,14 +28,11 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from mile_ssl.adapters.diagnostics import non_finite_tensors
 from mile_ssl.config import MULTI_LABEL_METHODS, TEACHER_METHODS, MethodConfig, OptimConfig
 from mile_ssl.data.views import STRONG_VIEW_KEY
 from mile_ssl.finetune.batches import Batch
-from mile_ssl.finetune.divergence import (
-    DivergenceError,
-    NonFiniteLossMonitor,
-    non_finite_tensors,
-)
+from mile_ssl.finetune.divergence import DivergenceError, NonFiniteLossMonitor
 from mile_ssl.finetune.networks import Classifier
 from mile_ssl.finetune.optimizers import group_settings, make_optimizer, warn_about_recipe
 from mile_ssl.finetune.settings import ModuleSettings
@@ -358,7 +355,7 @@ class FineTuneModule(L.LightningModule):
         """
         consequence = "this checkpoint was not written and the earlier ones are intact"
         self.raise_if_loss_diverged(consequence)
-        broken = non_finite_tensors(checkpoint["state_dict"])
+        broken = list(non_finite_tensors(checkpoint["state_dict"]))
         if broken:
             raise self.divergence(
                 f"by step {self.completed_steps}",

@@ -8,8 +8,6 @@ the check needs, and the module decides when to pay for it (see
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 
 
@@ -44,21 +42,3 @@ class NonFiniteLossMonitor:
             return None
         step = int(self._first_step)
         return None if step < 0 else (step, float(self._loss))
-
-
-def non_finite_tensors(state: Mapping[str, torch.Tensor]) -> list[str]:
-    """The names of the floating-point tensors in ``state`` holding a NaN or an infinity.
-
-    Checked before every checkpoint save, so it must cost little next to writing the
-    file: one sum per tensor (a NaN or an infinity makes the sum non-finite) and a
-    single read of the device; only tensors whose sum is not finite (also a finite
-    tensor whose sum overflows) are checked element by element.
-    """
-    tensors = [(name, tensor) for name, tensor in state.items() if tensor.is_floating_point()]
-    if not tensors:
-        return []
-    sums = torch.stack([tensor.detach().sum().float() for _, tensor in tensors])
-    suspects = torch.nonzero(~torch.isfinite(sums)).flatten().tolist()
-    return [
-        tensors[index][0] for index in suspects if not bool(torch.isfinite(tensors[index][1]).all())
-    ]

@@ -24,8 +24,6 @@ from mile_ssl.adapters.registry import matching_adapters, register_adapter, unre
 from mile_ssl.adapters.state_dicts import unwrap
 from tests.layouts import LAYOUTS, moco, solo_learn
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.mark.parametrize(
     ("layout", "expected"), [(name, adapter) for name, (adapter, _) in LAYOUTS.items()]

@@ -119,7 +119,6 @@ def haiku_byol_resnet(
     return net.params, net.state
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 """The tensors are small: one thread is faster than two competing for busy cores."""
 
 

@@ -14,8 +14,6 @@ from mile_ssl.adapters.loading import load_backbone
 from mile_ssl.networks.backbones import BackboneSpec
 from mile_ssl.networks.preprocessing import Preprocessing
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _filler(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype = torch.float32) -> Tensor:
     """A tensor of the right shape stored as one element: for parts the test never runs."""

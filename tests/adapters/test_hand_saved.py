@@ -26,8 +26,6 @@ from mile_ssl.networks.backbones import BackboneSpec
 from tests.conftest import folder_run_overrides, run_cli_in_process, write_image_folder
 from tests.layouts import R18, _sequential, vit_shapes
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 IMAGES = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 CPU = ["trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.progress_bar=false"]
 

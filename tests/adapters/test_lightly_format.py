@@ -19,9 +19,6 @@ from mile_ssl.networks.preprocessing import Preprocessing
 IMAGES = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def _trained_resnet18() -> nn.Module:
     torch.manual_seed(0)
     resnet = torchvision.models.resnet18()

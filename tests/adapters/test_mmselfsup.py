@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import pytest
 import torch
 import torchvision
 from torch import Tensor, nn
@@ -13,8 +12,6 @@ from mile_ssl.adapters.mmselfsup import convert_mmselfsup, detect_mmselfsup
 from mile_ssl.adapters.registry import matching_adapters
 from mile_ssl.networks.backbones import BackboneSpec
 from mile_ssl.networks.preprocessing import Preprocessing
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _filler(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -19,9 +19,6 @@ from mile_ssl.networks.preprocessing import Preprocessing
 IMAGES = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def _trained(module: nn.Module, seed: int) -> nn.Module:
     """Random weights with BatchNorm statistics away from their defaults, in eval mode."""
     generator = torch.Generator().manual_seed(seed)

@@ -197,9 +197,6 @@ VARIANTS = {
 }
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 @pytest.fixture(scope="module")
 def reference(module_tmp_path: Path) -> Callable[[str], Reference]:
     """Build, randomise and save a variant once per module, in the conversion's layout."""

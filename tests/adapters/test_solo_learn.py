@@ -25,9 +25,6 @@ from mile_ssl.networks.preprocessing import Preprocessing
 CIFAR10 = Preprocessing(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def _filler(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype = torch.float32) -> Tensor:
     """A tensor of the right shape stored as one element: for parts the test never runs."""
     return torch.zeros((), dtype=dtype).expand(shape)

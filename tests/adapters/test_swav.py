@@ -18,9 +18,6 @@ from mile_ssl.networks.preprocessing import Preprocessing
 IMAGES = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 class MultiPrototypes(nn.Module):
     """DeepCluster-v2's several prototype layers, named ``prototypes{i}``."""
 

@@ -15,8 +15,6 @@ from mile_ssl.adapters.vissl import convert_vissl, detect_vissl
 from mile_ssl.networks.backbones import BackboneSpec
 from mile_ssl.networks.preprocessing import Preprocessing
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _filler(shape: tuple[int, ...]) -> Tensor:
     """A tensor of the right shape stored as one element: for parts the test never runs."""

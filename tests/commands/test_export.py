@@ -30,7 +30,7 @@ NUM_CLASSES = 3
 
 
 @pytest.fixture(scope="module")
-def run_checkpoint(module_tmp_path: Path, one_thread: None) -> Path:
+def run_checkpoint(module_tmp_path: Path) -> Path:
     """Two MILe steps (one teacher, one student step) of a ResNet-18 on a tiny JPEG folder."""
     root = module_tmp_path / "images"
     write_image_folder(root / "train", classes=NUM_CLASSES, per_class=4, size=36)
@@ -147,7 +147,7 @@ def _saved_run(path: Path, name: str, kwargs: dict, num_classes: int = 3) -> MIL
     ],
 )
 def test_timm_export_uses_the_timm_classifier_name(
-    name: str, kwargs: dict, head: str, tmp_path: Path, one_thread: None
+    name: str, kwargs: dict, head: str, tmp_path: Path
 ) -> None:
     import timm
 
@@ -239,7 +239,7 @@ def _assert_snippet_rebuilds(
 
 
 def test_every_snippet_runs_as_written_and_loads_the_student(
-    run_checkpoint: Path, tmp_path: Path, one_thread: None
+    run_checkpoint: Path, tmp_path: Path
 ) -> None:
     cases = {
         "resnet18": (run_checkpoint, None),
@@ -261,7 +261,7 @@ def test_every_snippet_runs_as_written_and_loads_the_student(
 SIMCLRV2 = {"depth": 50, "width_multiplier": 1, "selective_kernel": False, "projection_layers": 0}
 
 
-def test_simclrv2_sk0_exports_as_torchvision_resnet50(tmp_path: Path, one_thread: None) -> None:
+def test_simclrv2_sk0_exports_as_torchvision_resnet50(tmp_path: Path) -> None:
     module = _saved_run(tmp_path / "run.ckpt", "simclrv2", SIMCLRV2)
     files = export_checkpoint(tmp_path / "run.ckpt", tmp_path / "out", formats=("torchvision",))
     description = json.loads(files["json"].read_text())
@@ -282,7 +282,7 @@ def test_simclrv2_sk0_exports_as_torchvision_resnet50(tmp_path: Path, one_thread
 
 
 def test_simclrv2_sk1_export_carries_its_definition_and_loads_without_mile_ssl(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     kwargs = SIMCLRV2 | {"selective_kernel": True}
     module = _saved_run(tmp_path / "run.ckpt", "simclrv2", kwargs)

@@ -13,8 +13,6 @@ from mile_ssl.config import compose_train_config
 from tests.conftest import write_image_folder
 from tests.layouts import LAYOUTS, byol, moco
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 RUN = [
     "data=folder",
     "data.batch_size=8",
@@ -23,10 +21,10 @@ RUN = [
     "trainer.accelerator=cpu",
     "trainer.precision=32-true",
     "trainer.progress_bar=false",
-    "mile.kt=1",
-    "mile.ks=1",
+    "method=sigmoid",
 ]
-"""``mile-ssl train checkpoint.path=F data=folder data.root=D trainer.max_steps=2``, small."""
+"""``mile-ssl train checkpoint.path=F data=folder data.root=D trainer.max_steps=2``, small, with
+one network: the file decides the backbone whatever the method trains on it."""
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,6 @@ from mile_ssl.networks.simclrv2_resnet import (
     sk_hidden_channels,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _meta_model(**kwargs: object) -> SimCLRv2ResNet:
     with torch.device("meta"):

@@ -42,7 +42,6 @@ HAND_PADS = {
 }
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 """The tensors are small: one thread is faster than two competing for busy cores."""
 
 
