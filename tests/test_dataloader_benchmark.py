@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,29 +13,21 @@ from tests.conftest import BENCHMARKS, load_benchmark, write_image_folder
 SCRIPT = BENCHMARKS / "dataloader.py"
 
 
-def test_script_prints_throughput_json(tmp_path: Path) -> None:
+def test_script_prints_throughput_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_image_folder(tmp_path / "train", classes=2, per_class=3, size=40)
     write_image_folder(tmp_path / "val", classes=2, per_class=1, size=40)
-    command = [
-        sys.executable,
-        str(SCRIPT),
-        "--root",
-        str(tmp_path),
-        "--data",
-        "folder",
-        "--batches",
-        "2",
-        "--workers",
-        "0",
-        "--batch-size",
-        "4",
-        "--image-size",
-        "32",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    load_benchmark("dataloader").main(
+        [
+            *("--root", str(tmp_path)),
+            *("--data", "folder"),
+            *("--batches", "2"),
+            *("--workers", "0"),
+            *("--batch-size", "4"),
+            *("--image-size", "32"),
+        ]
+    )
+    result = capsys.readouterr()
+    report = json.loads(result.out)
     assert report["images_per_second"] > 0
     assert report["images"] == 8 and report["batches"] == 2
     assert report["workers"] == 0
