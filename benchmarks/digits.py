@@ -21,7 +21,9 @@ fraction, initialisation and setting (trained first when it is not in ``--method
 ``--wide-teacher KEY=VALUE`` (repeatable, e.g. ``backbone.kwargs.widths=[32,64,128]``)
 adds SimCLR-v2's distillation from a larger network: a second teacher with those
 overrides (from its own SSL pretraining under ``--init ssl``) and a ``<method>_wide`` row
-for each teacher method (or those of ``--wide-methods``).
+for each teacher method (or those of ``--wide-methods``). ``--from-teacher METHOD``
+adds a ``<method>_from_teacher`` row whose network starts from the teacher run's backbone
+(a new head), as SimCLR-v2's distillation student can, instead of the initialisation.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from digits_summary import METRIC_KEYS, SPLITS, select, summarise
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
+from mile_ssl.adapters import save_backbone_checkpoint
 from mile_ssl.commands.evaluate import evaluate_module
 from mile_ssl.commands.pretrain import pretrain_digits_simclr
 from mile_ssl.commands.train import RunResult, run_training
@@ -104,6 +107,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--wide-methods",
         nargs="+",
         help="the teacher methods that get a <method>_wide row (default: all in --methods)",
+    )
+    parser.add_argument(
+        "--from-teacher",
+        nargs="+",
+        default=[],
+        metavar="METHOD",
+        help="methods that also run from the --teacher-method run's backbone (a new head) "
+        "instead of the initialisation, as <method>_from_teacher rows",
     )
     parser.add_argument("--pretrain-steps", type=int, default=300)
     parser.add_argument("--workdir", type=Path, default=Path("runs/benchmark_digits"))
@@ -224,13 +235,18 @@ def run_method(
     checkpoint: Path | None,
     extra_overrides: list[str],
     label: str | None = None,
+    start_from: Path | None = None,
 ) -> tuple[RunResult, dict[str, Any]]:
     """Fine-tune one method in one setting; its result and benchmark row (val and test).
 
-    ``label`` names the row and run folder instead of the method (``distill_wide``).
+    ``label`` names the row and run folder instead of the method (``distill_wide``);
+    ``start_from`` is a backbone file (:func:`backbone_file`) that replaces the
+    initialisation.
     """
     fraction, seed, init = run
     init_overrides = [f"checkpoint.path={checkpoint}"] if init == "ssl" else ["checkpoint=scratch"]
+    if start_from is not None:
+        init_overrides = [f"checkpoint.path={start_from}"]
     config = compose_train_config(
         [
             f"experiment={args.experiment}",
@@ -259,6 +275,8 @@ def run_method(
 
 WIDE = "_wide"
 """Suffix of the larger teacher's runs and of the rows distilled from it."""
+FROM_TEACHER = "_from_teacher"
+"""Suffix of the rows whose network starts from the teacher run's backbone."""
 
 
 def benchmark_setting(
@@ -278,14 +296,20 @@ def benchmark_setting(
     runs: dict[tuple[str, tuple[str, ...]], RunResult] = {}
 
     def train(
-        name: str, setting: tuple[str, ...], teacher: RunResult | None, wide: bool = False
+        name: str,
+        setting: tuple[str, ...],
+        teacher: RunResult | None,
+        wide: bool = False,
+        start_from: RunResult | None = None,
     ) -> RunResult:
         extra = [f"distill.teacher_checkpoint={teacher.last_checkpoint}"] if teacher else []
         if wide and name not in TEACHER_METHODS:
             extra += args.wide_teacher
         label = f"{name}{WIDE}" if wide else name
+        label += FROM_TEACHER if start_from else ""
         init_checkpoint = wide_checkpoint if wide and name not in TEACHER_METHODS else checkpoint
-        result, row = run_method(args, name, setting, run, init_checkpoint, extra, label)
+        start = backbone_file(start_from) if start_from else None
+        result, row = run_method(args, name, setting, run, init_checkpoint, extra, label, start)
         runs[(label, setting)] = result
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
@@ -299,6 +323,9 @@ def benchmark_setting(
 
     for method in args.methods:
         for setting in args.settings if method in select_methods else [()]:
+            if method in args.from_teacher:
+                fixed = teacher(setting, wide=False)
+                train(method, setting, fixed if method in TEACHER_METHODS else None, False, fixed)
             if method not in TEACHER_METHODS:
                 if (method, setting) not in runs:
                     train(method, setting, None)
@@ -307,6 +334,22 @@ def benchmark_setting(
             if args.wide_teacher and method in (args.wide_methods or args.methods):
                 train(method, setting, teacher(setting, wide=True), wide=True)
     return rows
+
+
+def backbone_file(result: RunResult) -> Path:
+    """A finished run's network (a new head aside) as a file ``checkpoint.path`` reads."""
+    path = result.output_dir / "backbone.pt"
+    if not path.exists():
+        run = read_finished_run(result.last_checkpoint, exact_file=True)
+        backbone = run.metadata["backbone"]
+        save_backbone_checkpoint(
+            path,
+            run.build_module().student.backbone,
+            BackboneSpec(str(backbone["name"]), dict(backbone["kwargs"])),
+            run.preprocessing,
+            metadata={"fine_tuned_run": str(result.last_checkpoint)},
+        )
+    return path
 
 
 def ssl_checkpoint(args: argparse.Namespace, config: TrainConfig, seed: int, suffix: str) -> Path:

@@ -174,3 +174,45 @@ def test_distillation_from_a_wider_teacher_reuses_each_teacher(
     assert resolved["distill"]["teacher_checkpoint"].endswith(
         "scratch_f0.5_s0_softmax_wide/checkpoints/last.ckpt"
     )
+
+
+def test_wide_rows_for_chosen_methods_and_runs_started_from_the_teacher(
+    script: ModuleType, tmp_path: Path
+) -> None:
+    """``--wide-methods`` limits the wide rows; ``--from-teacher`` adds a row whose network
+    starts from the teacher run's backbone (the teacher itself trained once)."""
+    out = tmp_path / "semi.json"
+    script.main(
+        [
+            *("--fractions", "0.5", "--seeds", "0", "--init", "scratch", "--no-trivial"),
+            *("--methods", "distill", "self_train", "mile_semi"),
+            *("--wide-teacher", "backbone.kwargs.widths=[16,24]", "--wide-methods", "distill"),
+            *("--from-teacher", "mile_semi"),
+            *("--workdir", str(tmp_path / "runs"), "--out", str(out)),
+            *RUN_OVERRIDES,
+            "data.unlabeled_ratio=1",
+        ]
+    )
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["method"] for row in rows] == [
+        "softmax",
+        "distill",
+        "softmax_wide",
+        "distill_wide",
+        "self_train",
+        "mile_semi_from_teacher",
+        "mile_semi",
+    ]
+    runs = tmp_path / "runs"
+    started = yaml.safe_load(
+        (runs / "scratch_f0.5_s0_mile_semi_from_teacher" / "resolved_config.yaml").read_text()
+    )
+    assert started["checkpoint"]["path"] == str(runs / "scratch_f0.5_s0_softmax" / "backbone.pt")
+    metrics = json.loads(
+        (runs / "scratch_f0.5_s0_mile_semi_from_teacher" / "metrics.json").read_text()
+    )
+    assert metrics["adapter"] == "mile_ssl"
+    plain = yaml.safe_load(
+        (runs / "scratch_f0.5_s0_mile_semi" / "resolved_config.yaml").read_text()
+    )
+    assert plain["checkpoint"]["name"] == "scratch" or plain["checkpoint"]["path"] is None
