@@ -1,10 +1,19 @@
-"""Means over seeds and the validation-chosen setting of the digit benchmark's rows."""
+"""Means over seeds and the validation-chosen setting of the digit benchmark's rows.
+
+As a script, merges reports of ``digits.py`` runs made apart (one process per seed, side
+by side) into one, and prints its test table:
+
+    python benchmarks/digits_summary.py seed0.json seed1.json seed2.json --out all.json
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import statistics
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 # fmt: off
@@ -78,3 +87,58 @@ def select(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return chosen
+
+
+TABLE_COLUMNS = ("top1", "real_acc", "f1@0.25", "map", "coverage")
+"""The test metrics of :func:`markdown_table`: what the paper's tables report."""
+
+
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report from several ``digits.py`` reports (e.g. one process per seed).
+
+    Rows are concatenated in the order given; the summary and the selection are computed
+    again from all of them, as one ``digits.py`` call over every seed would.
+    """
+    rows = [row for part in parts for row in part["rows"]]
+    summary = summarise(rows)
+    return {
+        "command": [part["command"] for part in parts],
+        "overrides": parts[0]["overrides"],
+        "torch_threads": sorted({part["torch_threads"] for part in parts}),
+        "rows": rows,
+        "summary": summary,
+        "selected": select(summary),
+    }
+
+
+def markdown_table(summary: list[dict[str, Any]]) -> str:
+    """The test split's mean +- std per summary entry, one Markdown row each."""
+    header = ["init", "fraction", "method", "runs", *TABLE_COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for entry in summary:
+        test = entry["test"]
+        cells = [
+            f"{test[key]:.2f}"
+            if key == "coverage"
+            else f"{test[key]:.1f} ± {test[key + '_std']:.1f}"
+            for key in TABLE_COLUMNS
+        ]
+        head = [entry["init"], f"{100 * entry['fraction']:g} %", entry["method"], entry["runs"]]
+        lines.append("| " + " | ".join(str(cell) for cell in [*head, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python benchmarks/digits_summary.py PART.json... [--out FILE]``: merge, print a table."""
+    parser = argparse.ArgumentParser(description="Merge digits.py reports; print the test table.")
+    parser.add_argument("parts", nargs="+", type=Path, help="digits.py JSON reports")
+    parser.add_argument("--out", type=Path, help="write the merged report here")
+    args = parser.parse_args(argv)
+    merged = merge([json.loads(path.read_text()) for path in args.parts])
+    if args.out is not None:
+        args.out.write_text(json.dumps(merged, indent=2) + "\n")
+    print(markdown_table(merged["summary"]))
+
+
+if __name__ == "__main__":
+    main()

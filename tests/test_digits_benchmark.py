@@ -216,3 +216,25 @@ def test_wide_rows_for_chosen_methods_and_runs_started_from_the_teacher(
         (runs / "scratch_f0.5_s0_mile_semi" / "resolved_config.yaml").read_text()
     )
     assert plain["checkpoint"]["name"] == "scratch" or plain["checkpoint"]["path"] is None
+
+
+def test_reports_made_apart_merge_into_the_report_of_one_call(
+    report: tuple[dict[str, Any], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rows run as two processes (split here by method) give the one call's summary."""
+    whole, _ = report
+    summary = load_benchmark("digits_summary")
+    mile = [row for row in whole["rows"] if row["base_method"] == "mile"]
+    others = [row for row in whole["rows"] if row["base_method"] != "mile"]
+    parts = [tmp_path / "mile.json", tmp_path / "others.json"]
+    for path, rows in zip(parts, (mile, others), strict=True):
+        path.write_text(json.dumps({**whole, "rows": rows}))
+    summary.main([*map(str, parts), "--out", str(tmp_path / "merged.json")])
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert merged["rows"] == mile + others
+    key = lambda entry: (entry["method"], entry["init"])  # noqa: E731
+    assert sorted(merged["summary"], key=key) == sorted(whole["summary"], key=key)
+    assert merged["selected"] == whole["selected"]
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| init | fraction | method | runs | top1")
+    assert len(table) == 2 + len(whole["summary"])
