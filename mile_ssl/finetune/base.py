@@ -45,6 +45,24 @@ CHECKPOINT_KEY = "mile_ssl"
 """Key of the module's entry in a Lightning checkpoint (steps, settings, metadata)."""
 
 
+def changed_on_resume(
+    state: Mapping[str, Any], settings: Mapping[str, Mapping[str, Any]]
+) -> list[tuple[str, Any, Any]]:
+    """The settings a resume may not change that it would: ``(section.key, saved, now)``.
+
+    ``settings`` are this run's :meth:`FineTuneModule.fixed_on_resume` sections and
+    ``state`` the checkpoint's entry. A key the checkpoint lacks was added to mile_ssl
+    after the checkpoint was written: it is not compared, so that a run started before an
+    upgrade still resumes.
+    """
+    return [
+        (f"{section}.{key}", state[section][key], value)
+        for section, values in settings.items()
+        for key, value in values.items()
+        if key in state.get(section, {}) and state[section][key] != value
+    ]
+
+
 class FineTuneModule(L.LightningModule):
     """The shared base of the fine-tuning methods; usable in any Lightning code.
 
@@ -382,12 +400,13 @@ class FineTuneModule(L.LightningModule):
             raise ValueError(
                 f"checkpoint has no '{CHECKPOINT_KEY}' entry; it was not written by mile_ssl"
             )
-        for key, value in self.checkpoint_settings().items():
-            if state.get(key) != value:
-                raise ValueError(
-                    f"cannot resume: the checkpoint's {key} settings {state.get(key)} differ "
-                    f"from this run's {value}"
-                )
+        changed = changed_on_resume(state, self.checkpoint_settings())
+        if changed:
+            name, saved, value = changed[0]
+            raise ValueError(
+                f"cannot resume: the checkpoint was trained with {name}={saved!r}, this run "
+                f"sets {value!r}"
+            )
         self.completed_steps = int(state["completed_steps"])
         self.lr_schedule.load_state_dict(state.get("lr_schedule"))
         self.load_checkpoint_extras(state)

@@ -22,6 +22,7 @@ from typing import Any
 from mile_ssl.config import TrainConfig
 from mile_ssl.config.training import optimizer_layout
 from mile_ssl.finetune import module_class
+from mile_ssl.finetune.base import changed_on_resume
 from mile_ssl.runs.finished_run import read_finished_run
 from mile_ssl.runs.layout import run_folder
 
@@ -104,21 +105,17 @@ def read_resume_point(
     path = Path(config.trainer.resume_from)
     state = read_finished_run(path, exact_file=True).state
     metadata = state["metadata"]
-    fixed = [
-        (f"{section}.{key}", state.get(section, {}), key, value)
-        for section, settings in module_class(config.method.name).fixed_on_resume(config).items()
-        for key, value in settings.items()
-    ]
-    fixed += [
-        (f"data.{key}", metadata.get("data_stream", {}), key, getattr(config.data, key))
-        for key in FIXED_DATA_KEYS
-    ]
-    for name, saved, key, value in fixed:
-        if key in saved and saved[key] != value:
-            raise ValueError(
-                f"cannot resume from {path}: it was trained with {name}={saved[key]!r}, "
-                f"this run sets {value!r}; resume with the same {name}, or start a new run"
-            )
+    fixed = module_class(config.method.name).fixed_on_resume(config)
+    fixed_data = {key: getattr(config.data, key) for key in FIXED_DATA_KEYS}
+    changed = changed_on_resume(state, fixed) + changed_on_resume(
+        {"data": metadata.get("data_stream", {})}, {"data": fixed_data}
+    )
+    if changed:
+        name, saved, value = changed[0]
+        raise ValueError(
+            f"cannot resume from {path}: it was trained with {name}={saved!r}, "
+            f"this run sets {value!r}; resume with the same {name}, or start a new run"
+        )
     saved_layout, layout = optimizer_layout(state["optim"]), optimizer_layout(asdict(config.optim))
     if saved_layout != layout:
         raise ValueError(

@@ -148,3 +148,26 @@ def test_a_finished_run_folder_is_not_trained_again_silently(
     assert "the run folder already holds a finished run" in result.stderr
     assert "hydra.run.dir" in result.stderr
     _unchanged(run, before)
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes(
+    first_run: Path, tmp_path: Path
+) -> None:
+    """A run started before an upgrade that added a ``mile`` key resumes after it; a
+    setting the checkpoint does record may still not change."""
+    old = torch.load(first_run / "checkpoints" / "last.ckpt", weights_only=False)
+    del old["mile_ssl"]["mile"]["empty_pseudo_labels"]  # as if written before the key
+    torch.save(old, tmp_path / "old.ckpt")
+    resume = [
+        *TRAIN,
+        f"data.root={first_run.parent / 'data'}",
+        f"trainer.resume_from={tmp_path / 'old.ckpt'}",
+    ]
+    result = run_cli_in_process([*resume, "trainer.max_steps=3", "hydra.run.dir=a"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["mile_ssl"]["completed_steps"] == 3
+    assert resumed["mile_ssl"]["mile"]["empty_pseudo_labels"] == "ignore"
+    changed = run_cli_in_process([*resume, "mile.rho=0.3", "hydra.run.dir=b"], tmp_path)
+    assert changed.returncode == 2, changed.stderr[-3000:]
+    assert "it was trained with mile.rho=0.5, this run sets 0.3" in changed.stderr
