@@ -15,12 +15,14 @@ from typing import Any
 import torch
 
 
-def threshold_pseudo_labels(teacher_logits: torch.Tensor, rho: float) -> torch.Tensor:
+def threshold_pseudo_labels(
+    teacher_logits: torch.Tensor, rho: float | torch.Tensor
+) -> torch.Tensor:
     """Multi-hot pseudo-labels ``sigmoid(teacher(x)) > rho`` (Alg. 1, line 10).
 
     Args:
         teacher_logits: Teacher outputs ``(B, C)``.
-        rho: Threshold in (0, 1).
+        rho: Threshold in (0, 1), or a ``(B, 1)`` tensor of one threshold per row.
 
     Returns:
         Boolean tensor ``(B, C)``.

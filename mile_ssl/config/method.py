@@ -72,6 +72,10 @@ class MileConfig:
             lambda_u). The sum of two means doubles the student's gradient against one
             mean, so it wants a smaller learning rate. On the digit grids validation
             preferred one mean (benchmarks/README.md, semi-supervised rows).
+        unlabeled_rho: Semi-supervised mode: the threshold of the unlabeled images'
+            pseudo-labels; unset (default), ``rho``. A higher one keeps fewer and surer
+            labels where no ground truth anchors the student (FixMatch's confidence
+            threshold plays this part).
         empty_pseudo_labels: Semi-supervised mode: ``ignore`` leaves images whose
             pseudo-label set is empty out of the student loss (the teacher is not
             confident about them, and training them as all-negative pushes the student
@@ -84,6 +88,7 @@ class MileConfig:
     variant: str = "snapshot"
     semi_supervised: bool = False
     unlabeled_weight: float | None = None
+    unlabeled_rho: float | None = None
     empty_pseudo_labels: str = "ignore"
 
     def __post_init__(self) -> None:
@@ -103,6 +108,19 @@ class MileConfig:
                 "of semi-supervised MILe; set mile.semi_supervised=true (method=mile_semi) "
                 "or leave it unset"
             )
+        if self.unlabeled_rho is not None:
+            require(
+                0.0 < self.unlabeled_rho < 1.0,
+                "mile.unlabeled_rho",
+                "in (0, 1)",
+                self.unlabeled_rho,
+            )
+            if not self.semi_supervised:
+                raise ValueError(
+                    f"mile.unlabeled_rho={self.unlabeled_rho} thresholds the unlabeled images "
+                    "of semi-supervised MILe; set mile.semi_supervised=true (method=mile_semi) "
+                    "or leave it unset"
+                )
         require_choice("mile.empty_pseudo_labels", self.empty_pseudo_labels, EMPTY_PSEUDO_LABELS)
 
 

@@ -172,22 +172,29 @@ class MILeModule(FineTuneModule):
             The loss, and the step's pseudo-label statistics
             (:func:`~mile_ssl.pseudo_labels.pseudo_label_statistics`, on the device).
         """
-        pseudo_labels = self.pseudo_label(self.prepare(batch["image"]))
         labelled = batch.get("labelled")
+        pseudo_labels = self.pseudo_label(self.prepare(batch["image"]), labelled)
         statistics = pseudo_label_statistics(pseudo_labels, labelled, batch.get("label_set"))
         loss = self.student_loss(self.student(self.student_view(batch)), pseudo_labels, labelled)
         self.optimize(self.optimizer(0), loss)
         return loss, statistics
 
-    def pseudo_label(self, images: torch.Tensor) -> torch.Tensor:
+    def pseudo_label(
+        self, images: torch.Tensor, labelled: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The teacher's multi-hot pseudo-labels ``sigmoid(teacher(x)) > mile.rho``.
 
-        The teacher runs in eval mode (BatchNorm running statistics) and without autograd.
+        With ``mile.unlabeled_rho`` set, the rows ``labelled`` marks False (unlabeled
+        images) use that threshold instead. The teacher runs in eval mode (BatchNorm
+        running statistics) and without autograd.
         """
+        rho: float | torch.Tensor = self.mile.rho
+        if labelled is not None and self.mile.unlabeled_rho is not None:
+            rho = torch.where(labelled, self.mile.rho, self.mile.unlabeled_rho).unsqueeze(1)
         was_training = self.teacher.training
         self.teacher.eval()
         with torch.inference_mode():
-            pseudo_labels = threshold_pseudo_labels(self.teacher(images), self.mile.rho)
+            pseudo_labels = threshold_pseudo_labels(self.teacher(images), rho)
         self.teacher.train(was_training)
         # Inference tensors cannot be saved for backward; a clone outside is a normal one.
         return pseudo_labels.clone()

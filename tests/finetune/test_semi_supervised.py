@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from mile_ssl.commands.train import run_training
-from mile_ssl.config import TrainConfig
+from mile_ssl.config import MileConfig, TrainConfig
 from mile_ssl.data.datamodule import MILeDataModule, UnlabeledStream
 from mile_ssl.data.sampling import SemiSupervisedBatchSampler, StepBatchSampler
 from mile_ssl.finetune import MILeModule
 from mile_ssl.losses import multi_label_bce
+from mile_ssl.networks.backbones import BackboneSpec, build_backbone
 from mile_ssl.networks.preprocessing import Preprocessing
 from mile_ssl.pseudo_labels import threshold_pseudo_labels
 
@@ -330,3 +331,36 @@ def test_student_loss_weighs_the_streams_as_configured(
         )
         torch.testing.assert_close(step["loss"], expected)
         assert not torch.allclose(step["loss"], other)
+
+
+def test_unlabeled_images_take_their_own_threshold_when_one_is_set() -> None:
+    backbone, dim = build_backbone(BackboneSpec("tiny_resnet", {"widths": [8]}))
+    images = torch.randn(6, 3, 24, 24)
+    labelled = torch.tensor([True, True, True, False, False, False])
+    one = MILeModule(backbone, dim, 5, mile=MileConfig(rho=0.5, semi_supervised=True))
+    with torch.no_grad():  # outputs spread around 0.5 so that the two thresholds differ
+        one.teacher.head.bias.copy_(torch.linspace(-1.0, 1.0, 5))
+    probabilities = torch.sigmoid(one.teacher.eval()(images).float())
+    assert one.pseudo_label(images, labelled).equal(probabilities > 0.5)
+    two = MILeModule(
+        backbone, dim, 5, mile=MileConfig(rho=0.5, unlabeled_rho=0.6, semi_supervised=True)
+    )
+    two.load_state_dict(one.state_dict())
+    labels = two.pseudo_label(images, labelled)
+    assert labels[:3].equal(probabilities[:3] > 0.5)
+    assert labels[3:].equal(probabilities[3:] > 0.6)
+    assert not labels.equal(probabilities > 0.5)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["method=mile", "mile.unlabeled_rho=0.6"], "mile.unlabeled_rho=0.6 thresholds"),
+        (["method=mile_semi", "mile.unlabeled_rho=1.5"], "mile.unlabeled_rho"),
+    ],
+)
+def test_an_unlabeled_threshold_without_unlabeled_images_is_refused(
+    tiny_config: Callable[..., TrainConfig], overrides: list[str], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        tiny_config(*overrides)
