@@ -35,6 +35,10 @@ def files(module_tmp_path: Path) -> Path:
     (root / "truncated.pth").write_bytes(good[: len(good) // 2])
     write_image_folder(root / "images" / "train", per_class=2)
     write_image_folder(root / "images" / "val", per_class=1)
+    first_class = sorted((root / "images" / "train").iterdir())[0]
+    (root / "one_class_split.txt").write_text(
+        "".join(f"{image.name}\n" for image in sorted(first_class.iterdir()))
+    )
     write_image_folder(root / "one_class" / "train", classes=1, per_class=2)
     write_image_folder(root / "one_class" / "val", classes=1, per_class=1)
     (root / "empty" / "train").mkdir(parents=True)
@@ -152,6 +156,10 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "missing split file": (
         _folder("images", "data.split_file={files}/absent.txt"),
         ["config key 'data.split_file'", "absent.txt", "No such file or directory"],
+    ),
+    "split file of one class": (
+        _folder("images", "data.split_file={files}/one_class_split.txt"),
+        ["data.split_file", "one_class_split.txt", "one class only"],
     ),
     "missing label sets file": (
         _folder("images", "data.val_label_sets={files}/absent.json"),

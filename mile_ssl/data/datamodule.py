@@ -225,7 +225,17 @@ class MILeDataModule(L.LightningDataModule):
                 raise ValueError(
                     f"data.split_file needs a dataset of files; data.name={self.config.name}"
                 )
-            return read_split_file(split_file, self.splits.train_names, self.config.allow_missing)
+            indices = read_split_file(
+                split_file, self.splits.train_names, self.config.allow_missing
+            )
+            classes = {self.splits.class_names[self.splits.train_labels[i]] for i in indices}
+            if len(classes) == 1:
+                raise ValueError(
+                    f"data.split_file {split_file} labels images of one class only "
+                    f"({classes.pop()}): fine-tuning needs at least two; list images of "
+                    "several classes"
+                )
+            return indices
         warn_about_minimum_labels(self.splits.train_labels, self.config.fraction)
         return stratified_fraction(
             self.splits.train_labels, self.config.fraction, self.config.split_seed
