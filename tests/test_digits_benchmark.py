@@ -8,6 +8,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 from mile_ssl.config import compose_train_config
@@ -136,51 +137,12 @@ def test_malformed_select_is_a_usage_error(script: ModuleType) -> None:
     ]
 
 
-def test_distillation_from_a_wider_teacher_reuses_each_teacher(
+def test_distillation_from_a_wider_teacher_and_runs_started_from_the_teacher(
     script: ModuleType, tmp_path: Path
 ) -> None:
-    """SimCLR-v2's two distillation rows: from a teacher of the student's size and from a
-    wider one, each teacher trained once for both teacher methods."""
-    out = tmp_path / "semi.json"
-    script.main(
-        [
-            *("--fractions", "0.5", "--seeds", "0", "--init", "scratch", "--no-trivial"),
-            *("--methods", "distill", "self_train"),
-            *("--wide-teacher", "backbone.kwargs.widths=[16,24]"),
-            *("--workdir", str(tmp_path / "runs"), "--out", str(out)),
-            *RUN_OVERRIDES,
-            "data.unlabeled_ratio=1",
-        ]
-    )
-    rows = json.loads(out.read_text())["rows"]
-    assert [row["method"] for row in rows] == [
-        "softmax",
-        "distill",
-        "softmax_wide",
-        "distill_wide",
-        "self_train",
-        "self_train_wide",
-    ]
-    runs = tmp_path / "runs"
-    wide = read_run_checkpoint(runs / "scratch_f0.5_s0_softmax_wide" / "checkpoints" / "last.ckpt")
-    assert wide["mile_ssl"]["metadata"]["backbone"]["kwargs"]["widths"] == [16, 24]
-    student = read_run_checkpoint(
-        runs / "scratch_f0.5_s0_distill_wide" / "checkpoints" / "last.ckpt"
-    )
-    assert student["mile_ssl"]["metadata"]["backbone"]["kwargs"]["widths"] == [8, 16]
-    resolved = yaml.safe_load(
-        (runs / "scratch_f0.5_s0_distill_wide" / "resolved_config.yaml").read_text()
-    )
-    assert resolved["distill"]["teacher_checkpoint"].endswith(
-        "scratch_f0.5_s0_softmax_wide/checkpoints/last.ckpt"
-    )
-
-
-def test_wide_rows_for_chosen_methods_and_runs_started_from_the_teacher(
-    script: ModuleType, tmp_path: Path
-) -> None:
-    """``--wide-methods`` limits the wide rows; ``--from-teacher`` adds a row whose network
-    starts from the teacher run's backbone (the teacher itself trained once)."""
+    """SimCLR-v2's two distillation rows, from a teacher of the student's size and from a
+    wider one (``--wide-methods``: distill only), and a row whose network starts from the
+    teacher run's backbone (``--from-teacher``); each teacher trained once for all."""
     out = tmp_path / "semi.json"
     script.main(
         [
@@ -204,6 +166,18 @@ def test_wide_rows_for_chosen_methods_and_runs_started_from_the_teacher(
         "mile_semi",
     ]
     runs = tmp_path / "runs"
+    wide = read_run_checkpoint(runs / "scratch_f0.5_s0_softmax_wide" / "checkpoints" / "last.ckpt")
+    assert wide["mile_ssl"]["metadata"]["backbone"]["kwargs"]["widths"] == [16, 24]
+    student = read_run_checkpoint(
+        runs / "scratch_f0.5_s0_distill_wide" / "checkpoints" / "last.ckpt"
+    )
+    assert student["mile_ssl"]["metadata"]["backbone"]["kwargs"]["widths"] == [8, 16]
+    resolved = yaml.safe_load(
+        (runs / "scratch_f0.5_s0_distill_wide" / "resolved_config.yaml").read_text()
+    )
+    assert resolved["distill"]["teacher_checkpoint"].endswith(
+        "scratch_f0.5_s0_softmax_wide/checkpoints/last.ckpt"
+    )
     started = yaml.safe_load(
         (runs / "scratch_f0.5_s0_mile_semi_from_teacher" / "resolved_config.yaml").read_text()
     )
@@ -212,10 +186,12 @@ def test_wide_rows_for_chosen_methods_and_runs_started_from_the_teacher(
         (runs / "scratch_f0.5_s0_mile_semi_from_teacher" / "metrics.json").read_text()
     )
     assert metrics["adapter"] == "mile_ssl"
-    plain = yaml.safe_load(
-        (runs / "scratch_f0.5_s0_mile_semi" / "resolved_config.yaml").read_text()
-    )
-    assert plain["checkpoint"]["name"] == "scratch" or plain["checkpoint"]["path"] is None
+    teacher = read_run_checkpoint(runs / "scratch_f0.5_s0_softmax" / "checkpoints" / "last.ckpt")
+    started_from = torch.load(runs / "scratch_f0.5_s0_softmax" / "backbone.pt")["state_dict"]
+    for key, value in started_from.items():  # the teacher's fine-tuned backbone, exactly
+        assert torch.equal(value, teacher["state_dict"][f"student.backbone.{key}"])
+    plain = runs / "scratch_f0.5_s0_mile_semi" / "resolved_config.yaml"
+    assert yaml.safe_load(plain.read_text())["checkpoint"]["path"] is None
 
 
 def test_reports_made_apart_merge_into_the_report_of_one_call(
