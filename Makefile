@@ -5,10 +5,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint typecheck check clean
 
+# setuptools' "Editable installation" notice (PYTHONWARNINGS below) is information about
+# editable installs in general (folders named like the package may shadow it).
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,demo,tensorboard,dali]'
+	PYTHONWARNINGS="ignore:Editable installation" \
+		$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,demo,tensorboard,dali]'
 	touch $(STAMP)
 
 install: $(STAMP)
