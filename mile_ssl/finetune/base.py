@@ -35,7 +35,7 @@ from mile_ssl.finetune.batches import Batch
 from mile_ssl.finetune.divergence import DivergenceError, NonFiniteLossMonitor
 from mile_ssl.finetune.networks import Classifier
 from mile_ssl.finetune.optimizers import group_settings, make_optimizer, warn_about_recipe
-from mile_ssl.finetune.settings import ModuleSettings
+from mile_ssl.finetune.settings import ModuleSettings, changed_on_resume
 from mile_ssl.finetune.validation import ValidationOutputs
 from mile_ssl.losses import sigmoid_head_bias
 from mile_ssl.lr_schedule import LearningRateSchedule
@@ -43,24 +43,6 @@ from mile_ssl.schedule import Phase, StepPosition
 
 CHECKPOINT_KEY = "mile_ssl"
 """Key of the module's entry in a Lightning checkpoint (steps, settings, metadata)."""
-
-
-def changed_on_resume(
-    state: Mapping[str, Any], settings: Mapping[str, Mapping[str, Any]]
-) -> list[tuple[str, Any, Any]]:
-    """The settings a resume may not change that it would: ``(section.key, saved, now)``.
-
-    ``settings`` are this run's :meth:`FineTuneModule.fixed_on_resume` sections and
-    ``state`` the checkpoint's entry. A key the checkpoint lacks was added to mile_ssl
-    after the checkpoint was written: it is not compared, so that a run started before an
-    upgrade still resumes.
-    """
-    return [
-        (f"{section}.{key}", state[section][key], value)
-        for section, values in settings.items()
-        for key, value in values.items()
-        if key in state.get(section, {}) and state[section][key] != value
-    ]
 
 
 class FineTuneModule(L.LightningModule):

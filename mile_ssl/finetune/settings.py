@@ -51,3 +51,21 @@ class ModuleSettings:
     def arguments(self) -> dict[str, Any]:
         """The fields by name, the networks as they are (not copied, unlike ``asdict``)."""
         return {field.name: getattr(self, field.name) for field in fields(self)}
+
+
+def changed_on_resume(
+    state: Mapping[str, Any], settings: Mapping[str, Mapping[str, Any]]
+) -> list[tuple[str, Any, Any]]:
+    """The settings a resume may not change that it would: ``(section.key, saved, now)``.
+
+    ``settings`` are this run's ``FineTuneModule.fixed_on_resume`` sections and
+    ``state`` the checkpoint's entry. A key the checkpoint lacks was added to mile_ssl
+    after the checkpoint was written: it is not compared, so that a run started before an
+    upgrade still resumes.
+    """
+    return [
+        (f"{section}.{key}", state[section][key], value)
+        for section, values in settings.items()
+        for key, value in values.items()
+        if key in state.get(section, {}) and state[section][key] != value
+    ]

@@ -22,7 +22,7 @@ from typing import Any
 from mile_ssl.config import TrainConfig
 from mile_ssl.config.training import optimizer_layout
 from mile_ssl.finetune import module_class
-from mile_ssl.finetune.base import changed_on_resume
+from mile_ssl.finetune.settings import changed_on_resume
 from mile_ssl.runs.finished_run import read_finished_run
 from mile_ssl.runs.layout import run_folder
 
