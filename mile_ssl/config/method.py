@@ -102,24 +102,20 @@ class MileConfig:
             "> 0 or null",
             self.unlabeled_weight,
         )
-        if self.unlabeled_weight is not None and not self.semi_supervised:
-            raise ValueError(
-                f"mile.unlabeled_weight={self.unlabeled_weight} weighs the unlabeled images "
-                "of semi-supervised MILe; set mile.semi_supervised=true (method=mile_semi) "
-                "or leave it unset"
-            )
-        if self.unlabeled_rho is not None:
-            require(
-                0.0 < self.unlabeled_rho < 1.0,
-                "mile.unlabeled_rho",
-                "in (0, 1)",
-                self.unlabeled_rho,
-            )
-            if not self.semi_supervised:
+        require(
+            self.unlabeled_rho is None or 0.0 < self.unlabeled_rho < 1.0,
+            "mile.unlabeled_rho",
+            "in (0, 1) or null",
+            self.unlabeled_rho,
+        )
+        for key, value, what in (
+            ("unlabeled_weight", self.unlabeled_weight, "weighs"),
+            ("unlabeled_rho", self.unlabeled_rho, "thresholds"),
+        ):
+            if value is not None and not self.semi_supervised:
                 raise ValueError(
-                    f"mile.unlabeled_rho={self.unlabeled_rho} thresholds the unlabeled images "
-                    "of semi-supervised MILe; set mile.semi_supervised=true (method=mile_semi) "
-                    "or leave it unset"
+                    f"mile.{key}={value} {what} the unlabeled images of semi-supervised "
+                    "MILe; set mile.semi_supervised=true (method=mile_semi) or leave it unset"
                 )
         require_choice("mile.empty_pseudo_labels", self.empty_pseudo_labels, EMPTY_PSEUDO_LABELS)
 
