@@ -17,7 +17,7 @@ from torch.utils.data.distributed import DistributedSampler
 from mile_ssl.config import DataConfig
 from mile_ssl.data.dali import DaliLoader
 from mile_ssl.data.dali_pipeline import import_dali
-from mile_ssl.data.folder import LabeledImageFolder, UnlabeledImages
+from mile_ssl.data.folder import LabeledImageFolder, UnlabeledImages, require_several_classes
 from mile_ssl.data.label_files import read_split_file
 from mile_ssl.data.listing import list_unlabeled_images
 from mile_ssl.data.loaders import (
@@ -228,13 +228,11 @@ class MILeDataModule(L.LightningDataModule):
             indices = read_split_file(
                 split_file, self.splits.train_names, self.config.allow_missing
             )
-            classes = {self.splits.class_names[self.splits.train_labels[i]] for i in indices}
-            if len(classes) == 1:
-                raise ValueError(
-                    f"data.split_file {split_file} labels images of one class only "
-                    f"({classes.pop()}): fine-tuning needs at least two; list images of "
-                    "several classes"
-                )
+            require_several_classes(
+                {self.splits.class_names[self.splits.train_labels[i]] for i in indices},
+                f"data.split_file {split_file} labels images",
+                "list images of several classes",
+            )
             return indices
         warn_about_minimum_labels(self.splits.train_labels, self.config.fraction)
         return stratified_fraction(

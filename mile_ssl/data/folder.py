@@ -38,6 +38,27 @@ EmptyClasses = Literal["error", "drop", "warn"]
 """What :class:`LabeledImageFolder` does with class folders that hold no image."""
 
 
+def require_several_classes(classes: Collection[str], subject: str, fix: str) -> None:
+    """Refuse labelled images that are all of one class.
+
+    A classifier fine-tuned on them can only ever predict that class: 100 % top-1 on
+    validation images of the same class, and nothing learned.
+
+    Args:
+        classes: The class names of the labelled images.
+        subject: What holds them, as the message's subject ("training folder X has images").
+        fix: What the user should do.
+
+    Raises:
+        ValueError: Naming ``subject``, the one class and ``fix``.
+    """
+    if len(classes) == 1:
+        raise ValueError(
+            f"{subject} of one class only ({next(iter(classes))}): fine-tuning needs at "
+            f"least two; {fix}"
+        )
+
+
 class LabeledImageFolder(SubstitutingImages):
     """An image folder whose items carry the single label and a multi-label set.
 
@@ -173,21 +194,11 @@ class LabeledImageFolder(SubstitutingImages):
         return [Path(path).name for path, _ in self.samples]
 
     def require_several_classes(self) -> None:
-        """Refuse a training set whose images are all of one class.
-
-        A classifier fine-tuned on it can only ever predict that class: 100 % top-1 on
-        validation images of the same class, and nothing learned.
-
-        Raises:
-            ValueError: Naming the folder and its one class.
-        """
-        present = sorted({label for _, label in self.samples})
-        if len(present) > 1:
-            return
-        raise ValueError(
-            f"training folder {self.root} has images of one class only "
-            f"({self.classes[present[0]]}): fine-tuning needs at least two; add a folder "
-            f"of images per class ({self.root}/<class>/<image>)"
+        """Refuse a training folder whose images are all of one class, naming it."""
+        require_several_classes(
+            {self.classes[label] for _, label in self.samples},
+            f"training folder {self.root} has images",
+            f"add a folder of images per class ({self.root}/<class>/<image>)",
         )
 
     def path_of(self, index: int) -> str:
