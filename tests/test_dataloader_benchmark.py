@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BENCHMARKS, load_benchmark, write_image_folder
-
-SCRIPT = BENCHMARKS / "dataloader.py"
+from tests.conftest import load_benchmark, write_image_folder
 
 
 def test_script_prints_throughput_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

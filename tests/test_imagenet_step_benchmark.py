@@ -12,8 +12,6 @@ from PIL import Image
 
 from tests.conftest import BENCHMARKS, load_benchmark
 
-SCRIPT = BENCHMARKS / "imagenet_step.py"
-
 
 def test_quick_run_prints_every_measurement(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
