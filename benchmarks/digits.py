@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from digits_summary import METRIC_KEYS, SPLITS, select, summarise
+from digits_summary import METRIC_KEYS, SPLITS, report
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
@@ -393,17 +393,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                 if not args.no_trivial:
                     rows.extend(trivial_rows(replace(base.data, split_seed=seed), run))
                 rows.extend(benchmark_setting(args, run, checkpoint, wide_checkpoint))
-    summary = summarise(rows)
-    payload = {
-        "command": sys.argv[1:] if argv is None else list(argv),
-        "overrides": args.overrides,
-        # Results depend on it: reduction order changes with the thread count, and MILe's
-        # thresholded targets turn such rounding differences into different runs.
-        "torch_threads": torch.get_num_threads(),
-        "rows": rows,
-        "summary": summary,
-        "selected": select(summary),
-    }
+    payload = report(
+        rows,
+        command=sys.argv[1:] if argv is None else list(argv),
+        overrides=args.overrides,
+        torch_threads=torch.get_num_threads(),
+    )
     text = json.dumps(payload, indent=2)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -93,22 +93,38 @@ TABLE_COLUMNS = ("top1", "real_acc", "f1@0.25", "map", "coverage")
 """The test metrics of :func:`markdown_table`: what the paper's tables report."""
 
 
+def report(
+    rows: list[dict[str, Any]], *, command: Any, overrides: Any, torch_threads: Any
+) -> dict[str, Any]:
+    """A ``digits.py`` report: how it was made, its rows, their summary and selection.
+
+    ``torch_threads`` is recorded because results depend on it: reduction order changes
+    with the thread count, and MILe's thresholded targets turn such rounding differences
+    into different runs.
+    """
+    summary = summarise(rows)
+    return {
+        "command": command,
+        "overrides": overrides,
+        "torch_threads": torch_threads,
+        "rows": rows,
+        "summary": summary,
+        "selected": select(summary),
+    }
+
+
 def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """One report from several ``digits.py`` reports (e.g. one process per seed).
 
     Rows are concatenated in the order given; the summary and the selection are computed
     again from all of them, as one ``digits.py`` call over every seed would.
     """
-    rows = [row for part in parts for row in part["rows"]]
-    summary = summarise(rows)
-    return {
-        "command": [part["command"] for part in parts],
-        "overrides": parts[0]["overrides"],
-        "torch_threads": sorted({part["torch_threads"] for part in parts}),
-        "rows": rows,
-        "summary": summary,
-        "selected": select(summary),
-    }
+    return report(
+        [row for part in parts for row in part["rows"]],
+        command=[part["command"] for part in parts],
+        overrides=parts[0]["overrides"],
+        torch_threads=sorted({part["torch_threads"] for part in parts}),
+    )
 
 
 def markdown_table(summary: list[dict[str, Any]]) -> str:
