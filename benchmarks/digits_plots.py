@@ -1,0 +1,246 @@
+r"""Pictures of the digit benchmark's sweeps: kt x ks heatmaps and metrics against rho.
+
+A sweep is a ``digits.py`` report (or one merged by ``digits_summary.py``) whose MILe rows
+differ in one or two settings. Each cell and point is the test split's mean over seeds;
+the setting chosen on validation (``selected``) is marked. Also prints the numbers as
+Markdown, one table per label fraction:
+
+    python benchmarks/digits_plots.py heatmap REPORT.json --rows mile.kt --columns mile.ks \\
+        --out kt_ks.png
+    python benchmarks/digits_plots.py sweep REPORT.json --key mile.rho --out rho.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+HEATMAP_METRICS = (("f1@0.25", "test F1@0.25"), ("map", "test mAP"))
+"""The paper's Fig. 4 colours cells by ReaL-F1; mAP shows what a lower threshold costs."""
+SWEEP_METRICS = (("top1", "top-1"), ("f1@0.25", "F1@0.25"), ("map", "mAP"))
+
+
+def setting_value(setting: Sequence[str], key: str) -> float:
+    """The value of ``key`` in a row's setting (``["mile.kt=10", ...]``).
+
+    Raises:
+        KeyError: If the setting does not set ``key``.
+    """
+    for item in setting:
+        name, _, value = item.partition("=")
+        if name == key:
+            return float(value)
+    raise KeyError(f"{key} is not among the swept settings {list(setting)}")
+
+
+def _entries(report: dict[str, Any], fraction: float) -> list[dict[str, Any]]:
+    return [e for e in report["summary"] if e["fraction"] == fraction and e["setting"]]
+
+
+def _chosen(report: dict[str, Any], fraction: float) -> list[str] | None:
+    for choice in report["selected"]:
+        if choice["fraction"] == fraction:
+            return list(choice["setting"])
+    return None
+
+
+def fractions(report: dict[str, Any]) -> list[float]:
+    """The label fractions of a report's swept entries, smallest first."""
+    return sorted({entry["fraction"] for entry in report["summary"] if entry["setting"]})
+
+
+def grid(
+    report: dict[str, Any], fraction: float, rows: str, columns: str, metric: str
+) -> tuple[list[float], list[float], list[list[float | None]]]:
+    """Row values, column values and the test mean of ``metric`` per cell (None: not run)."""
+    entries = _entries(report, fraction)
+    row_values = sorted({setting_value(e["setting"], rows) for e in entries})
+    column_values = sorted({setting_value(e["setting"], columns) for e in entries})
+    cells: list[list[float | None]] = [[None] * len(column_values) for _ in row_values]
+    for entry in entries:
+        i = row_values.index(setting_value(entry["setting"], rows))
+        j = column_values.index(setting_value(entry["setting"], columns))
+        cells[i][j] = entry["test"][metric]
+    return row_values, column_values, cells
+
+
+def heatmap_table(report: dict[str, Any], rows: str, columns: str) -> str:
+    """Markdown: per fraction, a rows x columns table of test F1@0.25 / mAP / seeds."""
+    blocks = []
+    for fraction in fractions(report):
+        entries = _entries(report, fraction)
+        row_values = sorted({setting_value(e["setting"], rows) for e in entries})
+        column_values = sorted({setting_value(e["setting"], columns) for e in entries})
+        chosen = _chosen(report, fraction)
+        lines = [
+            f"{100 * fraction:g} % labels: test F1@0.25 / mAP (runs); **bold**: chosen on "
+            "validation",
+            "",
+            f"| {rows} \\ {columns} | " + " | ".join(f"{v:g}" for v in column_values) + " |",
+            "|---|" + "---|" * len(column_values),
+        ]
+        for value in row_values:
+            cells = []
+            for column in column_values:
+                found = [
+                    e
+                    for e in entries
+                    if setting_value(e["setting"], rows) == value
+                    and setting_value(e["setting"], columns) == column
+                ]
+                if not found:
+                    cells.append("")
+                    continue
+                entry = found[0]
+                text = (
+                    f"{entry['test']['f1@0.25']:.1f} / {entry['test']['map']:.1f} ({entry['runs']})"
+                )
+                cells.append(f"**{text}**" if entry["setting"] == chosen else text)
+            lines.append(f"| {value:g} | " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def sweep_table(report: dict[str, Any], key: str) -> str:
+    """Markdown: per fraction and value of ``key``, the test means and the validation score."""
+    lines = [
+        f"| labels | {key} | runs | top-1 | ReaL-acc | F1@0.25 | mAP | coverage "
+        "| validation score |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for fraction in fractions(report):
+        chosen = _chosen(report, fraction)
+        scores = next(
+            (c["validation_scores"] for c in report["selected"] if c["fraction"] == fraction), {}
+        )
+        entries = sorted(_entries(report, fraction), key=lambda e: setting_value(e["setting"], key))
+        for entry in entries:
+            test = entry["test"]
+            value = f"{setting_value(entry['setting'], key):g}"
+            if entry["setting"] == chosen:
+                value = f"**{value}**"
+            cells = [
+                f"{test[name]:.1f} ± {test[name + '_std']:.1f}"
+                for name in ("top1", "real_acc", "f1@0.25", "map")
+            ]
+            score = scores.get(",".join(entry["setting"]), float("nan"))
+            lines.append(
+                f"| {100 * fraction:g} % | {value} | {entry['runs']} | "
+                + " | ".join(cells)
+                + f" | {test['coverage']:.2f} | {score:.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def plot_heatmaps(report: dict[str, Any], rows: str, columns: str, path: Path) -> None:
+    """One heatmap per fraction and metric of :data:`HEATMAP_METRICS`, saved to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = fractions(report)
+    figure, axes = plt.subplots(
+        len(shown),
+        len(HEATMAP_METRICS),
+        figsize=(4.2 * len(HEATMAP_METRICS), 3.6 * len(shown)),
+        squeeze=False,
+    )
+    for i, fraction in enumerate(shown):
+        chosen = _chosen(report, fraction)
+        for j, (metric, title) in enumerate(HEATMAP_METRICS):
+            row_values, column_values, cells = grid(report, fraction, rows, columns, metric)
+            values = [[float("nan") if c is None else c for c in line] for line in cells]
+            ax = axes[i][j]
+            image = ax.imshow(values, cmap="viridis", origin="lower")
+            figure.colorbar(image, ax=ax, shrink=0.8)
+            ax.set_xticks(range(len(column_values)), [f"{v:g}" for v in column_values])
+            ax.set_yticks(range(len(row_values)), [f"{v:g}" for v in row_values])
+            ax.set_xlabel(columns)
+            ax.set_ylabel(rows)
+            ax.set_title(f"{title}, {100 * fraction:g} % labels")
+            for r, line in enumerate(values):
+                for c, value in enumerate(line):
+                    if value == value:  # not NaN
+                        ax.text(c, r, f"{value:.1f}", ha="center", va="center", color="white")
+            if chosen is not None:
+                r = row_values.index(setting_value(chosen, rows))
+                c = column_values.index(setting_value(chosen, columns))
+                ax.add_patch(
+                    plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", lw=2)
+                )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_sweep(report: dict[str, Any], key: str, path: Path) -> None:
+    """Test metrics (mean +- std over seeds) and coverage against ``key``, a panel per fraction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = fractions(report)
+    figure, axes = plt.subplots(1, len(shown), figsize=(5.2 * len(shown), 3.8), squeeze=False)
+    for ax, fraction in zip(axes[0], shown, strict=True):
+        entries = sorted(_entries(report, fraction), key=lambda e: setting_value(e["setting"], key))
+        xs = [setting_value(e["setting"], key) for e in entries]
+        for metric, label in SWEEP_METRICS:
+            ax.errorbar(
+                xs,
+                [e["test"][metric] for e in entries],
+                yerr=[e["test"][metric + "_std"] for e in entries],
+                marker="o",
+                capsize=3,
+                label=label,
+            )
+        ax.set_xlabel(key)
+        ax.set_ylabel("test, %")
+        ax.set_title(f"{100 * fraction:g} % labels")
+        chosen = _chosen(report, fraction)
+        if chosen is not None:
+            ax.axvline(setting_value(chosen, key), color="grey", ls=":", label="chosen on val.")
+        coverage = ax.twinx()
+        coverage.plot(xs, [e["test"]["coverage"] for e in entries], "k--", marker="x")
+        coverage.set_ylabel("coverage (labels per image, dashed)")
+        ax.legend(loc="lower left", fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``heatmap`` or ``sweep`` of a report: a PNG and the numbers as Markdown."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    heat = commands.add_parser("heatmap", help="two swept settings as a grid")
+    heat.add_argument("report", type=Path)
+    heat.add_argument("--rows", default="mile.kt")
+    heat.add_argument("--columns", default="mile.ks")
+    heat.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    sweep = commands.add_parser("sweep", help="metrics against one swept setting")
+    sweep.add_argument("report", type=Path)
+    sweep.add_argument("--key", default="mile.rho")
+    sweep.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    args = parser.parse_args(argv)
+    try:
+        report = json.loads(args.report.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        parser.exit(2, f"error: cannot read the report {args.report}: {error}\n")
+    try:
+        if args.command == "heatmap":
+            plot_heatmaps(report, args.rows, args.columns, args.out)
+            print(heatmap_table(report, args.rows, args.columns))
+        else:
+            plot_sweep(report, args.key, args.out)
+            print(sweep_table(report, args.key))
+    except KeyError as error:
+        parser.exit(2, f"error: {args.report}: {error.args[0]}\n")
+
+
+if __name__ == "__main__":
+    main()
