@@ -50,6 +50,34 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["OMP_NUM_THREADS"] = "1"
         torch.set_num_threads(1)  # this process imported torch before reading it
     _temporary_folders_in_memory(config)
+    _adopt_orphans()
+
+
+PR_SET_CHILD_SUBREAPER = 36
+"""Linux ``prctl`` option: orphaned descendants are re-parented to this process."""
+
+
+def _adopt_orphans() -> None:
+    """Become the parent of the processes whose own parent dies (Linux only).
+
+    A DDP rank whose launcher died, or a run started by a worker that crashed, would
+    otherwise be adopted by init and outlive the suite; adopted, they are this process's
+    descendants, which :func:`_no_process_outlives_its_test` and
+    :func:`pytest_sessionfinish` kill.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Kill what is left under the main pytest process once every worker has finished.
+
+    Covers what the per-test clean-up cannot: the processes of a worker that died.
+    """
+    if not hasattr(session.config, "workerinput"):
+        _kill_descendants()
 
 
 def _temporary_folders_in_memory(config: pytest.Config) -> None:
@@ -94,11 +122,21 @@ def _no_process_outlives_its_test() -> Iterator[None]:
     multiprocessing's resource tracker, started once per worker, is spared.
     """
     yield
+    _kill_descendants()
+
+
+def _kill_descendants() -> None:
+    """SIGKILL every descendant of this process but multiprocessing's resource tracker.
+
+    Killed children are reaped (adopted orphans have no ``Popen`` that would); the others
+    are their parents' to reap.
+    """
     for pid in _descendants(os.getpid()):
         with contextlib.suppress(OSError):
             if b"from multiprocessing." in Path(f"/proc/{pid}/cmdline").read_bytes():
-                continue  # the worker's own resource tracker lives as long as the worker
+                continue  # the process's own resource tracker lives as long as it does
             os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)  # ChildProcessError (an OSError) for a grandchild
 
 
 def _available_memory() -> int:
