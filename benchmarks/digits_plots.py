@@ -19,7 +19,11 @@ from pathlib import Path
 from typing import Any
 
 HEATMAP_METRICS = (("f1@0.25", "test F1@0.25"), ("map", "test mAP"))
-"""The paper's Fig. 4 colours cells by ReaL-F1; mAP shows what a lower threshold costs."""
+"""The paper's Fig. 4 colours cells by ReaL-F1; mAP shows what a lower threshold costs.
+
+Each F1 cell also shows the coverage (labels predicted per image): F1 rewards predicting
+many labels on the digit grids, so a high F1 with a high coverage is a collapse, not a win.
+"""
 SWEEP_METRICS = (("top1", "top-1"), ("f1@0.25", "F1@0.25"), ("map", "mAP"))
 
 
@@ -76,8 +80,8 @@ def heatmap_table(report: dict[str, Any], rows: str, columns: str) -> str:
         column_values = sorted({setting_value(e["setting"], columns) for e in entries})
         chosen = _chosen(report, fraction)
         lines = [
-            f"{100 * fraction:g} % labels: test F1@0.25 / mAP (runs); **bold**: chosen on "
-            "validation",
+            f"{100 * fraction:g} % labels: test F1@0.25 / mAP / coverage (runs); **bold**: "
+            "chosen on validation",
             "",
             f"| {rows} \\ {columns} | " + " | ".join(f"{v:g}" for v in column_values) + " |",
             "|---|" + "---|" * len(column_values),
@@ -95,8 +99,10 @@ def heatmap_table(report: dict[str, Any], rows: str, columns: str) -> str:
                     cells.append("")
                     continue
                 entry = found[0]
+                test = entry["test"]
                 text = (
-                    f"{entry['test']['f1@0.25']:.1f} / {entry['test']['map']:.1f} ({entry['runs']})"
+                    f"{test['f1@0.25']:.1f} / {test['map']:.1f} / {test['coverage']:.2f} "
+                    f"({entry['runs']})"
                 )
                 cells.append(f"**{text}**" if entry["setting"] == chosen else text)
             lines.append(f"| {value:g} | " + " | ".join(cells) + " |")
@@ -162,10 +168,15 @@ def plot_heatmaps(report: dict[str, Any], rows: str, columns: str, path: Path) -
             ax.set_xlabel(columns)
             ax.set_ylabel(rows)
             ax.set_title(f"{title}, {100 * fraction:g} % labels")
+            coverage = grid(report, fraction, rows, columns, "coverage")[2]
             for r, line in enumerate(values):
                 for c, value in enumerate(line):
-                    if value == value:  # not NaN
-                        ax.text(c, r, f"{value:.1f}", ha="center", va="center", color="white")
+                    if value != value:  # NaN: not run
+                        continue
+                    text = f"{value:.1f}"
+                    if metric == "f1@0.25":
+                        text += f"\n{coverage[r][c]:.1f} labels"
+                    ax.text(c, r, text, ha="center", va="center", color="white", fontsize=9)
             if chosen is not None:
                 r = row_values.index(setting_value(chosen, rows))
                 c = column_values.index(setting_value(chosen, columns))
