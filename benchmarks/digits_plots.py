@@ -216,9 +216,12 @@ def plot_sweep(report: dict[str, Any], key: str, path: Path) -> None:
         if chosen is not None:
             ax.axvline(setting_value(chosen, key), color="grey", ls=":", label="chosen on val.")
         coverage = ax.twinx()
-        coverage.plot(xs, [e["test"]["coverage"] for e in entries], "k--", marker="x")
+        counts = [e["test"]["coverage"] for e in entries]
+        coverage.plot(xs, counts, "k--", marker="x")
+        # From one label per image up: noise of 0.01 labels must not look like a trend.
+        coverage.set_ylim(0.95, max(1.5, max(counts) + 0.05))
         coverage.set_ylabel("coverage (labels per image, dashed)")
-        ax.legend(loc="lower left", fontsize="small")
+        ax.legend(loc="center right", fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
