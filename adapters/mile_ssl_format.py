@@ -145,11 +145,11 @@ def detect_mile_ssl(raw: Mapping[str, Any]) -> bool:
     return raw.get("format") == FORMAT
 
 
-def _field(raw: Mapping[str, Any], key: str, kind: type) -> Any:
+def _field(raw: Mapping[str, Any], key: str, kind: type, what: str = FORMAT) -> Any:
     value = raw.get(key)
     if not isinstance(value, kind):
         raise ValueError(
-            f"{FORMAT} field {key!r} should be a {kind.__name__}, got {type(value).__name__}"
+            f"{what} field {key!r} should be a {kind.__name__}, got {type(value).__name__}"
         )
     return value
 
@@ -185,4 +185,54 @@ def convert_mile_ssl(raw: Mapping[str, Any], options: AdapterOptions) -> Convert
         state_dict=dict(state_dict),
         backbone=BackboneSpec(name=name, kwargs=dict(kwargs)),
         preprocessing=preprocessing,
+    )
+
+
+RUN_PREFIX = "student.backbone."
+"""Where a fine-tuning run's checkpoint keeps the network it evaluates (the student's)."""
+
+
+def detect_mile_ssl_run(raw: Mapping[str, Any]) -> bool:
+    """Whether ``raw`` is a checkpoint of a ``mile-ssl train`` run (``last.ckpt``, ``stepN``)."""
+    state_dict = raw.get("state_dict")
+    return (
+        isinstance(raw.get("mile_ssl"), Mapping)
+        and isinstance(state_dict, Mapping)
+        and any(isinstance(key, str) and key.startswith(RUN_PREFIX) for key in state_dict)
+    )
+
+
+@register_adapter("mile_ssl_run", detect=detect_mile_ssl_run)
+def convert_mile_ssl_run(raw: Mapping[str, Any], options: AdapterOptions) -> ConvertedCheckpoint:
+    """The fine-tuned network of a finished (or stopped) run, to start a new fine-tuning.
+
+    SimCLR-v2's distillation may start its student from the fine-tuned teacher; this is
+    how a mile_ssl run does: ``checkpoint.path=RUN/checkpoints/last.ckpt``. The evaluated
+    network (the student, its backbone only) is taken with the architecture and
+    preprocessing the run recorded; its classifier head, a MILe teacher and a fixed
+    distillation teacher are dropped, so the new run may have other classes. Continuing
+    the run itself is ``trainer.resume_from``, not this.
+
+    Raises:
+        ValueError: If the run's record lacks the network's architecture or preprocessing.
+    """
+    refuse_projection_layers(options, "mile_ssl_run")
+    what = "mile_ssl run checkpoint"
+    metadata = _field(raw["mile_ssl"], "metadata", Mapping, what)
+    backbone = _field(metadata, "backbone", Mapping, what)
+    preprocessing = Preprocessing.from_dict(dict(_field(metadata, "preprocessing", Mapping, what)))
+    state_dict = raw["state_dict"]
+    return ConvertedCheckpoint(
+        state_dict={
+            key[len(RUN_PREFIX) :]: value
+            for key, value in state_dict.items()
+            if key.startswith(RUN_PREFIX)
+        },
+        backbone=BackboneSpec(
+            name=_field(backbone, "name", str, what),
+            kwargs=dict(_field(backbone, "kwargs", Mapping, what)),
+        ),
+        preprocessing=preprocessing,
+        dropped=tuple(key for key in state_dict if not key.startswith(RUN_PREFIX)),
+        expected_prefix=RUN_PREFIX,
     )

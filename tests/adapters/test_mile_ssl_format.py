@@ -16,6 +16,7 @@ from mile_ssl.adapters import (
 )
 from mile_ssl.networks.backbones import BackboneSpec, build_backbone
 from mile_ssl.networks.preprocessing import IDENTITY, Preprocessing
+from tests.conftest import TINY_OVERRIDES, run_cli_in_process
 
 SPEC = BackboneSpec("tiny_resnet", {"widths": [8, 16], "blocks_per_stage": 2})
 PREPROCESSING = Preprocessing(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
@@ -200,3 +201,55 @@ def test_detect_only_own_format(tmp_path: Path) -> None:
     assert not detect_mile_ssl({"format": "other"})
     # ResNet tensor names inside must not make the torchvision adapter claim it too.
     assert load_backbone(path).adapter == "mile_ssl"
+
+
+def _train(args: list[str], cwd: Path) -> None:
+    result = run_cli_in_process(["train", *args, "trainer.max_steps=2"], cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_a_runs_checkpoint_starts_a_new_fine_tuning_from_its_student(tmp_path: Path) -> None:
+    """SimCLR-v2's distillation student may start from the fine-tuned teacher: one path."""
+    teacher = tmp_path / "teacher"
+    copy_variant = ["method=mile", "mile.variant=copy", "mile.kt=1", "mile.ks=1"]
+    _train([*TINY_OVERRIDES, *copy_variant, f"hydra.run.dir={teacher}"], tmp_path)
+    last = teacher / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, weights_only=True)["state_dict"]
+
+    loaded = load_backbone(last)
+
+    assert loaded.adapter == "mile_ssl_run"
+    assert loaded.spec == BackboneSpec("tiny_resnet", {"widths": [8, 16], "blocks_per_stage": 1})
+    student = {k.removeprefix("student.backbone."): v for k, v in saved.items()}
+    state = loaded.module.state_dict()
+    assert state.keys() == {k for k in student if not k.startswith(("teacher.", "student."))}
+    assert all(torch.equal(state[key], student[key]) for key in state)
+    assert any(key.startswith("teacher.") for key in loaded.dropped)
+    assert {"student.head.weight", "student.head.bias"} <= set(loaded.dropped)
+
+    # Another method, another run folder, no backbone named: the file says which.
+    result = run_cli_in_process(
+        [
+            "train",
+            f"checkpoint.path={last}",
+            *[o for o in TINY_OVERRIDES if not o.startswith(("checkpoint=", "backbone"))],
+            "method=sigmoid",
+            "trainer.max_steps=2",
+            "hydra.run.dir=student",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "with adapter 'mile_ssl_run'" in result.stdout + result.stderr
+    assert (tmp_path / "student" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_run_checkpoint_without_its_network_record_names_the_field(tmp_path: Path) -> None:
+    _train([*TINY_OVERRIDES, "method=softmax", "hydra.run.dir=run"], tmp_path)
+    raw = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    del raw["mile_ssl"]["metadata"]["preprocessing"]
+    broken = tmp_path / "broken.ckpt"
+    torch.save(raw, broken)
+
+    with pytest.raises(CheckpointError, match="run checkpoint field 'preprocessing'"):
+        load_backbone(broken)
