@@ -44,7 +44,6 @@ from digits_summary import METRIC_KEYS, SPLITS, report
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from mile_ssl.adapters import save_backbone_checkpoint
 from mile_ssl.commands.evaluate import evaluate_module
 from mile_ssl.commands.pretrain import pretrain_digits_simclr
 from mile_ssl.commands.train import RunResult, run_training
@@ -240,8 +239,8 @@ def run_method(
     """Fine-tune one method in one setting; its result and benchmark row (val and test).
 
     ``label`` names the row and run folder instead of the method (``distill_wide``);
-    ``start_from`` is a backbone file (:func:`backbone_file`) that replaces the
-    initialisation.
+    ``start_from`` is a finished run's checkpoint whose network replaces the
+    initialisation (its head is dropped).
     """
     fraction, seed, init = run
     init_overrides = [f"checkpoint.path={checkpoint}"] if init == "ssl" else ["checkpoint=scratch"]
@@ -308,7 +307,8 @@ def benchmark_setting(
         label = f"{name}{WIDE}" if wide else name
         label += FROM_TEACHER if start_from else ""
         init_checkpoint = wide_checkpoint if wide and name not in TEACHER_METHODS else checkpoint
-        start = backbone_file(start_from) if start_from else None
+        # A run's last.ckpt is a starting point of its own (the mile_ssl_run adapter).
+        start = start_from.last_checkpoint if start_from else None
         result, row = run_method(args, name, setting, run, init_checkpoint, extra, label, start)
         runs[(label, setting)] = result
         rows.append(row)
@@ -334,22 +334,6 @@ def benchmark_setting(
             if args.wide_teacher and method in (args.wide_methods or args.methods):
                 train(method, setting, teacher(setting, wide=True), wide=True)
     return rows
-
-
-def backbone_file(result: RunResult) -> Path:
-    """A finished run's network (a new head aside) as a file ``checkpoint.path`` reads."""
-    path = result.output_dir / "backbone.pt"
-    if not path.exists():
-        run = read_finished_run(result.last_checkpoint, exact_file=True)
-        backbone = run.metadata["backbone"]
-        save_backbone_checkpoint(
-            path,
-            run.build_module().student.backbone,
-            BackboneSpec(str(backbone["name"]), dict(backbone["kwargs"])),
-            run.preprocessing,
-            metadata={"fine_tuned_run": str(result.last_checkpoint)},
-        )
-    return path
 
 
 def ssl_checkpoint(args: argparse.Namespace, config: TrainConfig, seed: int, suffix: str) -> Path:

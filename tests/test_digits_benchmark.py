@@ -8,7 +8,6 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-import torch
 import yaml
 
 from mile_ssl.config import compose_train_config
@@ -181,15 +180,12 @@ def test_distillation_from_a_wider_teacher_and_runs_started_from_the_teacher(
     started = yaml.safe_load(
         (runs / "scratch_f0.5_s0_mile_semi_from_teacher" / "resolved_config.yaml").read_text()
     )
-    assert started["checkpoint"]["path"] == str(runs / "scratch_f0.5_s0_softmax" / "backbone.pt")
+    teacher = runs / "scratch_f0.5_s0_softmax" / "checkpoints" / "last.ckpt"
+    assert started["checkpoint"]["path"] == str(teacher)  # the teacher's fine-tuned network
     metrics = json.loads(
         (runs / "scratch_f0.5_s0_mile_semi_from_teacher" / "metrics.json").read_text()
     )
-    assert metrics["adapter"] == "mile_ssl"
-    teacher = read_run_checkpoint(runs / "scratch_f0.5_s0_softmax" / "checkpoints" / "last.ckpt")
-    started_from = torch.load(runs / "scratch_f0.5_s0_softmax" / "backbone.pt")["state_dict"]
-    for key, value in started_from.items():  # the teacher's fine-tuned backbone, exactly
-        assert torch.equal(value, teacher["state_dict"][f"student.backbone.{key}"])
+    assert metrics["adapter"] == "mile_ssl_run"
     plain = runs / "scratch_f0.5_s0_mile_semi" / "resolved_config.yaml"
     assert yaml.safe_load(plain.read_text())["checkpoint"]["path"] is None
 
