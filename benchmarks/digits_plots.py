@@ -44,11 +44,12 @@ def _entries(report: dict[str, Any], fraction: float) -> list[dict[str, Any]]:
     return [e for e in report["summary"] if e["fraction"] == fraction and e["setting"]]
 
 
-def _chosen(report: dict[str, Any], fraction: float) -> list[str] | None:
+def _selection(report: dict[str, Any], fraction: float) -> dict[str, Any]:
+    """The validation choice at ``fraction`` (its setting and every setting's score)."""
     for choice in report["selected"]:
         if choice["fraction"] == fraction:
-            return list(choice["setting"])
-    return None
+            return choice
+    return {"setting": None, "validation_scores": {}}
 
 
 def fractions(report: dict[str, Any]) -> list[float]:
@@ -57,17 +58,17 @@ def fractions(report: dict[str, Any]) -> list[float]:
 
 
 def grid(
-    report: dict[str, Any], fraction: float, rows: str, columns: str, metric: str
-) -> tuple[list[float], list[float], list[list[float | None]]]:
-    """Row values, column values and the test mean of ``metric`` per cell (None: not run)."""
+    report: dict[str, Any], fraction: float, rows: str, columns: str
+) -> tuple[list[float], list[float], list[list[dict[str, Any] | None]]]:
+    """Row values, column values and each cell's summary entry (None: not run)."""
     entries = _entries(report, fraction)
     row_values = sorted({setting_value(e["setting"], rows) for e in entries})
     column_values = sorted({setting_value(e["setting"], columns) for e in entries})
-    cells: list[list[float | None]] = [[None] * len(column_values) for _ in row_values]
+    cells: list[list[dict[str, Any] | None]] = [[None] * len(column_values) for _ in row_values]
     for entry in entries:
         i = row_values.index(setting_value(entry["setting"], rows))
         j = column_values.index(setting_value(entry["setting"], columns))
-        cells[i][j] = entry["test"][metric]
+        cells[i][j] = entry
     return row_values, column_values, cells
 
 
@@ -75,10 +76,8 @@ def heatmap_table(report: dict[str, Any], rows: str, columns: str) -> str:
     """Markdown: per fraction, a rows x columns table of test F1@0.25 / mAP / seeds."""
     blocks = []
     for fraction in fractions(report):
-        entries = _entries(report, fraction)
-        row_values = sorted({setting_value(e["setting"], rows) for e in entries})
-        column_values = sorted({setting_value(e["setting"], columns) for e in entries})
-        chosen = _chosen(report, fraction)
+        row_values, column_values, cells = grid(report, fraction, rows, columns)
+        chosen = _selection(report, fraction)["setting"]
         lines = [
             f"{100 * fraction:g} % labels: test F1@0.25 / mAP / coverage (runs); **bold**: "
             "chosen on validation",
@@ -86,26 +85,19 @@ def heatmap_table(report: dict[str, Any], rows: str, columns: str) -> str:
             f"| {rows} \\ {columns} | " + " | ".join(f"{v:g}" for v in column_values) + " |",
             "|---|" + "---|" * len(column_values),
         ]
-        for value in row_values:
-            cells = []
-            for column in column_values:
-                found = [
-                    e
-                    for e in entries
-                    if setting_value(e["setting"], rows) == value
-                    and setting_value(e["setting"], columns) == column
-                ]
-                if not found:
-                    cells.append("")
+        for value, line in zip(row_values, cells, strict=True):
+            texts = []
+            for entry in line:
+                if entry is None:
+                    texts.append("")
                     continue
-                entry = found[0]
                 test = entry["test"]
                 text = (
                     f"{test['f1@0.25']:.1f} / {test['map']:.1f} / {test['coverage']:.2f} "
                     f"({entry['runs']})"
                 )
-                cells.append(f"**{text}**" if entry["setting"] == chosen else text)
-            lines.append(f"| {value:g} | " + " | ".join(cells) + " |")
+                texts.append(f"**{text}**" if entry["setting"] == chosen else text)
+            lines.append(f"| {value:g} | " + " | ".join(texts) + " |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
@@ -118,10 +110,8 @@ def sweep_table(report: dict[str, Any], key: str) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for fraction in fractions(report):
-        chosen = _chosen(report, fraction)
-        scores = next(
-            (c["validation_scores"] for c in report["selected"] if c["fraction"] == fraction), {}
-        )
+        selection = _selection(report, fraction)
+        chosen, scores = selection["setting"], selection["validation_scores"]
         entries = sorted(_entries(report, fraction), key=lambda e: setting_value(e["setting"], key))
         for entry in entries:
             test = entry["test"]
@@ -156,10 +146,13 @@ def plot_heatmaps(report: dict[str, Any], rows: str, columns: str, path: Path) -
         squeeze=False,
     )
     for i, fraction in enumerate(shown):
-        chosen = _chosen(report, fraction)
+        chosen = _selection(report, fraction)["setting"]
+        row_values, column_values, cells = grid(report, fraction, rows, columns)
         for j, (metric, title) in enumerate(HEATMAP_METRICS):
-            row_values, column_values, cells = grid(report, fraction, rows, columns, metric)
-            values = [[float("nan") if c is None else c for c in line] for line in cells]
+            values = [
+                [float("nan") if entry is None else entry["test"][metric] for entry in line]
+                for line in cells
+            ]
             ax = axes[i][j]
             image = ax.imshow(values, cmap="viridis", origin="lower")
             figure.colorbar(image, ax=ax, shrink=0.8)
@@ -168,14 +161,13 @@ def plot_heatmaps(report: dict[str, Any], rows: str, columns: str, path: Path) -
             ax.set_xlabel(columns)
             ax.set_ylabel(rows)
             ax.set_title(f"{title}, {100 * fraction:g} % labels")
-            coverage = grid(report, fraction, rows, columns, "coverage")[2]
-            for r, line in enumerate(values):
-                for c, value in enumerate(line):
-                    if value != value:  # NaN: not run
+            for r, line in enumerate(cells):
+                for c, entry in enumerate(line):
+                    if entry is None:  # not run
                         continue
-                    text = f"{value:.1f}"
+                    text = f"{entry['test'][metric]:.1f}"
                     if metric == "f1@0.25":
-                        text += f"\n{coverage[r][c]:.1f} labels"
+                        text += f"\n{entry['test']['coverage']:.1f} labels"
                     ax.text(c, r, text, ha="center", va="center", color="white", fontsize=9)
             if chosen is not None:
                 r = row_values.index(setting_value(chosen, rows))
@@ -212,7 +204,7 @@ def plot_sweep(report: dict[str, Any], key: str, path: Path) -> None:
         ax.set_xlabel(key)
         ax.set_ylabel("test, %")
         ax.set_title(f"{100 * fraction:g} % labels")
-        chosen = _chosen(report, fraction)
+        chosen = _selection(report, fraction)["setting"]
         if chosen is not None:
             ax.axvline(setting_value(chosen, key), color="grey", ls=":", label="chosen on val.")
         coverage = ax.twinx()
