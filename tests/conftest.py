@@ -33,8 +33,9 @@ RAM_DISK = Path("/dev/shm")
 RAM_DISK_MIN_AVAILABLE = 16 * 2**30
 """Memory the machine must have available to give the tests' folders a RAM disk.
 
-The suite's processes peak at about 11 GiB together on two workers, and files on the RAM
-disk take memory too: with less, the folders stay on the disk.
+The suite's processes peaked at 12 GiB together on two workers before they returned their
+freed heap (:func:`_freed_memory_goes_back`), 9 GiB after, and files on the RAM disk take
+memory too: with less, the folders stay on the disk.
 """
 
 
@@ -57,6 +58,11 @@ PR_SET_CHILD_SUBREAPER = 36
 """Linux ``prctl`` option: orphaned descendants are re-parented to this process."""
 
 
+def _libc() -> ctypes.CDLL:
+    """The C library, for the Linux calls Python does not wrap (``prctl``, ``malloc_trim``)."""
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
 def _adopt_orphans() -> None:
     """Become the parent of the processes whose own parent dies (Linux only).
 
@@ -66,8 +72,7 @@ def _adopt_orphans() -> None:
     :func:`pytest_sessionfinish` kill.
     """
     with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        _libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
 @pytest.hookimpl(trylast=True)
@@ -91,7 +96,9 @@ def _temporary_folders_in_memory(config: pytest.Config) -> None:
     """
     if config.option.basetemp or "TMPDIR" in os.environ or not RAM_DISK.is_dir():
         return
-    if os.access(RAM_DISK, os.W_OK) and _available_memory() > RAM_DISK_MIN_AVAILABLE:
+    # The RAM disk's own free space says nothing here: it is sized at the whole memory.
+    available = _proc_bytes("/proc/meminfo", "MemAvailable")
+    if os.access(RAM_DISK, os.W_OK) and available > RAM_DISK_MIN_AVAILABLE:
         os.environ["TMPDIR"] = str(RAM_DISK)
         tempfile.tempdir = None  # read TMPDIR again
 
@@ -139,29 +146,17 @@ def _kill_descendants() -> None:
             os.waitpid(pid, 0)  # ChildProcessError (an OSError) for a grandchild
 
 
-def _available_memory() -> int:
-    """Bytes of memory the kernel can give without swapping (``MemAvailable``), 0 if unknown.
-
-    The RAM disk's own free space says nothing here: it is sized at the whole memory.
-    """
+def _proc_bytes(path: str, field: str) -> int:
+    """A ``kB`` field of a ``/proc`` file (``MemAvailable``, ``VmRSS``) in bytes, 0 if absent."""
     with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     return 0
 
 
 WORKER_MEMORY_TO_TRIM = 1536 * 2**20
 """Resident bytes above which a test process hands its freed heap back after a test."""
-
-
-def _resident_memory() -> int:
-    """Bytes this process holds in memory (``VmRSS``), 0 where ``/proc`` has none."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 @pytest.fixture(autouse=True)
@@ -174,10 +169,10 @@ def _freed_memory_goes_back() -> Iterator[None]:
     collection, which would cost more than the tests themselves.
     """
     yield
-    if _resident_memory() > WORKER_MEMORY_TO_TRIM:
+    if _proc_bytes("/proc/self/status", "VmRSS") > WORKER_MEMORY_TO_TRIM:
         gc.collect()
         with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+            _libc().malloc_trim(0)
 
 
 MILE_SSL = str(Path(sys.executable).with_name("mile-ssl"))
