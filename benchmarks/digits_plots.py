@@ -237,6 +237,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         report = json.loads(args.report.read_text())
     except (OSError, json.JSONDecodeError) as error:
         parser.exit(2, f"error: cannot read the report {args.report}: {error}\n")
+    if not fractions(report):
+        message = f"{args.report} has no rows of a swept setting (digits.py --select)"
+        parser.exit(2, f"error: {message}\n")
     try:
         if args.command == "heatmap":
             plot_heatmaps(report, args.rows, args.columns, args.out)

@@ -98,3 +98,20 @@ def test_a_key_that_was_not_swept_is_named(
     err = capsys.readouterr().err
     assert "mile.kt is not among the swept settings ['mile.rho=0.1']" in err
     assert str(report_file) in err and not (tmp_path / "x.png").exists()
+
+
+def test_a_report_without_a_sweep_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    unswept = _row([], 0, 1.0, 50.0)
+    report_file = tmp_path / "table.json"
+    report_file.write_text(json.dumps(_report([unswept])))
+
+    with pytest.raises(SystemExit) as stop:
+        load_benchmark("digits_plots").main(
+            ["heatmap", str(report_file), "--out", str(tmp_path / "x.png")]
+        )
+
+    assert stop.value.code == 2
+    assert f"{report_file} has no rows of a swept setting" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
