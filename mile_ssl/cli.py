@@ -32,6 +32,7 @@ from mile_ssl.solo.command_line import expand_solo_command, expand_solo_recipe
 from mile_ssl.usage import split_command
 from mile_ssl.user_errors import (
     EXIT_SIGINT,
+    EXIT_USER_ERROR,
     exit_on_user_error,
     holding_interrupts,
     interrupt_without_traceback,
@@ -233,7 +234,8 @@ def _predict(argv: Sequence[str]) -> None:
         print(f"mile-ssl predict: {path}: {reason}", file=sys.stderr)
     print(json_text(results) if args.json else format_predictions(results))
     if failures:
-        raise SystemExit(1)
+        # Bad input, as everywhere else: the readable inputs' predictions are printed first.
+        raise SystemExit(EXIT_USER_ERROR)
 
 
 def _export(argv: Sequence[str]) -> None:

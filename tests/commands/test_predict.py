@@ -201,7 +201,7 @@ def test_missing_files_and_broken_links_are_named_and_the_rest_predicted(
 
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", str(missing), str(photos), str(other), f"checkpoint={mile_checkpoint}"])
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2
     output = capsys.readouterr()
     assert output.err.splitlines() == [
         f"mile-ssl predict: {missing}: {NOT_FOUND}",
@@ -222,11 +222,11 @@ def test_an_input_that_is_no_image_is_named_on_stderr_only(
     result = run_cli_in_process(
         ["predict", str(notes), str(good), f"checkpoint={mile_checkpoint}"], tmp_path
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert f"mile-ssl predict: {notes}: not an image file PIL can read" in result.stderr
     assert str(notes) not in result.stdout and str(good) in result.stdout
     alone = run_cli_in_process(["predict", str(notes), f"checkpoint={mile_checkpoint}"], tmp_path)
-    assert alone.returncode == 1
+    assert alone.returncode == 2
     assert alone.stdout.strip() == "no predictions"
     assert f"mile-ssl predict: {notes}: not an image" in alone.stderr
 
