@@ -27,6 +27,8 @@ from .errors import SHOWN, CheckpointError
 from .safe_pickle import PickledObject, RefusedPickleError, SafeUnpickler, arrays_to_tensors
 
 LAST_CHECKPOINT_NAME = "last.ckpt"
+RUN_CHECKPOINT_FOLDER = "checkpoints"
+"""Where a Lightning run folder (a mile_ssl run's included) keeps its ``.ckpt`` files."""
 """The file picked in a run folder holding several ``.ckpt`` files (Lightning's name)."""
 
 _LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C
@@ -65,7 +67,9 @@ def resolve_checkpoint_path(path: str | os.PathLike[str]) -> Path:
     A file is returned as is. A folder stands for the run that wrote it (solo-learn and
     Lightning keep ``<name>-ep=<N>.ckpt`` or ``last.ckpt`` next to the run's
     ``args.json``): its single ``.ckpt`` file is used, or ``last.ckpt`` when there are
-    several. Any other choice among several epochs would be a guess, so it is refused.
+    several. A folder with no ``.ckpt`` file of its own but a ``checkpoints/`` folder
+    is a Lightning run folder (a mile_ssl run's too), read the same way. Any other
+    choice among several epochs would be a guess, so it is refused.
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
@@ -83,6 +87,8 @@ def resolve_checkpoint_path(path: str | os.PathLike[str]) -> Path:
     last = path / LAST_CHECKPOINT_NAME
     if last in candidates:
         return last
+    if not candidates and (path / RUN_CHECKPOINT_FOLDER).is_dir():
+        return resolve_checkpoint_path(path / RUN_CHECKPOINT_FOLDER)
     if not candidates:
         raise CheckpointError(
             f"checkpoint folder {path} holds no .ckpt file (found "

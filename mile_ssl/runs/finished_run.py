@@ -42,7 +42,7 @@ from mile_ssl.config import (
 from mile_ssl.finetune import CHECKPOINT_KEY, FineTuneModule, build_module
 from mile_ssl.networks.backbones import BackboneSpec, build_backbone
 from mile_ssl.networks.preprocessing import Preprocessing
-from mile_ssl.runs.layout import CHECKPOINT_FOLDER, run_folder
+from mile_ssl.runs.layout import run_folder
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +56,6 @@ INPUT_SETTINGS = ("image_size", "backend")
 """``data.*`` keys that shape what the network sees: the crop size (the resize before the
 crop follows it) and the decoder. The normalisation is the checkpoint's own
 (:attr:`FinishedRun.preprocessing`); digit grids have a fixed size and no files."""
-
-
-def resolve_run_checkpoint(path: str | Path) -> Path:
-    """The run checkpoint that ``path`` designates: a file, a run folder or its ``checkpoints/``.
-
-    Raises:
-        FileNotFoundError: If nothing exists at ``path``.
-        ValueError: If a folder holds no ``.ckpt`` file, or several and no ``last.ckpt``.
-    """
-    path = Path(path)
-    if path.is_dir() and (path / CHECKPOINT_FOLDER).is_dir():
-        path = path / CHECKPOINT_FOLDER
-    return resolve_checkpoint_path(path)
 
 
 def read_run_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -311,6 +298,6 @@ def read_finished_run(path: str | Path, *, exact_file: bool = False) -> Finished
         ValueError: Naming the file if it is unreadable, truncated or not a checkpoint
             of a mile_ssl run, or naming a folder with no single checkpoint to choose.
     """
-    checkpoint_path = Path(path) if exact_file else resolve_run_checkpoint(path)
+    checkpoint_path = Path(path) if exact_file else resolve_checkpoint_path(path)
     checkpoint = read_run_checkpoint(checkpoint_path)
     return FinishedRun(checkpoint_path, checkpoint, run_folder(checkpoint_path))

@@ -12,8 +12,11 @@ import secrets
 from datetime import datetime
 from pathlib import Path
 
-CHECKPOINT_FOLDER = "checkpoints"
-"""Sub-folder of a run folder holding its Lightning checkpoints."""
+from mile_ssl.adapters.reading import RUN_CHECKPOINT_FOLDER
+
+CHECKPOINT_FOLDER = RUN_CHECKPOINT_FOLDER
+"""Sub-folder of a run folder holding its Lightning checkpoints (where the adapters look
+when given the run folder)."""
 
 RUN_NAME_RESOLVER = "mile_ssl.run_name"
 """The OmegaConf resolver of the default run folder name (``hydra.run.dir``)."""

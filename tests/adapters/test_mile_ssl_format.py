@@ -226,6 +226,9 @@ def test_a_runs_checkpoint_starts_a_new_fine_tuning_from_its_student(tmp_path: P
     assert all(torch.equal(state[key], student[key]) for key in state)
     assert any(key.startswith("teacher.") for key in loaded.dropped)
     assert {"student.head.weight", "student.head.bias"} <= set(loaded.dropped)
+    # The run folder stands for its checkpoints/last.ckpt, as for eval and export.
+    from_folder = load_backbone(teacher)
+    assert from_folder.source == last and from_folder.adapter == "mile_ssl_run"
 
     # Another method, another run folder, no backbone named: the file says which.
     result = run_cli_in_process(

@@ -451,7 +451,7 @@ def test_predict_reports_unreadable_inputs_and_predicts_the_rest(
     (inputs / "notes.png").write_text("not an image")
     checkpoint = run / "checkpoints" / "last.ckpt"
     result = run_cli_in_process(["predict", str(inputs), f"checkpoint={checkpoint}"], tmp_path)
-    assert result.returncode == 1, "some inputs failed: non-zero, after every good prediction"
+    assert result.returncode == 2, "some inputs failed: bad input, after every good prediction"
     lines = result.stdout.splitlines()
     for path in good:
         assert any(line.startswith(str(path)) and "%" in line for line in lines), result.stdout
