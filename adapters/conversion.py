@@ -105,5 +105,6 @@ def refuse_projection_layers(options: AdapterOptions, adapter: str) -> None:
     if options.projection_layers:
         raise ValueError(
             f"checkpoint.projection_layers={options.projection_layers} is not supported by "
-            f"the {adapter!r} adapter (its checkpoints carry no projection head to keep)"
+            f"the {adapter!r} adapter (its checkpoints carry no projection head to keep); "
+            "set checkpoint.projection_layers=0"
         )
