@@ -135,5 +135,8 @@ def test_detection_leaves_other_backbone_formats_alone() -> None:
         {"state_dict": {"backbone.conv1.weight": t, "classifier.weight": t, "projection_head.x": t}}
     )
     assert not detect_lightly({"meta": {}, "state_dict": {"backbone.0.weight": t}})
-    with pytest.raises(ValueError, match="not supported by the 'lightly' adapter.*set checkpoint.projection_layers=0"):
+    with pytest.raises(
+        ValueError,
+        match="not supported by the 'lightly' adapter.*set checkpoint.projection_layers=0",
+    ):
         convert_lightly({"backbone.0.weight": t}, AdapterOptions(projection_layers=1))
