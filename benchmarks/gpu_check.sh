@@ -4,7 +4,9 @@
 #      compiled, sigmoid and MILe training, host synchronisations per step);
 #   2. 50 real training steps of an ImageNet recipe (experiment=imagenet/swav_100pct, its
 #      ResNet-50 from random weights: checkpoint=scratch) in bf16 on the synthetic tree the
-#      benchmark wrote, with mile.kt = mile.ks = 25 so that both MILe phases run.
+#      benchmark wrote, with mile.kt = mile.ks = 25 so that both MILe phases run;
+#   3. `mile-ssl eval` and `mile-ssl predict` of that run on the GPU (the tree's
+#      validation images), which read the run back as a user does.
 # Prints one JSON summary on stdout (logs go to stderr); exits non-zero if a part fails
 # and, at once, if torch sees no CUDA device.
 #
@@ -51,20 +53,48 @@ recipe_status=0
 "$PYTHON" -m mile_ssl train "experiment=$RECIPE" "${RECIPE_OVERRIDES[@]}" "data.root=$ROOT" \
     "hydra.run.dir=$WORK/recipe" >&2 || recipe_status=$?
 recipe_seconds=$(($(date +%s) - recipe_started))
+
+# Reading the run back, each step on its own status: eval on the run's validation set,
+# predict on one validation class folder.
+eval_status=0
+eval_started=$(date +%s)
+"$PYTHON" -m mile_ssl eval "checkpoint=$WORK/recipe" --json > "$WORK/eval.json" \
+    || eval_status=$?
+eval_seconds=$(($(date +%s) - eval_started))
+PREDICT_FOLDER=$(find "$ROOT/val" -mindepth 1 -maxdepth 1 -type d | sort | head -n 1)
+predict_status=0
+predict_started=$(date +%s)
+"$PYTHON" -m mile_ssl predict "$PREDICT_FOLDER" "checkpoint=$WORK/recipe" --json \
+    > "$WORK/predict.json" || predict_status=$?
+predict_seconds=$(($(date +%s) - predict_started))
 GPU_NAME=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
     2>/dev/null | head -n 1 || true)
 
 "$PYTHON" - "$WORK" "$RECIPE" "${RECIPE_OVERRIDES[*]}" "$recipe_status" "$recipe_seconds" \
-    "$(($(date +%s) - started))" "$GPU_NAME" <<'EOF'
+    "$(($(date +%s) - started))" "$GPU_NAME" "$eval_status" "$eval_seconds" \
+    "$predict_status" "$predict_seconds" <<'EOF'
 import json
 import sys
 from pathlib import Path
 
 import torch
 
-work, recipe, overrides, status, recipe_seconds, seconds, smi = sys.argv[1:]
+work, recipe, overrides, status, recipe_seconds, seconds, smi = sys.argv[1:8]
+eval_status, eval_seconds, predict_status, predict_seconds = sys.argv[8:]
 metrics_file = Path(work) / "recipe" / "metrics.json"
 metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+
+
+def read_json(name: str) -> object:
+    """A command's JSON output, or None where it failed before writing one."""
+    try:
+        return json.loads((Path(work) / name).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+evaluated = read_json("eval.json")
+predicted = read_json("predict.json")
 print(
     json.dumps(
         {
@@ -82,6 +112,21 @@ print(
                 "backbone": metrics["backbone"] if metrics else None,
                 "metrics": metrics["metrics"] if metrics else None,
             },
+            "eval": {
+                "exit_status": int(eval_status),
+                "seconds": int(eval_seconds),
+                "metrics": evaluated.get("metrics") if isinstance(evaluated, dict) else None,
+            },
+            "predict": {
+                "exit_status": int(predict_status),
+                "seconds": int(predict_seconds),
+                "images": len(predicted) if isinstance(predicted, list) else None,
+                "unreadable": (
+                    sum(1 for item in predicted if item.get("error"))
+                    if isinstance(predicted, list)
+                    else None
+                ),
+            },
             "seconds": int(seconds),
             "under_8_minutes": int(seconds) < 480,
         },
@@ -89,4 +134,8 @@ print(
     )
 )
 EOF
-exit "$recipe_status"
+for status in "$recipe_status" "$eval_status" "$predict_status"; do
+    if [ "$status" != 0 ]; then
+        exit "$status"
+    fi
+done
