@@ -27,9 +27,9 @@ from .errors import SHOWN, CheckpointError
 from .safe_pickle import PickledObject, RefusedPickleError, SafeUnpickler, arrays_to_tensors
 
 LAST_CHECKPOINT_NAME = "last.ckpt"
+"""The file picked in a run folder holding several ``.ckpt`` files (Lightning's name)."""
 RUN_CHECKPOINT_FOLDER = "checkpoints"
 """Where a Lightning run folder (a mile_ssl run's included) keeps its ``.ckpt`` files."""
-"""The file picked in a run folder holding several ``.ckpt`` files (Lightning's name)."""
 
 _LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C
 """First object of a pre-1.6 ``torch.save`` file (``torch.serialization.MAGIC_NUMBER``)."""
@@ -87,9 +87,9 @@ def resolve_checkpoint_path(path: str | os.PathLike[str]) -> Path:
     last = path / LAST_CHECKPOINT_NAME
     if last in candidates:
         return last
-    if not candidates and (path / RUN_CHECKPOINT_FOLDER).is_dir():
-        return resolve_checkpoint_path(path / RUN_CHECKPOINT_FOLDER)
     if not candidates:
+        if (path / RUN_CHECKPOINT_FOLDER).is_dir():
+            return resolve_checkpoint_path(path / RUN_CHECKPOINT_FOLDER)
         raise CheckpointError(
             f"checkpoint folder {path} holds no .ckpt file (found "
             f"{sorted(child.name for child in path.iterdir())[: SHOWN * 2]}); pass the "
