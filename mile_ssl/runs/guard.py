@@ -39,6 +39,7 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
+from mile_ssl.adapters.reading import LAST_CHECKPOINT_NAME
 from mile_ssl.atomic_files import link_atomically
 from mile_ssl.data.loaders import STOP_SIGNALS
 from mile_ssl.runs.layout import slurm_job_id
@@ -193,7 +194,7 @@ class RunGuard(L.Callback):
     @property
     def last_checkpoint(self) -> Path:
         """The newest state of the run: ``checkpoints/last.ckpt``."""
-        return self.checkpoint_dir / "last.ckpt"
+        return self.checkpoint_dir / LAST_CHECKPOINT_NAME
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Take the stop signals back from the handler Lightning installed for SIGTERM."""

@@ -12,11 +12,10 @@ import secrets
 from datetime import datetime
 from pathlib import Path
 
-from mile_ssl.adapters.reading import RUN_CHECKPOINT_FOLDER
-
-CHECKPOINT_FOLDER = RUN_CHECKPOINT_FOLDER
-"""Sub-folder of a run folder holding its Lightning checkpoints (where the adapters look
-when given the run folder)."""
+CHECKPOINT_FOLDER = "checkpoints"
+"""Sub-folder of a run folder holding its Lightning checkpoints. The adapters look for
+the same name when given a run folder (``mile_ssl.adapters.reading``); it is spelled here
+again because this module stays free of torch for the run-folder lock."""
 
 RUN_NAME_RESOLVER = "mile_ssl.run_name"
 """The OmegaConf resolver of the default run folder name (``hydra.run.dir``)."""

@@ -21,6 +21,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.loggers import Logger
 
+from mile_ssl.adapters.reading import LAST_CHECKPOINT_NAME
 from mile_ssl.config import TrainerConfig
 from mile_ssl.finetune import FineTuneModule
 from mile_ssl.runs.checkpoint_io import AtomicCheckpointIO
@@ -31,7 +32,7 @@ from mile_ssl.runs.progress import StepProgressBar
 
 log = logging.getLogger(__name__)
 
-LAST_CHECKPOINT = Path(CHECKPOINT_FOLDER) / "last.ckpt"
+LAST_CHECKPOINT = Path(CHECKPOINT_FOLDER) / LAST_CHECKPOINT_NAME
 """Where in the run directory the resumable checkpoint of the latest state is kept."""
 
 
